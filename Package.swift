@@ -1,0 +1,39 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// Arrows point one way: C interop -> Netlink -> NetCore -> netctl.
+let package = Package(
+    name: "netctl",
+    products: [
+        .library(name: "NetCore", targets: ["NetCore"]),
+        .library(name: "Netlink", targets: ["Netlink"]),
+        .executable(name: "netctl", targets: ["netctl"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // Calls Swift cannot make itself: _GNU_SOURCE functions (setns, unshare, splice...),
+        // ioctls and kernel header constants.
+        .target(name: "CShim"),
+        .systemLibrary(name: "CNetlink", pkgConfig: "libnl-3.0",
+                       providers: [.apt(["libnl-3-dev"])]),
+        .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3",
+                       providers: [.apt(["libsqlite3-dev"])]),
+        .target(name: "Netlink", dependencies: ["CShim", "CNetlink"]),
+        .target(name: "NetCore", dependencies: [
+            "Netlink", "CSQLite",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "netctl", dependencies: [
+            "NetCore",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "NetlinkTests", dependencies: ["Netlink"]),
+        .testTarget(name: "NetCoreTests", dependencies: ["NetCore"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["NetCore", "Netlink"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

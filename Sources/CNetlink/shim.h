@@ -1,0 +1,3 @@
+#include <netlink/netlink.h>
+#include <netlink/socket.h>
+#include <netlink/errno.h>

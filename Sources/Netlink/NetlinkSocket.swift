@@ -1,0 +1,112 @@
+import CNetlink
+import CShim
+import Glibc
+
+/// Moves whole datagrams to and from the kernel. Injected into `RouteNetlink` so unit tests
+/// can check the exact bytes of every request without root (see `MockNetlinkSocket`).
+public protocol NetlinkSocket: AnyObject {
+    /// Sends one datagram, which may hold several messages (the kernel handles them in order).
+    func send(_ datagram: [UInt8]) throws
+    /// Receives one datagram.
+    func receive() throws -> [UInt8]
+}
+
+/// A NETLINK_ROUTE socket through libnl-3. It stays bound to the network namespace of the
+/// thread that created it, whichever thread uses it later.
+public final class LibnlSocket: NetlinkSocket {
+    private let handle: OpaquePointer
+
+    /// Opens a socket in the calling thread's network namespace.
+    public init(receiveTimeoutSeconds: Int = 10) throws {
+        guard let handle = nl_socket_alloc() else {
+            throw NetlinkError(operation: "allocating a netlink socket", code: ENOMEM)
+        }
+        self.handle = handle
+        let rc = nl_connect(handle, NETLINK_ROUTE)
+        if rc < 0 {
+            nl_socket_free(handle)
+            throw NetlinkError(operation: "connecting a netlink socket (\(String(cString: nl_geterror(rc))))", code: EIO)
+        }
+        // Peek so a large dump message is never truncated; a receive timeout so a lost
+        // reply can never hang a caller forever.
+        nl_socket_enable_msg_peek(handle)
+        _ = nl_socket_set_buffer_size(handle, 1 << 20, 1 << 20)
+        var timeout = timeval(tv_sec: receiveTimeoutSeconds, tv_usec: 0)
+        setsockopt(nl_socket_get_fd(handle), SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    deinit { nl_socket_free(handle) }
+
+    public func send(_ datagram: [UInt8]) throws {
+        var copy = datagram
+        let rc = copy.withUnsafeMutableBytes { nl_sendto(handle, $0.baseAddress, $0.count) }
+        if rc < 0 {
+            throw NetlinkError(operation: "sending a netlink request (\(String(cString: nl_geterror(rc))))", code: EIO)
+        }
+    }
+
+    public func receive() throws -> [UInt8] {
+        var peer = sockaddr_nl()
+        var buffer: UnsafeMutablePointer<UInt8>?
+        let rc = nl_recv(handle, &peer, &buffer, nil)
+        defer { free(buffer) }
+        if rc < 0 {
+            let timedOut = rc == -NLE_AGAIN
+            throw NetlinkError(operation: timedOut ? "waiting for the kernel's netlink reply"
+                                                   : "receiving a netlink reply (\(String(cString: nl_geterror(rc))))",
+                               code: timedOut ? ETIMEDOUT : EIO)
+        }
+        guard let buffer else { return [] }
+        return Array(UnsafeBufferPointer(start: buffer, count: Int(rc)))
+    }
+}
+
+/// A socket for unit tests: records every datagram sent and answers each message with an
+/// acknowledgement, or with whatever `responder` returns for it.
+public final class MockNetlinkSocket: NetlinkSocket {
+    /// Each request message sent, in order.
+    public private(set) var sent: [NetlinkMessage] = []
+    /// Each datagram as sent (several messages may share one).
+    public private(set) var datagrams: [[UInt8]] = []
+    /// Returns the reply messages for one request; nil means a plain acknowledgement.
+    public var responder: ((NetlinkMessage) -> [NetlinkMessage]?)?
+    private var pending: [[UInt8]] = []
+
+    public init() {}
+
+    public func send(_ datagram: [UInt8]) throws {
+        datagrams.append(datagram)
+        for message in try NetlinkMessage.parse(datagram) {
+            sent.append(message)
+            let replies = responder?(message) ?? [MockNetlinkSocket.ack(message)]
+            pending.append(replies.flatMap { $0.encoded() })
+        }
+    }
+
+    public func receive() throws -> [UInt8] {
+        guard !pending.isEmpty else { throw NetlinkError(operation: "mock socket has no reply", code: EAGAIN) }
+        return pending.removeFirst()
+    }
+
+    public static func ack(_ request: NetlinkMessage, error: Int32 = 0) -> NetlinkMessage {
+        var payload: [UInt8] = []
+        withUnsafeBytes(of: -error) { payload.append(contentsOf: $0) }
+        payload.append(contentsOf: [UInt8](repeating: 0, count: 16))
+        return NetlinkMessage(type: NetlinkMessageType.error, flags: 0, sequence: request.sequence, payload: payload)
+    }
+}
+
+extension NetlinkMessage {
+    /// Encodes the message back into wire form (used by the mock socket).
+    public func encoded() -> [UInt8] {
+        var out: [UInt8] = []
+        withUnsafeBytes(of: UInt32(16 + payload.count)) { out.append(contentsOf: $0) }
+        withUnsafeBytes(of: type) { out.append(contentsOf: $0) }
+        withUnsafeBytes(of: flags) { out.append(contentsOf: $0) }
+        withUnsafeBytes(of: sequence) { out.append(contentsOf: $0) }
+        out.append(contentsOf: [0, 0, 0, 0])
+        out.append(contentsOf: payload)
+        while out.count % 4 != 0 { out.append(0) }
+        return out
+    }
+}
