@@ -14,6 +14,11 @@ public final class NetworkNamespace {
     public struct Identity: Hashable, Sendable, Codable {
         public let device: UInt64
         public let inode: UInt64
+
+        public init(device: UInt64, inode: UInt64) {
+            self.device = device
+            self.inode = inode
+        }
     }
 
     /// Opens the namespace at `path`, checking that it really is a network namespace.

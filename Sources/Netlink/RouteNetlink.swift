@@ -24,10 +24,14 @@ public struct RouteRequest {
 
     // MARK: Links
 
-    public static func createBridge(name: String, mtu: UInt32? = nil, group: UInt32? = nil, up: Bool = true) -> RouteRequest {
+    /// A bridge. Give it a fixed `mac`, or the kernel makes it follow the lowest port MAC,
+    /// which changes as containers come and go and breaks neighbours' ARP caches.
+    public static func createBridge(name: String, mtu: UInt32? = nil, mac: [UInt8]? = nil, group: UInt32? = nil,
+                                    up: Bool = true) -> RouteRequest {
         var m = MessageBuilder(type: NetlinkMessageType.newLink, flags: create)
         m.ifinfo(flags: up ? LinkFlags.up : 0, change: up ? LinkFlags.up : 0)
         m.attribute(UInt16(IFLA_IFNAME), string: name)
+        if let mac { m.attribute(UInt16(IFLA_ADDRESS), bytes: mac) }
         if let mtu { m.attribute(UInt16(IFLA_MTU), mtu) }
         if let group { m.attribute(UInt16(IFLA_GROUP), group) }
         m.nested(UInt16(IFLA_LINKINFO)) { $0.attribute(UInt16(IFLA_INFO_KIND), string: "bridge") }
@@ -67,6 +71,20 @@ public struct RouteRequest {
         if let group = change.group { m.attribute(UInt16(IFLA_GROUP), group) }
         if let alias = change.alias { m.attribute(UInt16(IFLA_IFALIAS), string: alias) }
         return RouteRequest(m, "changing link #\(index)")
+    }
+
+    /// Changes the link with this name (the kernel looks it up; nothing is renamed).
+    public static func setLink(name: String, _ change: LinkChange) -> RouteRequest {
+        var m = MessageBuilder(type: NetlinkMessageType.newLink, flags: RouteRequest.change)
+        let flagMask: UInt32 = change.up == nil ? 0 : LinkFlags.up
+        m.ifinfo(flags: change.up == true ? LinkFlags.up : 0, change: flagMask)
+        m.attribute(UInt16(IFLA_IFNAME), string: name)
+        if let mtu = change.mtu { m.attribute(UInt16(IFLA_MTU), mtu) }
+        if let mac = change.mac { m.attribute(UInt16(IFLA_ADDRESS), bytes: mac) }
+        if let master = change.master { m.attribute(UInt16(IFLA_MASTER), master) }
+        if let group = change.group { m.attribute(UInt16(IFLA_GROUP), group) }
+        if let alias = change.alias { m.attribute(UInt16(IFLA_IFALIAS), string: alias) }
+        return RouteRequest(m, "changing link \(name)")
     }
 
     public static func deleteLink(index: Int32) -> RouteRequest {
@@ -252,18 +270,21 @@ public final class RouteNetlink {
         return try get(m, "looking up link #\(index)").flatMap(Link.init)
     }
 
-    /// Deletes links by index in one kernel batch: each is moved into a fresh, private
+    /// Deletes links by name in one kernel batch: each is moved into a fresh, private
     /// interface group, and the group is deleted with one request. Deleting links one by one
     /// costs a kernel RCU wait (~16 ms) each; the group costs one wait in all. Links that
     /// are already gone are skipped.
-    public func deleteLinks(indices: [Int32]) throws {
-        switch indices.count {
+    public func deleteLinks(names: [String]) throws {
+        switch names.count {
         case 0: return
-        case 1: try perform(.deleteLink(index: indices[0]).ignoring(ENODEV))
+        case 1: try perform(.deleteLink(name: names[0]).ignoring(ENODEV))
         default:
             let group = LinkGroups.scratch()
-            try perform(indices.map { RouteRequest.setLink(index: $0, LinkChange(group: group)).ignoring(ENODEV) })
-            try perform(.deleteLinks(inGroup: group))
+            let moved = try performEach(names.map { RouteRequest.setLink(name: $0, LinkChange(group: group)) })
+            if moved.contains(0) { try perform(.deleteLinks(inGroup: group)) }
+            if let failure = zip(names, moved).first(where: { $0.1 != 0 && $0.1 != ENODEV }) {
+                throw NetlinkError(operation: "marking link \(failure.0) for deletion", code: failure.1)
+            }
         }
     }
 

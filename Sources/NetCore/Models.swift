@@ -1,0 +1,95 @@
+import Netlink
+
+/// A bridge network: one Linux bridge, an IPv4 subnet and optionally an IPv6 one.
+public struct Network: Codable, Equatable, Sendable {
+    public var name: String
+    public var bridge: String
+    public var subnet: String
+    public var gateway: String
+    public var subnet6: String?
+    public var gateway6: String?
+    public var mtu: Int
+    public var created: String
+
+    var ipv4Subnet: IPNetwork { IPNetwork(subnet)! }
+    var ipv4Gateway: IPAddress { IPAddress(gateway)! }
+    var ipv6Subnet: IPNetwork? { subnet6.flatMap { IPNetwork($0) } }
+    var ipv6Gateway: IPAddress? { gateway6.flatMap { IPAddress($0) } }
+}
+
+/// A container's attachment to a network: a veth pair, host end on the bridge, the other
+/// end inside the container's network namespace.
+public struct Endpoint: Codable, Equatable, Sendable {
+    public enum State: String, Codable, Sendable {
+        /// Recorded, kernel objects being made; its owner process is at work.
+        case creating
+        case active
+        /// Being taken down.
+        case removing
+    }
+
+    public var id: String
+    public var name: String
+    public var network: String
+    /// The veth end on the host, enslaved to the bridge.
+    public var hostInterface: String
+    /// The interface name inside the namespace, e.g. eth0.
+    public var interface: String
+    public var mac: String
+    /// Address with prefix, e.g. 172.17.0.2/16.
+    public var ipv4: String
+    public var ipv6: String?
+    public var gateway: String
+    public var gateway6: String?
+    public var netns: String
+    public var pid: Int32?
+    /// True when netctl created the namespace (attach --new) and removes it on detach.
+    public var ownsNetns: Bool
+    public var state: State
+    public var created: String
+
+    var namespaceIdentity: NetworkNamespace.Identity? = nil
+    var owner = ProcessIdentity(pid: 0, startTime: 0)
+
+    enum CodingKeys: String, CodingKey {
+        case id, name, network, hostInterface, interface, mac, ipv4, ipv6, gateway, gateway6,
+             netns, pid, ownsNetns, state, created
+    }
+}
+
+/// A process, robust to PID reuse: the PID plus its start time in clock ticks.
+struct ProcessIdentity: Equatable, Sendable {
+    var pid: Int32
+    var startTime: UInt64
+
+    static func current() -> ProcessIdentity {
+        let pid = getpidSafe()
+        return ProcessIdentity(pid: pid, startTime: startTime(of: pid) ?? 0)
+    }
+
+    var isAlive: Bool {
+        guard let now = ProcessIdentity.startTime(of: pid) else { return false }
+        return now == startTime
+    }
+
+    var encoded: String { "\(pid):\(startTime)" }
+
+    init(pid: Int32, startTime: UInt64) {
+        self.pid = pid
+        self.startTime = startTime
+    }
+
+    init?(encoded: String) {
+        let parts = encoded.split(separator: ":")
+        guard parts.count == 2, let pid = Int32(parts[0]), let start = UInt64(parts[1]) else { return nil }
+        self.init(pid: pid, startTime: start)
+    }
+
+    /// Field 22 of /proc/PID/stat; nil when the process is gone.
+    static func startTime(of pid: Int32) -> UInt64? {
+        guard let stat = readFile("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        // fields[0] is field 3 (state), so field 22 is fields[19].
+        return fields.count > 19 ? UInt64(fields[19]) : nil
+    }
+}

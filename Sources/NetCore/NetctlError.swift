@@ -1,0 +1,90 @@
+import Netlink
+
+/// Every failure netctl reports: one line that names the problem and what to do about it.
+public enum NetctlError: Error, CustomStringConvertible, Equatable {
+    case invalidName(kind: String, value: String, reason: String)
+    case invalidInterfaceName(String, reason: String)
+    case invalidMAC(String)
+    case invalidSubnet(String, reason: String)
+    case invalidAddress(String, reason: String)
+    case subnetOverlapsNetwork(subnet: String, network: String, other: String)
+    case subnetOverlapsRoute(subnet: String, route: String)
+    case noFreeSubnet
+    case networkExists(String)
+    case networkNotFound(String)
+    case bridgeInUse(bridge: String, network: String)
+    case bridgeNotOurs(String)
+    case networkInUse(network: String, endpoints: [String])
+    case endpointExists(String)
+    case endpointNotFound(String)
+    case addressTaken(address: String, network: String, endpoint: String)
+    case addressPoolExhausted(network: String, subnet: String)
+    case namespaceExists(String)
+    case interfaceExistsInNamespace(interface: String, namespace: String)
+    case missingTarget
+    case namespace(NamespaceError)
+    case kernel(NetlinkError, hint: String)
+    case state(String)
+
+    public var description: String {
+        switch self {
+        case .invalidName(let kind, let value, let reason):
+            return "invalid \(kind) name \"\(value)\": \(reason)"
+        case .invalidInterfaceName(let name, let reason):
+            return "invalid interface name \"\(name)\": \(reason); use 1-15 bytes without '/', ':' or spaces"
+        case .invalidMAC(let mac):
+            return "invalid MAC address \"\(mac)\": use six hex octets like 02:42:ac:11:00:02 with a unicast first octet"
+        case .invalidSubnet(let subnet, let reason):
+            return "invalid subnet \"\(subnet)\": \(reason)"
+        case .invalidAddress(let address, let reason):
+            return "invalid address \"\(address)\": \(reason)"
+        case .subnetOverlapsNetwork(let subnet, let network, let other):
+            return "subnet \(subnet) overlaps network \(network) (\(other)); choose another --subnet"
+        case .subnetOverlapsRoute(let subnet, let route):
+            return "subnet \(subnet) overlaps the host route \(route); choose another --subnet"
+        case .noFreeSubnet:
+            return "no free subnet left in the default pools (172.17-31.0.0/16, 192.168.0.0/16 in /20s); pass --subnet"
+        case .networkExists(let name):
+            return "network \(name) already exists; pick another name or remove it with `netctl network rm \(name)`"
+        case .networkNotFound(let name):
+            return "no network named \(name); list networks with `netctl network ls`"
+        case .bridgeInUse(let bridge, let network):
+            return "bridge \(bridge) is already used by network \(network); pass another --bridge"
+        case .bridgeNotOurs(let bridge):
+            return "interface \(bridge) exists and was not created by netctl; pass another --bridge"
+        case .networkInUse(let network, let endpoints):
+            return "network \(network) has attached endpoints (\(endpoints.joined(separator: ", "))); detach them or use --force"
+        case .endpointExists(let name):
+            return "endpoint \(name) already exists; pick another --name or detach it with `netctl detach \(name)`"
+        case .endpointNotFound(let name):
+            return "no endpoint named \(name); list endpoints with `netctl endpoints`"
+        case .addressTaken(let address, let network, let endpoint):
+            return "address \(address) on network \(network) is already used by endpoint \(endpoint); pick another --ip or omit it"
+        case .addressPoolExhausted(let network, let subnet):
+            return "no free address left in network \(network) (\(subnet)); detach endpoints or create a larger network"
+        case .namespaceExists(let path):
+            return "network namespace \(path) already exists; attach to it with --netns \(path) or pick another --new name"
+        case .interfaceExistsInNamespace(let interface, let namespace):
+            return "an interface named \(interface) already exists in \(namespace); pass another --ifname"
+        case .missingTarget:
+            return "say which network namespace to attach: --netns PATH, --pid PID or --new NAME (exactly one)"
+        case .namespace(let error):
+            return error.description
+        case .kernel(let error, let hint):
+            return hint.isEmpty ? error.description : "\(error.description); \(hint)"
+        case .state(let message):
+            return message
+        }
+    }
+}
+
+extension NetctlError {
+    /// Wraps kernel and namespace errors so callers see one error type.
+    static func wrap(_ error: Error, hint: String = "") -> Error {
+        switch error {
+        case let e as NetlinkError: return NetctlError.kernel(e, hint: hint)
+        case let e as NamespaceError: return NetctlError.namespace(e)
+        default: return error
+        }
+    }
+}

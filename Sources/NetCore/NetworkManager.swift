@@ -1,0 +1,508 @@
+import Glibc
+import Logging
+import Netlink
+
+/// What `network create` asks for; nil fields get defaults.
+public struct NetworkSpec: Sendable {
+    public var name: String
+    public var subnet: String?
+    public var gateway: String?
+    public var bridge: String?
+    public var subnet6: String?
+    public var gateway6: String?
+    public var mtu: Int?
+
+    public init(name: String, subnet: String? = nil, gateway: String? = nil, bridge: String? = nil,
+                subnet6: String? = nil, gateway6: String? = nil, mtu: Int? = nil) {
+        self.name = name; self.subnet = subnet; self.gateway = gateway; self.bridge = bridge
+        self.subnet6 = subnet6; self.gateway6 = gateway6; self.mtu = mtu
+    }
+}
+
+/// What `attach` asks for.
+public struct AttachRequest: Sendable {
+    public enum Target: Sendable, Equatable {
+        /// A network namespace file, e.g. /run/netns/NAME.
+        case path(String)
+        /// The network namespace of a running process.
+        case pid(Int32)
+        /// A new namespace netctl creates under its state directory and removes on detach.
+        case new(String)
+    }
+
+    public var network: String?
+    public var target: Target
+    public var ip: String?
+    public var name: String?
+    public var interface: String
+    public var mac: String?
+
+    public init(network: String? = nil, target: Target, ip: String? = nil, name: String? = nil,
+                interface: String = "eth0", mac: String? = nil) {
+        self.network = network; self.target = target; self.ip = ip; self.name = name
+        self.interface = interface; self.mac = mac
+    }
+}
+
+/// What `gc` found and removed.
+public struct GCReport: Codable, Equatable, Sendable {
+    public var removedEndpoints: [String] = []
+    public var removedLinks: [String] = []
+    public var removedNamespaces: [String] = []
+    public var restoredBridges: [String] = []
+}
+
+/// The library a runtime embeds: networks, endpoints and their reconciliation with the
+/// kernel. Every CLI command is one call here.
+///
+/// Ordering rule: state is written before the kernel is touched (an endpoint row in state
+/// `creating` exists before its veth does), so a crash at any point leaves a record that
+/// `gc` can act on; a failure half-way undoes the kernel work and then the record.
+public final class NetworkManager {
+    public static let defaultNetworkName = "netctl"
+    public static let defaultBridgeName = "netctl0"
+
+    /// `$NETCTL_STATE_DIR`, else /var/lib/netctl.
+    public static var defaultStateDirectory: String {
+        getenv("NETCTL_STATE_DIR").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 } ?? "/var/lib/netctl"
+    }
+
+    public let stateDirectory: String
+    let store: StateStore
+    let host: RouteNetlink
+    let logger: Logger
+
+    /// Opens (creating if needed) the state under `stateDirectory`. `host` defaults to a
+    /// netlink socket in the calling thread's namespace.
+    public init(stateDirectory: String = NetworkManager.defaultStateDirectory,
+                host: RouteNetlink? = nil, logger: Logger = Logger(label: "netctl")) throws {
+        self.stateDirectory = stateDirectory
+        self.logger = logger
+        try makeDirectories(stateDirectory)
+        try makeDirectories(stateDirectory + "/netns")
+        store = try StateStore(path: stateDirectory + "/state.db")
+        do {
+            self.host = try host ?? RouteNetlink()
+        } catch {
+            throw NetctlError.wrap(error, hint: "netctl needs root (CAP_NET_ADMIN)")
+        }
+        if store.discardedPreviousBoot {
+            logger.notice("state from before the last reboot was discarded; networks will be restored on use")
+        }
+    }
+
+    var namespaceDirectory: String { stateDirectory + "/netns" }
+
+    // MARK: Networks
+
+    public func networks() throws -> [Network] {
+        try store.networks()
+    }
+
+    public func network(named name: String) throws -> Network {
+        guard let network = try store.network(named: name) else { throw NetctlError.networkNotFound(name) }
+        return network
+    }
+
+    @discardableResult
+    public func createNetwork(_ spec: NetworkSpec) throws -> Network {
+        try Validate.objectName(spec.name, kind: "network")
+        let subnet = try spec.subnet.map { try Validate.subnet($0, ipv6: false) }
+        let subnet6 = try spec.subnet6.map { try Validate.subnet($0, ipv6: true) }
+        if spec.gateway != nil && subnet == nil {
+            throw NetctlError.invalidAddress(spec.gateway!, reason: "--gateway needs --subnet")
+        }
+        if spec.gateway6 != nil && subnet6 == nil {
+            throw NetctlError.invalidAddress(spec.gateway6!, reason: "--gateway6 needs --subnet6")
+        }
+        let gateway = try zip2(spec.gateway, subnet).map { try Validate.hostAddress($0, in: $1, what: "--gateway") }
+        let gateway6 = try zip2(spec.gateway6, subnet6).map { try Validate.hostAddress($0, in: $1, what: "--gateway6") }
+        let bridge = spec.bridge ?? NetworkManager.bridgeName(for: spec.name)
+        try Validate.interfaceName(bridge)
+        let mtu = spec.mtu ?? 1500
+        guard (68...65535).contains(mtu) else {
+            throw NetctlError.invalidName(kind: "MTU", value: "\(mtu)", reason: "use a value from 68 to 65535")
+        }
+        let existingBridge = try host.link(named: bridge)
+        if let link = existingBridge, link.group != LinkGroups.bridge { throw NetctlError.bridgeNotOurs(bridge) }
+        // Routes through a leftover bridge of ours with this name don't count as a clash.
+        let hostRoutes = try (host.routes(family: UInt8(AF_INET)) + host.routes(family: UInt8(AF_INET6)))
+            .filter { $0.destination != nil && $0.outputIndex != existingBridge?.index }
+
+        let network: Network = try store.transaction {
+            if try store.network(named: spec.name) != nil { throw NetctlError.networkExists(spec.name) }
+            let others = try store.networks()
+            if let owner = others.first(where: { $0.bridge == bridge }) {
+                throw NetctlError.bridgeInUse(bridge: bridge, network: owner.name)
+            }
+            let taken = others.map { ($0.name, $0.ipv4Subnet) } + others.compactMap { n in n.ipv6Subnet.map { (n.name, $0) } }
+            func clash(_ candidate: IPNetwork) -> NetctlError? {
+                if let other = taken.first(where: { $0.1.overlaps(candidate) }) {
+                    return .subnetOverlapsNetwork(subnet: "\(candidate)", network: other.0, other: "\(other.1)")
+                }
+                if let route = hostRoutes.first(where: { $0.destination!.overlaps(candidate) }) {
+                    return .subnetOverlapsRoute(subnet: "\(candidate)", route: "\(route.destination!)")
+                }
+                return nil
+            }
+            let chosen: IPNetwork
+            if let subnet {
+                if let error = clash(subnet) { throw error }
+                chosen = subnet
+            } else {
+                guard let free = IPAM.defaultPools.first(where: { clash($0) == nil }) else { throw NetctlError.noFreeSubnet }
+                chosen = free
+            }
+            if let subnet6, let error = clash(subnet6) { throw error }
+            let network = Network(
+                name: spec.name, bridge: bridge, subnet: "\(chosen)",
+                gateway: "\(gateway ?? chosen.address.advanced(by: 1)!)",
+                subnet6: subnet6.map { "\($0)" }, gateway6: subnet6.map { "\(gateway6 ?? $0.address.advanced(by: 1)!)" },
+                mtu: mtu, created: timestamp())
+            try store.insert(network)
+            return network
+        }
+        do {
+            _ = try ensureBridge(network)
+        } catch {
+            try? store.transaction { try store.deleteNetwork(named: network.name) }
+            throw NetctlError.wrap(error)
+        }
+        logger.info("created network \(network.name) (\(network.subnet) on \(network.bridge))")
+        return network
+    }
+
+    /// Removes a network and its bridge. With `force`, detaches its endpoints first;
+    /// without, refuses while any are attached. Returns the endpoints it detached.
+    @discardableResult
+    public func removeNetwork(named name: String, force: Bool = false) throws -> [String] {
+        let network = try self.network(named: name)
+        let attached = try store.endpoints(network: name)
+        if !attached.isEmpty {
+            guard force else { throw NetctlError.networkInUse(network: name, endpoints: attached.map(\.name)) }
+            try detach(attached.map(\.name))
+        }
+        do {
+            try store.transaction { try store.deleteNetwork(named: name) }
+        } catch is SQLiteConstraintViolation {
+            // An endpoint was attached meanwhile by another process.
+            throw NetctlError.networkInUse(network: name, endpoints: try store.endpoints(network: name).map(\.name))
+        }
+        if let link = try host.link(named: network.bridge), link.group == LinkGroups.bridge {
+            try wrapKernel { try host.perform(.deleteLink(index: link.index).ignoring(ENODEV)) }
+        }
+        logger.info("removed network \(name)")
+        return attached.map(\.name)
+    }
+
+    /// Makes the network's bridge exist, up, with its gateway addresses; returns its index.
+    /// Idempotent: run on every attach, so a bridge lost to a reboot or `ip link del` comes back.
+    @discardableResult
+    func ensureBridge(_ network: Network) throws -> Int32 {
+        var link = try host.link(named: network.bridge)
+        if link == nil {
+            let created = try host.performEach([.createBridge(
+                name: network.bridge, mtu: UInt32(network.mtu), mac: NetworkManager.randomMAC(),
+                group: LinkGroups.bridge)])
+            // EEXIST: another process made it first; it is checked below like any other.
+            if created[0] != 0 && created[0] != EEXIST {
+                throw NetlinkError(operation: "creating bridge \(network.bridge)", code: created[0])
+            }
+            link = try host.link(named: network.bridge)
+        }
+        guard let bridge = link else { throw NetlinkError(operation: "creating bridge \(network.bridge)", code: ENODEV) }
+        guard bridge.group == LinkGroups.bridge else { throw NetctlError.bridgeNotOurs(network.bridge) }
+        var requests: [RouteRequest] = [
+            .setLink(index: bridge.index, LinkChange(up: true, alias: "netctl network \(network.name)")),
+            .addAddress(InterfaceAddress(index: bridge.index, address: network.ipv4Gateway,
+                                         prefixLength: network.ipv4Subnet.prefixLength)).ignoring(EEXIST),
+        ]
+        if let gateway6 = network.ipv6Gateway, let subnet6 = network.ipv6Subnet {
+            requests.append(.addAddress(InterfaceAddress(index: bridge.index, address: gateway6,
+                                                         prefixLength: subnet6.prefixLength)).ignoring(EEXIST))
+        }
+        try host.perform(requests)
+        return bridge.index
+    }
+
+    /// The network to attach to: the named one, or the default network, made on first use.
+    private func networkForAttach(_ name: String?) throws -> Network {
+        let name = name ?? NetworkManager.defaultNetworkName
+        if let network = try store.network(named: name) { return network }
+        guard name == NetworkManager.defaultNetworkName else { throw NetctlError.networkNotFound(name) }
+        do {
+            return try createNetwork(NetworkSpec(name: name, bridge: NetworkManager.defaultBridgeName))
+        } catch NetctlError.networkExists {
+            return try network(named: name)  // another process made it first
+        }
+    }
+
+    // MARK: Endpoints
+
+    public func endpoints(network: String? = nil) throws -> [Endpoint] {
+        if let network { _ = try self.network(named: network) }
+        return try store.endpoints(network: network)
+    }
+
+    public func endpoint(named name: String) throws -> Endpoint {
+        guard let endpoint = try store.endpoint(named: name) else { throw NetctlError.endpointNotFound(name) }
+        return endpoint
+    }
+
+    /// Connects a network namespace to a network: a veth pair with its peer created
+    /// directly inside the namespace, an address from IPAM, `lo` up and a default route
+    /// through the gateway.
+    public func attach(_ request: AttachRequest) throws -> Endpoint {
+        // 1. Check everything that can be checked without changing anything.
+        try Validate.interfaceName(request.interface)
+        let requestedMAC = try request.mac.map(Validate.mac)
+        if let name = request.name { try Validate.objectName(name, kind: "endpoint") }
+        var namespace: NetworkNamespace?
+        let netnsPath: String
+        var pid: Int32?
+        switch request.target {
+        case .path(let path):
+            namespace = try wrapKernel { try NetworkNamespace(path: path) }
+            netnsPath = path
+        case .pid(let p):
+            namespace = try wrapKernel { try NetworkNamespace(pid: p) }
+            netnsPath = "/proc/\(p)/ns/net"
+            pid = p
+        case .new(let name):
+            try Validate.objectName(name, kind: "namespace")
+            netnsPath = "\(namespaceDirectory)/\(name)"
+            if fileExists(netnsPath) { throw NetctlError.namespaceExists(netnsPath) }
+        }
+        let network = try networkForAttach(request.network)
+        let requestedIP = try request.ip.map { try Validate.hostAddress($0, in: network.ipv4Subnet, what: "--ip") }
+        if requestedIP == network.ipv4Gateway {
+            throw NetctlError.invalidAddress(request.ip!, reason: "--ip is the gateway of network \(network.name)")
+        }
+        let id = NetworkManager.randomHex(bytes: 6)
+        let name = request.name ?? "ep-\(id.prefix(8))"
+
+        // 2. Record the intent and lease the addresses, atomically.
+        var endpoint: Endpoint = try store.transaction {
+            if try store.endpoint(named: name) != nil { throw NetctlError.endpointExists(name) }
+            let leases = try store.leases(network: network.name)
+            let ipv4 = try lease(in: network, requested: requestedIP, leases: leases, ipv6: false)!
+            let ipv6 = try lease(in: network, requested: nil, leases: leases, ipv6: true)
+            let endpoint = Endpoint(
+                id: id, name: name, network: network.name, hostInterface: "nc\(id.prefix(8))",
+                interface: request.interface, mac: (requestedMAC ?? NetworkManager.mac(for: ipv4)).macString,
+                ipv4: "\(ipv4)/\(network.ipv4Subnet.prefixLength)",
+                ipv6: zip2(ipv6, network.ipv6Subnet).map { "\($0)/\($1.prefixLength)" },
+                gateway: network.gateway, gateway6: network.gateway6, netns: netnsPath, pid: pid,
+                ownsNetns: namespace == nil, state: .creating, created: timestamp(),
+                namespaceIdentity: namespace?.identity, owner: .current())
+            try store.insert(endpoint)
+            return endpoint
+        }
+
+        // 3. Make the kernel objects; on any failure undo them, then the record.
+        var undo: [() -> Void] = [{ [store] in try? store.transaction { try store.deleteEndpoint(id: id) } }]
+        do {
+            if namespace == nil {
+                namespace = try NetworkNamespace.create(at: netnsPath)
+                undo.append { try? NetworkNamespace.remove(at: netnsPath) }
+            }
+            let ns = namespace!
+            let bridgeIndex = try ensureBridge(network)
+            try createVeth(endpoint, bridgeIndex: bridgeIndex, network: network, namespace: ns)
+            undo.append { [host] in try? host.perform(.deleteLink(name: endpoint.hostInterface).ignoring(ENODEV)) }
+            try configureInside(ns, endpoint: endpoint)
+            endpoint.state = .active
+            endpoint.namespaceIdentity = ns.identity
+            try store.transaction { try store.update(endpoint: id, state: .active, namespaceIdentity: ns.identity) }
+        } catch {
+            logger.debug("attach \(name) failed, rolling back: \(error)")
+            undo.reversed().forEach { $0() }
+            throw NetctlError.wrap(error)
+        }
+        logger.info("attached \(name) (\(endpoint.ipv4)) to \(network.name)")
+        return endpoint
+    }
+
+    private func lease(in network: Network, requested: IPAddress?, leases: [IPAddress: String], ipv6: Bool) throws -> IPAddress? {
+        guard let subnet = ipv6 ? network.ipv6Subnet : network.ipv4Subnet else { return nil }
+        if let requested {
+            if let holder = leases[requested] {
+                throw NetctlError.addressTaken(address: "\(requested)", network: network.name, endpoint: holder)
+            }
+            return requested
+        }
+        var taken = Set(leases.keys)
+        taken.insert(ipv6 ? network.ipv6Gateway! : network.ipv4Gateway)
+        let last = try store.lastAllocated(network: network.name, ipv6: ipv6)
+        guard let ip = IPAM.allocate(in: subnet, taken: taken, after: last) else {
+            throw NetctlError.addressPoolExhausted(network: network.name, subnet: "\(subnet)")
+        }
+        try store.setLastAllocated(network: network.name, ipv6: ipv6, ip)
+        return ip
+    }
+
+    private func createVeth(_ endpoint: Endpoint, bridgeIndex: Int32, network: Network, namespace: NetworkNamespace) throws {
+        let spec = VethSpec(name: endpoint.hostInterface, peerName: endpoint.interface, peerNamespaceFD: namespace.fd,
+                            peerMAC: try Validate.mac(endpoint.mac), mtu: UInt32(network.mtu), master: bridgeIndex,
+                            group: LinkGroups.endpoint, up: true)
+        do {
+            try host.perform(.createVeth(spec))
+        } catch let error as NetlinkError where error.code == EEXIST {
+            // The pair is made atomically, so EEXIST means one of the two names is taken.
+            if try host.link(named: endpoint.hostInterface) == nil {
+                throw NetctlError.interfaceExistsInNamespace(interface: endpoint.interface, namespace: endpoint.netns)
+            }
+            throw error
+        }
+    }
+
+    /// Inside the namespace, through a socket opened there: lo up, the address(es), the
+    /// interface up and the default route(s), in one netlink round trip.
+    private func configureInside(_ namespace: NetworkNamespace, endpoint: Endpoint) throws {
+        let inside = try RouteNetlink.open(in: namespace)
+        guard let peer = try inside.link(named: endpoint.interface), let lo = try inside.link(named: "lo") else {
+            throw NetlinkError(operation: "finding \(endpoint.interface) in \(endpoint.netns)", code: ENODEV)
+        }
+        let v4 = IPNetwork(endpoint.ipv4, strict: false)!
+        var requests: [RouteRequest] = [
+            .setLink(index: lo.index, LinkChange(up: true)),
+            .addAddress(InterfaceAddress(index: peer.index, address: IPAddress(endpoint.ipv4.split(separator: "/")[0].description)!,
+                                         prefixLength: v4.prefixLength)),
+        ]
+        if let ipv6 = endpoint.ipv6, let v6 = IPNetwork(ipv6, strict: false) {
+            requests.append(.addAddress(InterfaceAddress(index: peer.index, address: IPAddress(ipv6.split(separator: "/")[0].description)!,
+                                                         prefixLength: v6.prefixLength)))
+        }
+        requests.append(.setLink(index: peer.index, LinkChange(up: true)))
+        requests.append(.addRoute(.defaultRoute(via: IPAddress(endpoint.gateway)!)))
+        if let gateway6 = endpoint.gateway6.flatMap(IPAddress.init) {
+            requests.append(.addRoute(.defaultRoute(via: gateway6)))
+        }
+        try inside.perform(requests)
+    }
+
+    /// Detaches endpoints: their veth pairs go in one kernel batch, their namespaces if
+    /// netctl made them, then their records and leases. Unknown names fail before anything changes.
+    @discardableResult
+    public func detach(_ names: [String]) throws -> [Endpoint] {
+        var seen = Set<String>()
+        let endpoints = try names.filter { seen.insert($0).inserted }.map { try endpoint(named: $0) }
+        try teardown(endpoints)
+        for e in endpoints { logger.info("detached \(e.name)") }
+        return endpoints
+    }
+
+    private func teardown(_ endpoints: [Endpoint]) throws {
+        guard !endpoints.isEmpty else { return }
+        try store.transaction {
+            for e in endpoints { try store.update(endpoint: e.id, state: .removing, owner: .current()) }
+        }
+        try wrapKernel { try host.deleteLinks(names: endpoints.map(\.hostInterface)) }
+        for e in endpoints where e.ownsNetns {
+            try wrapKernel { try NetworkNamespace.remove(at: e.netns) }
+        }
+        try store.transaction {
+            for e in endpoints { try store.deleteEndpoint(id: e.id) }
+        }
+    }
+
+    // MARK: Reconciliation
+
+    /// Reconciles state with the kernel: drops endpoints whose namespace or process is gone
+    /// (or whose owner died mid-operation), deletes links and namespaces netctl made that
+    /// state doesn't know, and restores missing bridges. Safe to run at any time, repeatedly.
+    public func gc() throws -> GCReport {
+        var report = GCReport()
+        // Kernel first, state second: every netctl link or namespace is recorded in state
+        // before it is made, so anything seen here whose record is missing below is a leftover.
+        let links = try host.links()
+        let namespaceFiles = listDirectory(namespaceDirectory)
+        let endpoints = try store.endpoints()
+        let networks = try store.networks()
+        let linkNames = Set(links.map(\.name))
+
+        let stale = endpoints.filter { e in
+            switch e.state {
+            case .creating, .removing: return !e.owner.isAlive
+            case .active: return !linkNames.contains(e.hostInterface) || !namespaceIsAlive(e)
+            }
+        }
+        try teardown(stale)
+        report.removedEndpoints = stale.map(\.name)
+
+        let knownLinks = Set(endpoints.map(\.hostInterface)).union(networks.map(\.bridge))
+        let orphans = links.filter {
+            ($0.group == LinkGroups.endpoint || $0.group == LinkGroups.bridge) && !knownLinks.contains($0.name)
+        }.map(\.name)
+        try wrapKernel { try host.deleteLinks(names: orphans) }
+        report.removedLinks = orphans
+
+        let knownNamespaces = Set(endpoints.filter(\.ownsNetns).map(\.netns))
+        for file in namespaceFiles where !knownNamespaces.contains("\(namespaceDirectory)/\(file)") {
+            try wrapKernel { try NetworkNamespace.remove(at: "\(namespaceDirectory)/\(file)") }
+            report.removedNamespaces.append(file)
+        }
+
+        for network in networks where !linkNames.contains(network.bridge) {
+            try wrapKernel { _ = try ensureBridge(network) }
+            report.restoredBridges.append(network.bridge)
+        }
+        return report
+    }
+
+    /// Whether the namespace an endpoint was attached to still exists.
+    private func namespaceIsAlive(_ e: Endpoint) -> Bool {
+        guard let identity = e.namespaceIdentity else { return false }
+        var st = stat()
+        let path = e.pid.map { "/proc/\($0)/ns/net" } ?? e.netns
+        guard stat(path, &st) == 0 else { return false }
+        return UInt64(st.st_dev) == identity.device && UInt64(st.st_ino) == identity.inode
+    }
+
+    // MARK: Helpers
+
+    private func wrapKernel<T>(_ body: () throws -> T) throws -> T {
+        do { return try body() } catch { throw NetctlError.wrap(error) }
+    }
+
+    /// "nc-NAME" when that is a valid interface name, else "nc-" and a hash of the name.
+    static func bridgeName(for network: String) -> String {
+        let simple = "nc-\(network)"
+        if simple.utf8.count <= 15, (try? Validate.interfaceName(simple)) != nil { return simple }
+        var hash: UInt32 = 2_166_136_261  // FNV-1a
+        for byte in network.utf8 { hash = (hash ^ UInt32(byte)) &* 16_777_619 }
+        return "nc-" + String(hash, radix: 16).leftPadded(to: 8)
+    }
+
+    /// A stable MAC per IPv4 address (02:6e + the address), so a re-attached container
+    /// keeps neighbours' ARP entries valid.
+    static func mac(for ip: IPAddress) -> [UInt8] {
+        [0x02, 0x6e] + ip.bytes.suffix(4)
+    }
+
+    static func randomMAC() -> [UInt8] {
+        var mac = (0..<6).map { _ in UInt8.random(in: 0...255) }
+        mac[0] = (mac[0] & 0xfc) | 0x02  // locally administered, unicast
+        return mac
+    }
+
+    static func randomHex(bytes: Int) -> String {
+        (0..<bytes).map { _ in String(UInt8.random(in: 0...255), radix: 16).leftPadded(to: 2) }.joined()
+    }
+}
+
+func zip2<A, B>(_ a: A?, _ b: B?) -> (A, B)? {
+    guard let a, let b else { return nil }
+    return (a, b)
+}
+
+func listDirectory(_ path: String) -> [String] {
+    guard let dir = opendir(path) else { return [] }
+    defer { closedir(dir) }
+    var names: [String] = []
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+        if name != "." && name != ".." { names.append(name) }
+    }
+    return names.sorted()
+}

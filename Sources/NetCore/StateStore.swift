@@ -1,0 +1,187 @@
+import Netlink
+
+/// netctl's state: networks and endpoints in SQLite (WAL mode), shared safely by every
+/// netctl process and library user on the machine. Address leases are the endpoints'
+/// address columns, unique per network, so the database itself refuses a double lease.
+final class StateStore {
+    let db: SQLiteDatabase
+    /// True when this open found state from before a reboot and discarded its endpoints.
+    private(set) var discardedPreviousBoot = false
+
+    init(path: String, bootID: String = currentBootID()) throws {
+        db = try SQLiteDatabase(path: path)
+        try db.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
+        try db.transaction {
+            try db.execute(StateStore.schema)
+            let recorded = try db.query("SELECT value FROM meta WHERE key = 'boot_id'").first?.first?.string
+            if recorded != bootID {
+                // Every veth, address and namespace mount died with the previous boot;
+                // networks stay and their bridges are made again on demand.
+                if recorded != nil {
+                    try db.run("DELETE FROM endpoints")
+                    discardedPreviousBoot = true
+                }
+                try db.run("INSERT OR REPLACE INTO meta(key, value) VALUES ('boot_id', ?)", [.text(bootID)])
+            }
+        }
+    }
+
+    static let schema = """
+        CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE IF NOT EXISTS networks (
+            name TEXT PRIMARY KEY,
+            bridge TEXT NOT NULL UNIQUE,
+            subnet TEXT NOT NULL,
+            gateway TEXT NOT NULL,
+            subnet6 TEXT,
+            gateway6 TEXT,
+            mtu INTEGER NOT NULL,
+            last_ipv4 TEXT,
+            last_ipv6 TEXT,
+            created TEXT NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS endpoints (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            network TEXT NOT NULL REFERENCES networks(name),
+            host_interface TEXT NOT NULL UNIQUE,
+            interface TEXT NOT NULL,
+            mac TEXT NOT NULL,
+            ipv4 TEXT NOT NULL,
+            ipv6 TEXT,
+            netns TEXT NOT NULL,
+            netns_device INTEGER,
+            netns_inode INTEGER,
+            pid INTEGER,
+            owns_netns INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            created TEXT NOT NULL,
+            UNIQUE (network, ipv4),
+            UNIQUE (network, ipv6)
+        );
+        """
+
+    func transaction<T>(_ body: () throws -> T) throws -> T {
+        try db.transaction(body)
+    }
+
+    // MARK: Networks
+
+    private static let networkColumns = "name, bridge, subnet, gateway, subnet6, gateway6, mtu, created"
+
+    func networks() throws -> [Network] {
+        try db.query("SELECT \(StateStore.networkColumns) FROM networks ORDER BY name").map(StateStore.network)
+    }
+
+    func network(named name: String) throws -> Network? {
+        try db.query("SELECT \(StateStore.networkColumns) FROM networks WHERE name = ?", [.text(name)])
+            .first.map(StateStore.network)
+    }
+
+    func insert(_ n: Network) throws {
+        try db.run("INSERT INTO networks (\(StateStore.networkColumns)) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   [.text(n.name), .text(n.bridge), .text(n.subnet), .text(n.gateway), n.subnet6.sqlite,
+                    n.gateway6.sqlite, .integer(Int64(n.mtu)), .text(n.created)])
+    }
+
+    func deleteNetwork(named name: String) throws {
+        try db.run("DELETE FROM networks WHERE name = ?", [.text(name)])
+    }
+
+    func lastAllocated(network: String, ipv6: Bool) throws -> IPAddress? {
+        try db.query("SELECT \(ipv6 ? "last_ipv6" : "last_ipv4") FROM networks WHERE name = ?", [.text(network)])
+            .first?.first?.string.flatMap { IPAddress($0) }
+    }
+
+    func setLastAllocated(network: String, ipv6: Bool, _ ip: IPAddress) throws {
+        try db.run("UPDATE networks SET \(ipv6 ? "last_ipv6" : "last_ipv4") = ? WHERE name = ?",
+                   [.text(ip.description), .text(network)])
+    }
+
+    private static func network(_ row: [SQLiteValue]) -> Network {
+        Network(name: row[0].string!, bridge: row[1].string!, subnet: row[2].string!, gateway: row[3].string!,
+                subnet6: row[4].string, gateway6: row[5].string, mtu: Int(row[6].int ?? 1500),
+                created: row[7].string!)
+    }
+
+    // MARK: Endpoints
+
+    private static let endpointColumns = """
+        e.id, e.name, e.network, e.host_interface, e.interface, e.mac, e.ipv4, e.ipv6, e.netns, e.netns_device,
+        e.netns_inode, e.pid, e.owns_netns, e.state, e.owner, e.created, n.subnet, n.gateway, n.subnet6, n.gateway6
+        """
+
+    func endpoints(network: String? = nil) throws -> [Endpoint] {
+        let filter = network == nil ? "" : "WHERE e.network = ?"
+        return try db.query("""
+            SELECT \(StateStore.endpointColumns) FROM endpoints e JOIN networks n ON n.name = e.network
+            \(filter) ORDER BY e.network, e.name
+            """, network.map { [.text($0)] } ?? []).map(StateStore.endpoint)
+    }
+
+    func endpoint(named name: String) throws -> Endpoint? {
+        try db.query("""
+            SELECT \(StateStore.endpointColumns) FROM endpoints e JOIN networks n ON n.name = e.network
+            WHERE e.name = ?
+            """, [.text(name)]).first.map(StateStore.endpoint)
+    }
+
+    /// Addresses leased on a network, IPv4 and IPv6, with the endpoint holding each.
+    func leases(network: String) throws -> [IPAddress: String] {
+        var leases: [IPAddress: String] = [:]
+        for row in try db.query("SELECT ipv4, ipv6, name FROM endpoints WHERE network = ?", [.text(network)]) {
+            for column in row.prefix(2) {
+                if let ip = column.string.flatMap(IPAddress.init) { leases[ip] = row[2].string! }
+            }
+        }
+        return leases
+    }
+
+    func insert(_ e: Endpoint) throws {
+        try db.run("""
+            INSERT INTO endpoints (id, name, network, host_interface, interface, mac, ipv4, ipv6, netns,
+                netns_device, netns_inode, pid, owns_netns, state, owner, created)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """,
+            [.text(e.id), .text(e.name), .text(e.network), .text(e.hostInterface), .text(e.interface), .text(e.mac),
+             .text(StateStore.bareAddress(e.ipv4)), e.ipv6.map { StateStore.bareAddress($0) }.sqlite, .text(e.netns),
+             e.namespaceIdentity.map { .integer(Int64(bitPattern: $0.device)) } ?? .null,
+             e.namespaceIdentity.map { .integer(Int64(bitPattern: $0.inode)) } ?? .null,
+             e.pid.map { .integer(Int64($0)) } ?? .null, .integer(e.ownsNetns ? 1 : 0), .text(e.state.rawValue),
+             .text(e.owner.encoded), .text(e.created)])
+    }
+
+    func update(endpoint id: String, state: Endpoint.State, owner: ProcessIdentity? = nil,
+                namespaceIdentity: NetworkNamespace.Identity? = nil) throws {
+        try db.run("UPDATE endpoints SET state = ?, owner = COALESCE(?, owner), netns_device = COALESCE(?, netns_device), netns_inode = COALESCE(?, netns_inode) WHERE id = ?",
+                   [.text(state.rawValue), owner.map { .text($0.encoded) } ?? .null,
+                    namespaceIdentity.map { .integer(Int64(bitPattern: $0.device)) } ?? .null,
+                    namespaceIdentity.map { .integer(Int64(bitPattern: $0.inode)) } ?? .null, .text(id)])
+    }
+
+    func deleteEndpoint(id: String) throws {
+        try db.run("DELETE FROM endpoints WHERE id = ?", [.text(id)])
+    }
+
+    /// Stored addresses carry no prefix; the network's subnet supplies it.
+    private static func bareAddress(_ cidr: String) -> String {
+        String(cidr.split(separator: "/").first ?? "")
+    }
+
+    private static func endpoint(_ r: [SQLiteValue]) -> Endpoint {
+        let subnet = IPNetwork(r[16].string!)!
+        let subnet6 = r[18].string.flatMap { IPNetwork($0) }
+        let identity = r[9].int.flatMap { device in
+            r[10].int.map { NetworkNamespace.Identity(device: UInt64(bitPattern: device), inode: UInt64(bitPattern: $0)) }
+        }
+        return Endpoint(
+            id: r[0].string!, name: r[1].string!, network: r[2].string!, hostInterface: r[3].string!,
+            interface: r[4].string!, mac: r[5].string!, ipv4: "\(r[6].string!)/\(subnet.prefixLength)",
+            ipv6: r[7].string.map { "\($0)/\(subnet6?.prefixLength ?? 64)" },
+            gateway: r[17].string!, gateway6: r[19].string, netns: r[8].string!, pid: r[11].int.map { Int32($0) },
+            ownsNetns: r[12].int == 1, state: Endpoint.State(rawValue: r[13].string!) ?? .removing,
+            created: r[15].string!, namespaceIdentity: identity,
+            owner: ProcessIdentity(encoded: r[14].string!) ?? ProcessIdentity(pid: 0, startTime: 0))
+    }
+}

@@ -1,0 +1,220 @@
+import ArgumentParser
+import Foundation
+import Logging
+import NetCore
+
+@main
+struct Netctl: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "netctl",
+        abstract: "Container networking: bridges, veth pairs, addresses and routes over netlink.",
+        subcommands: [NetworkCommand.self, Attach.self, Detach.self, Endpoints.self, GC.self])
+}
+
+/// Options every command takes.
+struct GlobalOptions: ParsableArguments {
+    @Option(name: .long, help: "State directory (default: $NETCTL_STATE_DIR or /var/lib/netctl).")
+    var stateDir: String?
+
+    @Flag(name: .long, help: "Log each step to stderr.")
+    var debug = false
+
+    /// Opens the library with these options; everything a command does is a call on it.
+    func manager() throws -> NetworkManager {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = debug ? .debug : .warning
+            return handler
+        }
+        return try NetworkManager(stateDirectory: stateDir ?? NetworkManager.defaultStateDirectory)
+    }
+}
+
+/// Runs a command body; a netctl error becomes one line on stderr and exit status 1.
+func reportingErrors(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let error as NetctlError {
+        FileHandle.standardError.write(Data("netctl: error: \(error)\n".utf8))
+        throw ExitCode(1)
+    }
+}
+
+func printJSON<T: Encodable>(_ value: T) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    print(String(decoding: try encoder.encode(value), as: UTF8.self))
+}
+
+/// Prints rows as aligned columns under a header.
+func printTable(_ header: [String], _ rows: [[String]]) {
+    let widths = header.indices.map { column in ([header] + rows).map { $0[column].count }.max() ?? 0 }
+    for row in [header] + rows {
+        print(zip(row, widths).map { $0.0.padding(toLength: $0.1, withPad: " ", startingAt: 0) }
+            .joined(separator: "  ").trimmingCharacters(in: .whitespaces))
+    }
+}
+
+// MARK: network
+
+struct NetworkCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "network", abstract: "Create, list, inspect and remove networks.",
+        subcommands: [Create.self, List.self, Inspect.self, Remove.self])
+
+    struct Create: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create a bridge network.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Network name.") var name: String
+        @Option(help: "IPv4 subnet in CIDR form (default: a free /16 from 172.17-31.0.0).") var subnet: String?
+        @Option(help: "IPv4 gateway, the bridge's address (default: the subnet's first address).") var gateway: String?
+        @Option(help: "Bridge interface name (default: nc-NAME).") var bridge: String?
+        @Option(help: "IPv6 subnet in CIDR form, e.g. fd00:1::/64.") var subnet6: String?
+        @Option(help: "IPv6 gateway (default: the subnet's first address).") var gateway6: String?
+        @Option(help: "MTU of the bridge and its veth pairs.") var mtu: Int?
+        @Flag(help: "Print the network as JSON.") var json = false
+
+        func run() throws {
+            try reportingErrors {
+                let network = try global.manager().createNetwork(NetworkSpec(
+                    name: name, subnet: subnet, gateway: gateway, bridge: bridge, subnet6: subnet6,
+                    gateway6: gateway6, mtu: mtu))
+                if json { try printJSON(network) } else { print(network.name) }
+            }
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "ls", abstract: "List networks.")
+        @OptionGroup var global: GlobalOptions
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            try reportingErrors {
+                let networks = try global.manager().networks()
+                if json { return try printJSON(networks) }
+                printTable(["NAME", "BRIDGE", "SUBNET", "GATEWAY", "SUBNET6"],
+                           networks.map { [$0.name, $0.bridge, $0.subnet, $0.gateway, $0.subnet6 ?? "-"] })
+            }
+        }
+    }
+
+    struct Inspect: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show a network and its endpoints as JSON.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Network name.") var name: String
+
+        struct Output: Encodable {
+            var network: Network
+            var endpoints: [Endpoint]
+            func encode(to encoder: Encoder) throws {
+                try network.encode(to: encoder)
+                var container = encoder.container(keyedBy: Key.self)
+                try container.encode(endpoints, forKey: Key(stringValue: "endpoints")!)
+            }
+            struct Key: CodingKey {
+                var stringValue: String
+                init?(stringValue: String) { self.stringValue = stringValue }
+                var intValue: Int? { nil }
+                init?(intValue: Int) { nil }
+            }
+        }
+
+        func run() throws {
+            try reportingErrors {
+                let manager = try global.manager()
+                try printJSON(Output(network: try manager.network(named: name), endpoints: try manager.endpoints(network: name)))
+            }
+        }
+    }
+
+    struct Remove: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "rm", abstract: "Remove a network and its bridge.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Network name.") var name: String
+        @Flag(name: .shortAndLong, help: "Detach attached endpoints first.") var force = false
+
+        func run() throws {
+            try reportingErrors {
+                try global.manager().removeNetwork(named: name, force: force)
+                print(name)
+            }
+        }
+    }
+}
+
+// MARK: endpoints
+
+struct Attach: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Attach a network namespace to a network (veth pair, address, default route).")
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Network (default: \(NetworkManager.defaultNetworkName), created on first use).") var network: String?
+    @Option(help: "Network namespace file, e.g. /run/netns/NAME.") var netns: String?
+    @Option(help: "Attach the network namespace of this process.") var pid: Int32?
+    @Option(name: .customLong("new"), help: "Create a new namespace NAME under the state directory (removed on detach).")
+    var newNamespace: String?
+    @Option(help: "IPv4 address to use (default: the next free one).") var ip: String?
+    @Option(help: "Endpoint name (default: ep-ID).") var name: String?
+    @Option(help: "Interface name inside the namespace.") var ifname = "eth0"
+    @Option(help: "MAC address inside the namespace (default: derived from the IPv4 address).") var mac: String?
+    @Flag(help: "Print the endpoint as JSON.") var json = false
+
+    func run() throws {
+        try reportingErrors {
+            let targets: [AttachRequest.Target] = [netns.map { .path($0) }, pid.map { .pid($0) },
+                                                   newNamespace.map { .new($0) }].compactMap { $0 }
+            guard targets.count == 1 else { throw NetctlError.missingTarget }
+            let endpoint = try global.manager().attach(AttachRequest(
+                network: network, target: targets[0], ip: ip, name: name, interface: ifname, mac: mac))
+            if json { return try printJSON(endpoint) }
+            print("\(endpoint.name) \(endpoint.ipv4)\(endpoint.ipv6.map { " \($0)" } ?? "") " +
+                  "\(endpoint.interface) in \(endpoint.netns) via \(endpoint.gateway) on \(endpoint.network)")
+        }
+    }
+}
+
+struct Detach: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Detach endpoints: remove their veth pairs and release their addresses.")
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Endpoint names.") var endpoints: [String]
+
+    func run() throws {
+        try reportingErrors {
+            for endpoint in try global.manager().detach(endpoints) { print(endpoint.name) }
+        }
+    }
+}
+
+struct Endpoints: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List endpoints, of one network or all.")
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Network name.") var network: String?
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        try reportingErrors {
+            let endpoints = try global.manager().endpoints(network: network)
+            if json { return try printJSON(endpoints) }
+            printTable(["NAME", "NETWORK", "IPV4", "IPV6", "INTERFACE", "HOST-IF", "NETNS", "STATE"],
+                       endpoints.map { [$0.name, $0.network, $0.ipv4, $0.ipv6 ?? "-", $0.interface, $0.hostInterface,
+                                        $0.netns, $0.state.rawValue] })
+        }
+    }
+}
+
+struct GC: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Reconcile state with the kernel: remove leftovers, drop endpoints whose namespace is gone.")
+    @OptionGroup var global: GlobalOptions
+    @Flag(help: "Print the report as JSON.") var json = false
+
+    func run() throws {
+        try reportingErrors {
+            let report = try global.manager().gc()
+            if json { return try printJSON(report) }
+            print("removed endpoints: \(report.removedEndpoints.count), links: \(report.removedLinks.count), " +
+                  "namespaces: \(report.removedNamespaces.count); restored bridges: \(report.restoredBridges.count)")
+        }
+    }
+}
