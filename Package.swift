@@ -33,7 +33,7 @@ let package = Package(
         ]),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink"]),
         .testTarget(name: "NetCoreTests", dependencies: ["NetCore"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["NetCore", "Netlink"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["NetCore", "Netlink", "CShim"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -32,6 +32,8 @@ int cshim_umount_detach(const char *path) {
     return umount2(path, MNT_DETACH) == 0 ? 0 : -errno;
 }
 
+int cshim_pipe2(int fds[2], int flags) { return pipe2(fds, flags) == 0 ? 0 : -errno; }
+
 pid_t cshim_gettid(void) { return (pid_t)syscall(SYS_gettid); }
 
 struct thread_call { void (*fn)(void *); void *ctx; };

@@ -89,10 +89,6 @@ struct ValidationTests {
 
 @Suite("State store")
 struct StateStoreTests {
-    let directory: String = {
-        var template = Array("/tmp/netctl-state-XXXXXX".utf8CString)
-        return String(cString: mkdtemp(&template)!)
-    }()
 
     func network(_ name: String = "web") -> Network {
         Network(name: name, bridge: "nc-\(name)", subnet: "10.0.0.0/24", gateway: "10.0.0.1",
@@ -107,6 +103,7 @@ struct StateStoreTests {
 
     @Test("the database refuses to lease one address twice")
     func uniqueLeases() throws {
+        let directory = makeTemporaryDirectory()
         defer { removeTree(directory) }
         let store = try StateStore(path: directory + "/state.db", bootID: "boot-a")
         try store.insert(network())
@@ -119,6 +116,7 @@ struct StateStoreTests {
 
     @Test("state from before a reboot is recognised as gone; networks stay")
     func bootID() throws {
+        let directory = makeTemporaryDirectory()
         defer { removeTree(directory) }
         do {
             let store = try StateStore(path: directory + "/state.db", bootID: "boot-a")
@@ -146,8 +144,7 @@ struct StateStoreTests {
 struct ManagerMockTests {
     @Test("a bridge name held by someone else's interface is refused before anything changes")
     func bridgeNotOurs() throws {
-        var template = Array("/tmp/netctl-state-XXXXXX".utf8CString)
-        let directory = String(cString: mkdtemp(&template)!)
+        let directory = makeTemporaryDirectory()
         defer { removeTree(directory) }
         let socket = MockNetlinkSocket()
         socket.responder = { request in
@@ -165,6 +162,11 @@ struct ManagerMockTests {
         // Only the lookup went out: no request that changes the kernel.
         #expect(socket.sent.map(\.type) == [NetlinkMessageType.getLink])
     }
+}
+
+func makeTemporaryDirectory() -> String {
+    var template = Array("/tmp/netctl-state-XXXXXX".utf8CString)
+    return String(cString: mkdtemp(&template)!)
 }
 
 func removeTree(_ path: String) {

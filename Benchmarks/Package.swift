@@ -1,0 +1,36 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// Benchmarks for netctl, kept in their own package so the library never depends on
+// package-benchmark. They need root and create bridges, veth pairs and network
+// namespaces, so run them only inside a private network + mount namespace:
+//
+//     cd Benchmarks && unshare --net --mount swift package benchmark
+//
+// (The benchmark refuses to run in the host's namespaces.)
+let package = Package(
+    name: "netctl-benchmarks",
+    dependencies: [
+        .package(name: "netctl", path: ".."),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        // The trait is required: the default traits pull a package that is not available here.
+        .package(url: "https://github.com/ordo-one/package-benchmark", from: "1.38.1",
+                 traits: ["MallocInterposer"]),
+    ],
+    targets: [
+        // package-benchmark finds benchmark targets by their location: Benchmarks/<Name>.
+        .executableTarget(
+            name: "AttachBenchmarks",
+            dependencies: [
+                .product(name: "Benchmark", package: "package-benchmark"),
+                .product(name: "NetCore", package: "netctl"),
+                .product(name: "Netlink", package: "netctl"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Benchmarks/AttachBenchmarks",
+            plugins: [
+                .plugin(name: "BenchmarkPlugin", package: "package-benchmark"),
+            ]
+        ),
+    ]
+)

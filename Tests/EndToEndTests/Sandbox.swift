@@ -1,0 +1,160 @@
+import CShim
+import Foundation
+import Glibc
+import Netlink
+
+/// A private network + mount namespace for one test: the host side of the test's world.
+/// A holder process (`unshare --net --mount cat`) keeps both alive; it reads stdin, so when
+/// this object goes away, or the test process dies, the pipe closes, the holder exits and
+/// the kernel tears down every link, address and mount made inside. Nothing leaks.
+final class Sandbox {
+    let holder: Child
+    /// The write end of the holder's stdin; closing it ends the sandbox.
+    private var holderInput: Int32 = -1
+    let stateDirectory: String
+    /// The sandbox's own network namespace (the "host" for netctl).
+    let hostNamespace: NetworkNamespace
+    private var helpers: [Child] = []
+
+    static var isRoot: Bool { geteuid() == 0 }
+
+    /// The netctl binary: $NETCTL_BIN, else the debug build beside the package.
+    static let netctl: String = {
+        if let path = ProcessInfo.processInfo.environment["NETCTL_BIN"] { return path }
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        return root.appendingPathComponent(".build/debug/netctl").path
+    }()
+
+    init() throws {
+        guard FileManager.default.isExecutableFile(atPath: Sandbox.netctl) else {
+            throw SandboxError("netctl binary not found at \(Sandbox.netctl); run `swift build` first or set NETCTL_BIN")
+        }
+        var pipeFDs: [Int32] = [0, 0]
+        guard cshim_pipe2(&pipeFDs, O_CLOEXEC) == 0 else { throw SandboxError("pipe2 failed") }
+        defer { close(pipeFDs[0]) }
+        holder = try Child.spawn(["/usr/bin/unshare", "--net", "--mount", "--propagation", "private", "cat"], stdin: pipeFDs[0])
+        holderInput = pipeFDs[1]
+        var template = Array("/tmp/netctl-e2e-XXXXXX".utf8CString)
+        stateDirectory = String(cString: mkdtemp(&template)!)
+        // Wait until the holder is inside its new namespace.
+        let own = try NetworkNamespace.current().identity
+        var entered: NetworkNamespace?
+        for _ in 0..<200 {
+            if let ns = try? NetworkNamespace(pid: holder.pid), ns.identity != own { entered = ns; break }
+            usleep(5_000)
+        }
+        guard let entered else { throw SandboxError("the sandbox holder did not enter a new namespace") }
+        hostNamespace = entered
+        let rt = try RouteNetlink.open(in: hostNamespace)
+        try rt.perform(.setLink(index: try rt.link(named: "lo")!.index, LinkChange(up: true)))
+    }
+
+    deinit {
+        for helper in helpers {
+            helper.kill()
+            _ = try? helper.wait(timeout: 5)
+        }
+        close(holderInput)
+        _ = try? holder.wait(timeout: 10)
+        try? FileManager.default.removeItem(atPath: stateDirectory)
+    }
+
+    /// A path inside the sandbox's mount namespace, as this (outside) process sees it.
+    func outsidePath(_ path: String) -> String { "/proc/\(holder.pid)/root\(path)" }
+
+    struct Result {
+        let status: Int32
+        let stdout: String
+        let stderr: String
+        var ok: Bool { status == 0 }
+    }
+
+    /// Runs a command inside the sandbox (network and mount namespaces), with a time limit.
+    @discardableResult
+    func run(_ executable: String, _ arguments: [String], timeout: TimeInterval = 60) throws -> Result {
+        // Output goes to files, so a chatty child never blocks on a full pipe.
+        let outPath = "\(stateDirectory)/.out-\(UInt32.random(in: 0...UInt32.max))", errPath = outPath + ".err"
+        let outFD = open(outPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        let errFD = open(errPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        defer { close(outFD); close(errFD); unlink(outPath); unlink(errPath) }
+        let child = try Child.spawn(["/usr/bin/nsenter", "--target", "\(holder.pid)", "--net", "--mount", "--", executable] + arguments,
+                                    stdout: outFD, stderr: errFD, environment: ["NETCTL_STATE_DIR": stateDirectory])
+        let status = try child.wait(timeout: timeout)
+        let stdout = slurp(outPath), stderr = slurp(errPath)
+        return Result(status: status, stdout: stdout, stderr: stderr)
+    }
+
+    /// Runs netctl inside the sandbox.
+    @discardableResult
+    func netctl(_ arguments: String...) throws -> Result {
+        try run(Sandbox.netctl, arguments)
+    }
+
+    /// Runs netctl and fails the test (by throwing) if it fails.
+    @discardableResult
+    func netctlOK(_ arguments: String...) throws -> Result {
+        let result = try run(Sandbox.netctl, arguments)
+        guard result.ok else {
+            throw SandboxError("netctl \(arguments.joined(separator: " ")) failed (\(result.status)): \(result.stderr)")
+        }
+        return result
+    }
+
+    /// netctl with --json, decoded.
+    func json(_ arguments: String...) throws -> Any {
+        let result = try run(Sandbox.netctl, arguments + ["--json"])
+        guard result.ok else { throw SandboxError("netctl \(arguments.joined(separator: " ")) failed: \(result.stderr)") }
+        return try JSONSerialization.jsonObject(with: Data(result.stdout.utf8))
+    }
+
+    /// Starts a long-running "container" process in a new network namespace inside the
+    /// sandbox; returns its PID as the sandbox sees... and as the host sees it (the
+    /// sandbox shares our PID namespace).
+    func startContainerProcess() throws -> Int32 {
+        let child = try Child.spawn(["/usr/bin/nsenter", "--target", "\(holder.pid)", "--net", "--mount", "--",
+                                     "/usr/bin/unshare", "--net", "sleep", "120"])
+        helpers.append(child)
+        // nsenter execs unshare, which execs sleep: one PID throughout.
+        let pid = child.pid
+        for _ in 0..<200 {
+            if let ns = try? NetworkNamespace(pid: pid), ns.identity != hostNamespace.identity,
+               (try? String(contentsOfFile: "/proc/\(pid)/comm"))?.hasPrefix("sleep") == true {
+                return pid
+            }
+            usleep(5_000)
+        }
+        throw SandboxError("container process did not start")
+    }
+
+    /// Makes a bind-mounted namespace file inside the sandbox, like `ip netns add` would.
+    func makeNamespaceFile(_ name: String) throws -> String {
+        let path = "\(stateDirectory)/ns-\(name)"
+        try run("/usr/bin/touch", [path])
+        let made = try run("/usr/bin/unshare", ["--net=\(path)", "true"])
+        guard made.ok else { throw SandboxError("unshare --net=\(path) failed: \(made.stderr)") }
+        return path
+    }
+
+    /// Links in the sandbox's host namespace, by name.
+    func hostLinks() throws -> [String: Link] {
+        Dictionary(uniqueKeysWithValues: try RouteNetlink.open(in: hostNamespace).links().map { ($0.name, $0) })
+    }
+
+    /// What a failed command must leave untouched: links, addresses, endpoints, networks, namespaces.
+    func snapshot() throws -> String {
+        let rt = try RouteNetlink.open(in: hostNamespace)
+        let links = try rt.links().map { "\($0.name) up=\($0.isUp) master=\($0.master ?? 0)" }.sorted()
+        let addresses = try rt.addresses().map { "\($0.index) \($0.address)/\($0.prefixLength)" }.sorted()
+        let networks = try run(Sandbox.netctl, ["network", "ls", "--json"]).stdout
+        let endpoints = try run(Sandbox.netctl, ["endpoints", "--json"]).stdout
+        let namespaces = (try? FileManager.default.contentsOfDirectory(atPath: outsidePath(stateDirectory + "/netns")))?.sorted() ?? []
+        return ([links, addresses, [networks, endpoints], namespaces] as [[String]]).map { $0.joined(separator: "\n") }
+            .joined(separator: "\n--\n")
+    }
+}
+
+struct SandboxError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,112 @@
+import Glibc
+import Netlink
+
+/// Real TCP between namespaces. Sockets are created on a thread inside the namespace they
+/// belong to (a socket keeps its namespace), then used from here. Every wait is bounded.
+enum Traffic {
+    /// Listens on `address` (any address of the family if nil) inside `namespace`.
+    static func listen(in namespace: NetworkNamespace, ipv6: Bool = false, address: String? = nil) throws -> (fd: Int32, port: UInt16) {
+        let fd = try namespace.run { socket(ipv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        guard fd >= 0 else { throw SandboxError("socket: \(errno)") }
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        setTimeouts(fd)
+        var storage = try sockaddr(address ?? (ipv6 ? "::" : "0.0.0.0"), port: 0)
+        guard withSockaddr(&storage, { Glibc.bind(fd, $0, $1) }) == 0, Glibc.listen(fd, 16) == 0 else {
+            close(fd)
+            throw SandboxError("bind/listen failed: \(String(cString: strerror(errno)))")
+        }
+        var bound = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        _ = withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: Glibc.sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        let port = withUnsafeBytes(of: bound) { raw in UInt16(raw[2]) << 8 | UInt16(raw[3]) }
+        return (fd, port)
+    }
+
+    /// Connects from `namespace` to address:port, sends a random message, and checks that
+    /// the listener received exactly it and that its reply came back. Returns the peer
+    /// address the server saw.
+    @discardableResult
+    static func roundTrip(from namespace: NetworkNamespace, to address: String, port: UInt16, listener: Int32) throws -> String {
+        let ipv6 = address.contains(":")
+        let client = try namespace.run { socket(ipv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        guard client >= 0 else { throw SandboxError("socket: \(errno)") }
+        defer { close(client) }
+        setTimeouts(client)
+        var target = try sockaddr(address, port: port)
+        guard withSockaddr(&target, { connect(client, $0, $1) }) == 0 else {
+            throw SandboxError("connect to \(address):\(port) failed: \(String(cString: strerror(errno)))")
+        }
+        var peer = sockaddr_storage()
+        var peerLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let server = withUnsafeMutablePointer(to: &peer) {
+            $0.withMemoryRebound(to: Glibc.sockaddr.self, capacity: 1) { accept(listener, $0, &peerLength) }
+        }
+        guard server >= 0 else { throw SandboxError("accept failed: \(String(cString: strerror(errno)))") }
+        defer { close(server) }
+        setTimeouts(server)
+        let message = Array("hello \(UInt64.random(in: 0...UInt64.max))".utf8)
+        try sendAll(client, message)
+        let received = try receive(server, count: message.count)
+        guard received == message else { throw SandboxError("server received \(received), sent \(message)") }
+        try sendAll(server, Array(received.reversed()))
+        let reply = try receive(client, count: message.count)
+        guard reply == Array(message.reversed()) else { throw SandboxError("client received a wrong reply") }
+        return describe(&peer)
+    }
+
+    private static func setTimeouts(_ fd: Int32) {
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    private static func sendAll(_ fd: Int32, _ bytes: [UInt8]) throws {
+        var sent = 0
+        while sent < bytes.count {
+            let n = bytes[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            guard n > 0 else { throw SandboxError("send failed: \(String(cString: strerror(errno)))") }
+            sent += n
+        }
+    }
+
+    private static func receive(_ fd: Int32, count: Int) throws -> [UInt8] {
+        var buffer = [UInt8](repeating: 0, count: count)
+        var got = 0
+        while got < count {
+            let n = buffer[got...].withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            guard n > 0 else { throw SandboxError("recv failed: \(n == 0 ? "connection closed" : String(cString: strerror(errno)))") }
+            got += n
+        }
+        return buffer
+    }
+
+    private static func sockaddr(_ address: String, port: UInt16) throws -> sockaddr_storage {
+        var storage = sockaddr_storage()
+        if address.contains(":") {
+            var sa = sockaddr_in6()
+            sa.sin6_family = sa_family_t(AF_INET6)
+            sa.sin6_port = port.bigEndian
+            guard inet_pton(AF_INET6, address, &sa.sin6_addr) == 1 else { throw SandboxError("bad address \(address)") }
+            withUnsafeBytes(of: sa) { src in withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: src) } }
+        } else {
+            var sa = sockaddr_in()
+            sa.sin_family = sa_family_t(AF_INET)
+            sa.sin_port = port.bigEndian
+            guard inet_pton(AF_INET, address, &sa.sin_addr) == 1 else { throw SandboxError("bad address \(address)") }
+            withUnsafeBytes(of: sa) { src in withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: src) } }
+        }
+        return storage
+    }
+
+    private static func withSockaddr(_ storage: inout sockaddr_storage, _ body: (UnsafePointer<Glibc.sockaddr>, socklen_t) -> Int32) -> Int32 {
+        let length = storage.ss_family == sa_family_t(AF_INET6) ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size
+        return withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: Glibc.sockaddr.self, capacity: 1) { body($0, socklen_t(length)) } }
+    }
+
+    private static func describe(_ storage: inout sockaddr_storage) -> String {
+        let ipv6 = storage.ss_family == sa_family_t(AF_INET6)
+        let bytes = withUnsafeBytes(of: storage) { raw in ipv6 ? Array(raw[8..<24]) : Array(raw[4..<8]) }
+        return IPAddress(bytes: bytes)?.description ?? "?"
+    }
+}
