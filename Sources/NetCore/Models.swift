@@ -49,6 +49,16 @@ public struct Endpoint: Codable, Equatable, Sendable {
     public var created: String
 
     var namespaceIdentity: NetworkNamespace.Identity? = nil
+
+    /// `ipv4` and `ipv6` as address + prefix length.
+    var ipv4Interface: (address: IPAddress, prefixLength: Int) { Endpoint.split(ipv4)! }
+    var ipv6Interface: (address: IPAddress, prefixLength: Int)? { ipv6.flatMap(Endpoint.split) }
+
+    private static func split(_ cidr: String) -> (address: IPAddress, prefixLength: Int)? {
+        let parts = cidr.split(separator: "/")
+        guard parts.count == 2, let ip = IPAddress(String(parts[0])), let length = Int(parts[1]) else { return nil }
+        return (ip, length)
+    }
     var owner = ProcessIdentity(pid: 0, startTime: 0)
 
     enum CodingKeys: String, CodingKey {

@@ -363,15 +363,9 @@ public final class NetworkManager {
         guard let peer = try inside.link(named: endpoint.interface), let lo = try inside.link(named: "lo") else {
             throw NetlinkError(operation: "finding \(endpoint.interface) in \(endpoint.netns)", code: ENODEV)
         }
-        let v4 = IPNetwork(endpoint.ipv4, strict: false)!
-        var requests: [RouteRequest] = [
-            .setLink(index: lo.index, LinkChange(up: true)),
-            .addAddress(InterfaceAddress(index: peer.index, address: IPAddress(endpoint.ipv4.split(separator: "/")[0].description)!,
-                                         prefixLength: v4.prefixLength)),
-        ]
-        if let ipv6 = endpoint.ipv6, let v6 = IPNetwork(ipv6, strict: false) {
-            requests.append(.addAddress(InterfaceAddress(index: peer.index, address: IPAddress(ipv6.split(separator: "/")[0].description)!,
-                                                         prefixLength: v6.prefixLength)))
+        var requests: [RouteRequest] = [.setLink(index: lo.index, LinkChange(up: true))]
+        for ip in [endpoint.ipv4Interface] + [endpoint.ipv6Interface].compactMap({ $0 }) {
+            requests.append(.addAddress(InterfaceAddress(index: peer.index, address: ip.address, prefixLength: ip.prefixLength)))
         }
         requests.append(.setLink(index: peer.index, LinkChange(up: true)))
         requests.append(.addRoute(.defaultRoute(via: IPAddress(endpoint.gateway)!)))
