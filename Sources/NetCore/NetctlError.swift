@@ -22,6 +22,7 @@ public enum NetctlError: Error, CustomStringConvertible, Equatable {
     case namespaceExists(String)
     case interfaceExistsInNamespace(interface: String, namespace: String)
     case missingTarget
+    case invalidPortSpec(spec: String, reason: String)
     case namespace(NamespaceError)
     case kernel(NetlinkError, hint: String)
     case state(String)
@@ -68,6 +69,8 @@ public enum NetctlError: Error, CustomStringConvertible, Equatable {
             return "an interface named \(interface) already exists in \(namespace); pass another --ifname"
         case .missingTarget:
             return "say which network namespace to attach: --netns PATH, --pid PID or --new NAME (exactly one)"
+        case .invalidPortSpec(let spec, let reason):
+            return "invalid port mapping \"\(spec)\": \(reason)"
         case .namespace(let error):
             return error.description
         case .kernel(let error, let hint):

@@ -8,7 +8,7 @@ struct Netctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "netctl",
         abstract: "Container networking: bridges, veth pairs, addresses and routes over netlink.",
-        subcommands: [NetworkCommand.self, Attach.self, Detach.self, Endpoints.self, GC.self])
+        subcommands: [NetworkCommand.self, Attach.self, Detach.self, Endpoints.self, GC.self, PortCommand.self])
 }
 
 /// Options every command takes.
@@ -215,6 +215,28 @@ struct GC: ParsableCommand {
             if json { return try printJSON(report) }
             print("removed endpoints: \(report.removedEndpoints.count), links: \(report.removedLinks.count), " +
                   "namespaces: \(report.removedNamespaces.count); restored bridges: \(report.restoredBridges.count)")
+        }
+    }
+}
+
+// MARK: port
+
+struct PortCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "port", abstract: "Port mappings, with Docker's -p syntax.", subcommands: [Parse.self])
+
+    struct Parse: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print what -p specs mean, as one JSON array: [hostIP:][hostPort[-end]:]containerPort[-end][/proto].")
+        @Argument(help: "Port specs, e.g. 8080:80 127.0.0.1::53/udp [::1]:8000-8010:80.") var specs: [String]
+
+        func run() throws {
+            try reportingErrors {
+                let mappings = try specs.flatMap { try PortMapping.parse($0) }
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.sortedKeys]
+                print(String(decoding: try encoder.encode(mappings), as: UTF8.self))
+            }
         }
     }
 }
