@@ -21,7 +21,11 @@ let package = Package(
                        providers: [.apt(["libnl-3-dev"])]),
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3",
                        providers: [.apt(["libsqlite3-dev"])]),
+        .systemLibrary(name: "CNftables", pkgConfig: "libnftnl",
+                       providers: [.apt(["libnftnl-dev", "libmnl-dev"])]),
         .target(name: "Netlink", dependencies: ["CShim", "CNetlink"]),
+        // nftables over netlink (libnftnl + libmnl); shares Netlink's socket protocol and parser.
+        .target(name: "Firewall", dependencies: ["CNftables", "Netlink"]),
         .target(name: "NetCore", dependencies: [
             "Netlink", "CSQLite",
             .product(name: "Logging", package: "swift-log"),
@@ -32,8 +36,9 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink"]),
+        .testTarget(name: "FirewallTests", dependencies: ["Firewall", "Netlink"]),
         .testTarget(name: "NetCoreTests", dependencies: ["NetCore"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["NetCore", "Netlink", "CShim"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["NetCore", "Netlink", "Firewall", "CShim"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -11,6 +11,26 @@ public protocol NetlinkSocket: AnyObject {
     func receive() throws -> [UInt8]
 }
 
+extension NetlinkSocket {
+    /// Sends one datagram of requests that each asked for an acknowledgement, with the
+    /// given consecutive sequence numbers, and returns each one's errno (0 = success) in
+    /// order. Counts the acknowledgements itself: a batch has one per request.
+    public func transact(_ datagram: [UInt8], sequences: Range<UInt32>) throws -> [Int32] {
+        try send(datagram)
+        var codes = [Int32?](repeating: nil, count: sequences.count)
+        var remaining = codes.count
+        while remaining > 0 {
+            for reply in try NetlinkMessage.parse(receive()) where reply.type == NetlinkMessageType.error {
+                let slot = Int(reply.sequence &- sequences.lowerBound)
+                guard slot >= 0, slot < codes.count, codes[slot] == nil else { continue }
+                codes[slot] = reply.errorCode
+                remaining -= 1
+            }
+        }
+        return codes.map { $0 ?? 0 }
+    }
+}
+
 /// A NETLINK_ROUTE socket through libnl-3. It stays bound to the network namespace of the
 /// thread that created it, whichever thread uses it later.
 public final class LibnlSocket: NetlinkSocket {

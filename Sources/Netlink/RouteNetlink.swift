@@ -199,18 +199,7 @@ public final class RouteNetlink {
             datagram.append(contentsOf: request.message.finish(sequence: sequence))
             sequence &+= 1
         }
-        try socket.send(datagram)
-        var codes = [Int32?](repeating: nil, count: requests.count)
-        var remaining = requests.count
-        while remaining > 0 {
-            for reply in try NetlinkMessage.parse(socket.receive()) where reply.type == NetlinkMessageType.error {
-                let slot = Int(reply.sequence &- first)
-                guard slot >= 0, slot < codes.count, codes[slot] == nil else { continue }
-                codes[slot] = reply.errorCode
-                remaining -= 1
-            }
-        }
-        return codes.map { $0 ?? 0 }
+        return try socket.transact(datagram, sequences: first..<(first &+ UInt32(requests.count)))
     }
 
     /// Sends a dump request and returns every message up to NLMSG_DONE.

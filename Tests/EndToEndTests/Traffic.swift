@@ -5,13 +5,13 @@ import Netlink
 /// belong to (a socket keeps its namespace), then used from here. Every wait is bounded.
 enum Traffic {
     /// Listens on `address` (any address of the family if nil) inside `namespace`.
-    static func listen(in namespace: NetworkNamespace, ipv6: Bool = false, address: String? = nil) throws -> (fd: Int32, port: UInt16) {
+    static func listen(in namespace: NetworkNamespace, ipv6: Bool = false, address: String? = nil, port: UInt16 = 0) throws -> (fd: Int32, port: UInt16) {
         let fd = try namespace.run { socket(ipv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
         guard fd >= 0 else { throw SandboxError("socket: \(errno)") }
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
         setTimeouts(fd)
-        var storage = try sockaddr(address ?? (ipv6 ? "::" : "0.0.0.0"), port: 0)
+        var storage = try sockaddr(address ?? (ipv6 ? "::" : "0.0.0.0"), port: port)
         guard withSockaddr(&storage, { Glibc.bind(fd, $0, $1) }) == 0, Glibc.listen(fd, 16) == 0 else {
             close(fd)
             throw SandboxError("bind/listen failed: \(String(cString: strerror(errno)))")

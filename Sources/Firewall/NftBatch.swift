@@ -1,0 +1,240 @@
+import CNftables
+import Glibc
+import Netlink
+
+/// One nftables expression of a rule, as `nft --debug=netlink` prints them.
+public enum NftExpression: Equatable, Sendable {
+    case meta(key: UInt32, into: UInt32)
+    case payload(base: UInt32, offset: UInt32, length: UInt32, into: UInt32)
+    /// `fib daddr type` into a register.
+    case fibDestinationType(into: UInt32)
+    case compare(register: UInt32, op: UInt32, data: [UInt8])
+    /// A set (`into` nil) or map lookup by name (and by id when the set is made in the same batch).
+    case lookup(register: UInt32, set: String, setID: UInt32?, into: UInt32?)
+    case dnat(family: UInt32, addressRegister: UInt32, portRegister: UInt32)
+    case masquerade
+    case verdict(Int32, chain: String? = nil)
+
+    /// nft's register numbering: 1-4 are 16-byte registers, 8-23 the 4-byte ones used for
+    /// concatenations.
+    public static let reg1: UInt32 = 1, reg2: UInt32 = 2, reg9: UInt32 = 9, reg10: UInt32 = 10
+
+    func build() -> OpaquePointer {
+        func make(_ name: String) -> OpaquePointer { nftnl_expr_alloc(name)! }
+        switch self {
+        case .meta(let key, let register):
+            let e = make("meta")
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_META_KEY), key)
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_META_DREG), register)
+            return e
+        case .payload(let base, let offset, let length, let register):
+            let e = make("payload")
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_PAYLOAD_BASE), base)
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_PAYLOAD_OFFSET), offset)
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_PAYLOAD_LEN), length)
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_PAYLOAD_DREG), register)
+            return e
+        case .fibDestinationType(let register):
+            let e = make("fib")
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_FIB_FLAGS), UInt32(NFTA_FIB_F_DADDR.rawValue))
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_FIB_RESULT), UInt32(NFT_FIB_RESULT_ADDRTYPE.rawValue))
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_FIB_DREG), register)
+            return e
+        case .compare(let register, let op, let data):
+            let e = make("cmp")
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_CMP_SREG), register)
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_CMP_OP), op)
+            data.withUnsafeBytes { _ = nftnl_expr_set(e, UInt16(NFTNL_EXPR_CMP_DATA), $0.baseAddress, UInt32($0.count)) }
+            return e
+        case .lookup(let register, let set, let setID, let into):
+            let e = make("lookup")
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_LOOKUP_SREG), register)
+            nftnl_expr_set_str(e, UInt16(NFTNL_EXPR_LOOKUP_SET), set)
+            if let setID { nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_LOOKUP_SET_ID), setID) }
+            if let into { nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_LOOKUP_DREG), into) }
+            return e
+        case .dnat(let family, let addressRegister, let portRegister):
+            let e = make("nat")
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_NAT_TYPE), UInt32(NFT_NAT_DNAT.rawValue))
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_NAT_FAMILY), family)
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_NAT_REG_ADDR_MIN), addressRegister)
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_NAT_REG_PROTO_MIN), portRegister)
+            return e
+        case .masquerade:
+            return make("masq")
+        case .verdict(let verdict, let chain):
+            let e = make("immediate")
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_IMM_DREG), 0)
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_IMM_VERDICT), UInt32(bitPattern: verdict))
+            if let chain { nftnl_expr_set_str(e, UInt16(NFTNL_EXPR_IMM_CHAIN), chain) }
+            return e
+        }
+    }
+}
+
+/// An nftables transaction: messages the kernel applies all together or not at all. Built
+/// with libnftnl objects, encoded into one datagram between batch-begin and batch-end.
+public struct NftBatch {
+    public let family: UInt16
+    /// Each message as encoded, sequence number still 0 (set on encoding).
+    public private(set) var messages: [[UInt8]] = []
+
+    public init(family: UInt16 = UInt16(NFPROTO_INET)) {
+        self.family = family
+    }
+
+    private static let create = UInt16(NLM_F_CREATE) | UInt16(NLM_F_ACK)
+
+    public mutating func addTable(_ name: String) {
+        let table = nftnl_table_alloc()!
+        defer { nftnl_table_free(table) }
+        nftnl_table_set_u32(table, UInt16(NFTNL_TABLE_FAMILY.rawValue), UInt32(family))
+        nftnl_table_set_str(table, UInt16(NFTNL_TABLE_NAME.rawValue), name)
+        append(NFT_MSG_NEWTABLE, flags: NftBatch.create) { nftnl_table_nlmsg_build_payload($0, table) }
+    }
+
+    public mutating func deleteTable(_ name: String) {
+        let table = nftnl_table_alloc()!
+        defer { nftnl_table_free(table) }
+        nftnl_table_set_u32(table, UInt16(NFTNL_TABLE_FAMILY.rawValue), UInt32(family))
+        nftnl_table_set_str(table, UInt16(NFTNL_TABLE_NAME.rawValue), name)
+        append(NFT_MSG_DELTABLE, flags: UInt16(NLM_F_ACK)) { nftnl_table_nlmsg_build_payload($0, table) }
+    }
+
+    /// A chain; a base chain when `hook` is given: (type "nat"/"filter", hook number, priority).
+    public mutating func addChain(table: String, name: String, hook: (type: String, number: UInt32, priority: Int32)? = nil) {
+        let chain = nftnl_chain_alloc()!
+        defer { nftnl_chain_free(chain) }
+        nftnl_chain_set_u32(chain, UInt16(NFTNL_CHAIN_FAMILY.rawValue), UInt32(family))
+        nftnl_chain_set_str(chain, UInt16(NFTNL_CHAIN_TABLE.rawValue), table)
+        nftnl_chain_set_str(chain, UInt16(NFTNL_CHAIN_NAME.rawValue), name)
+        if let hook {
+            nftnl_chain_set_str(chain, UInt16(NFTNL_CHAIN_TYPE.rawValue), hook.type)
+            nftnl_chain_set_u32(chain, UInt16(NFTNL_CHAIN_HOOKNUM.rawValue), hook.number)
+            nftnl_chain_set_s32(chain, UInt16(NFTNL_CHAIN_PRIO.rawValue), hook.priority)
+            nftnl_chain_set_u32(chain, UInt16(NFTNL_CHAIN_POLICY.rawValue), UInt32(NF_ACCEPT))
+        }
+        append(NFT_MSG_NEWCHAIN, flags: NftBatch.create) { nftnl_chain_nlmsg_build_payload($0, chain) }
+    }
+
+    /// A map (or, with no data type, a set) with concatenated key and data types.
+    public mutating func addMap(table: String, name: String, id: UInt32, key: NftType, data: NftType?) {
+        let set = nftnl_set_alloc()!
+        defer { nftnl_set_free(set) }
+        nftnl_set_set_u32(set, UInt16(NFTNL_SET_FAMILY.rawValue), UInt32(family))
+        nftnl_set_set_str(set, UInt16(NFTNL_SET_TABLE.rawValue), table)
+        nftnl_set_set_str(set, UInt16(NFTNL_SET_NAME.rawValue), name)
+        nftnl_set_set_u32(set, UInt16(NFTNL_SET_ID.rawValue), id)
+        nftnl_set_set_u32(set, UInt16(NFTNL_SET_KEY_TYPE.rawValue), key.id)
+        nftnl_set_set_u32(set, UInt16(NFTNL_SET_KEY_LEN.rawValue), key.length)
+        if let data {
+            nftnl_set_set_u32(set, UInt16(NFTNL_SET_FLAGS.rawValue), UInt32(NFT_SET_MAP.rawValue))
+            nftnl_set_set_u32(set, UInt16(NFTNL_SET_DATA_TYPE.rawValue), data.id)
+            nftnl_set_set_u32(set, UInt16(NFTNL_SET_DATA_LEN.rawValue), data.length)
+        }
+        append(NFT_MSG_NEWSET, flags: NftBatch.create) { nftnl_set_nlmsg_build_payload($0, set) }
+    }
+
+    public mutating func addRule(table: String, chain: String, _ expressions: [NftExpression]) {
+        let rule = nftnl_rule_alloc()!
+        defer { nftnl_rule_free(rule) }
+        nftnl_rule_set_u32(rule, UInt16(NFTNL_RULE_FAMILY.rawValue), UInt32(family))
+        nftnl_rule_set_str(rule, UInt16(NFTNL_RULE_TABLE.rawValue), table)
+        nftnl_rule_set_str(rule, UInt16(NFTNL_RULE_CHAIN.rawValue), chain)
+        for expression in expressions { nftnl_rule_add_expr(rule, expression.build()) }  // the rule owns them
+        append(NFT_MSG_NEWRULE, flags: NftBatch.create | UInt16(NLM_F_APPEND)) { nftnl_rule_nlmsg_build_payload($0, rule) }
+    }
+
+    /// Adds (or deletes) map elements, key -> data, in messages of bounded size.
+    public mutating func setElements(table: String, set name: String, _ elements: [(key: [UInt8], data: [UInt8]?)], delete: Bool = false) {
+        for chunk in stride(from: 0, to: elements.count, by: 256).map({ elements[$0..<min($0 + 256, elements.count)] }) {
+            let set = nftnl_set_alloc()!
+            defer { nftnl_set_free(set) }
+            nftnl_set_set_u32(set, UInt16(NFTNL_SET_FAMILY.rawValue), UInt32(family))
+            nftnl_set_set_str(set, UInt16(NFTNL_SET_TABLE.rawValue), table)
+            nftnl_set_set_str(set, UInt16(NFTNL_SET_NAME.rawValue), name)
+            for element in chunk {
+                let e = nftnl_set_elem_alloc()!
+                element.key.withUnsafeBytes { _ = nftnl_set_elem_set(e, UInt16(NFTNL_SET_ELEM_KEY), $0.baseAddress, UInt32($0.count)) }
+                if let data = element.data {
+                    data.withUnsafeBytes { _ = nftnl_set_elem_set(e, UInt16(NFTNL_SET_ELEM_DATA), $0.baseAddress, UInt32($0.count)) }
+                }
+                nftnl_set_elem_add(set, e)
+            }
+            append(delete ? NFT_MSG_DELSETELEM : NFT_MSG_NEWSETELEM, flags: delete ? UInt16(NLM_F_ACK) : NftBatch.create) {
+                nftnl_set_elems_nlmsg_build_payload($0, set)
+            }
+        }
+    }
+
+    /// The datagram: batch-begin, the messages numbered from `first` + 1, batch-end; and the
+    /// sequence numbers that will be acknowledged.
+    public func encoded(first: UInt32) -> (datagram: [UInt8], acknowledged: Range<UInt32>) {
+        var datagram: [UInt8] = []
+        var scratch = [CChar](repeating: 0, count: 64)
+        scratch.withUnsafeMutableBufferPointer { buf in
+            let begin = nftnl_batch_begin(buf.baseAddress, first)!
+            datagram += UnsafeRawBufferPointer(start: begin, count: Int(begin.pointee.nlmsg_len))
+        }
+        for (i, message) in messages.enumerated() {
+            var m = message
+            withUnsafeBytes(of: first &+ 1 &+ UInt32(i)) { m.replaceSubrange(8..<12, with: $0) }
+            datagram += m
+        }
+        let endSequence = first &+ 1 &+ UInt32(messages.count)
+        scratch.withUnsafeMutableBufferPointer { buf in
+            let end = nftnl_batch_end(buf.baseAddress, endSequence)!
+            datagram += UnsafeRawBufferPointer(start: end, count: Int(end.pointee.nlmsg_len))
+        }
+        return (datagram, (first &+ 1)..<endSequence)
+    }
+
+    private mutating func append(_ type: nf_tables_msg_types, flags: UInt16, _ payload: (UnsafeMutablePointer<nlmsghdr>) -> Void) {
+        var scratch = [CChar](repeating: 0, count: 1 << 16)
+        scratch.withUnsafeMutableBufferPointer { buf in
+            let header = nftnl_nlmsg_build_hdr(buf.baseAddress, UInt16(type.rawValue), family, flags, 0)!
+            payload(header)
+            messages.append(Array(UnsafeRawBufferPointer(start: header, count: Int(header.pointee.nlmsg_len))))
+        }
+    }
+}
+
+/// nft data types, concatenations included: a type id as nft composes it (6 bits per part)
+/// and the key length with each part padded to 4 bytes.
+public struct NftType: Equatable, Sendable {
+    public let id: UInt32
+    public let length: UInt32
+
+    public static let ipv4 = NftType(id: 7, length: 4)
+    public static let ipv6 = NftType(id: 8, length: 16)
+    public static let inetProto = NftType(id: 12, length: 1)
+    public static let inetService = NftType(id: 13, length: 2)
+
+    public static func concat(_ parts: NftType...) -> NftType {
+        NftType(id: parts.reduce(0) { $0 << 6 | $1.id }, length: parts.reduce(0) { $0 + ($1.length + 3) / 4 * 4 })
+    }
+}
+
+/// Sends batches and reports the first failure; the kernel applies a batch all or nothing.
+public final class NftClient {
+    private let socket: NetlinkSocket
+    private var sequence = UInt32(truncatingIfNeeded: time(nil))
+
+    public init(socket: NetlinkSocket) {
+        self.socket = socket
+    }
+
+    public convenience init() throws {
+        self.init(socket: try MnlSocket())
+    }
+
+    public func commit(_ batch: NftBatch, _ operation: String) throws {
+        guard !batch.messages.isEmpty else { return }
+        let (datagram, acknowledged) = batch.encoded(first: sequence)
+        sequence = acknowledged.upperBound &+ 1
+        let codes = try socket.transact(datagram, sequences: acknowledged)
+        if let code = codes.first(where: { $0 != 0 }) {
+            throw NetlinkError(operation: operation, code: code)
+        }
+    }
+}
