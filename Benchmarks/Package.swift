@@ -3,11 +3,14 @@ import PackageDescription
 
 // Benchmarks for netctl, kept in their own package so the library never depends on
 // package-benchmark. They need root and create bridges, veth pairs and network
-// namespaces, so run them only inside a private network + mount namespace:
+// namespaces, so they run only inside a private network + mount namespace (they refuse
+// to run otherwise):
 //
-//     cd Benchmarks && unshare --net --mount swift package benchmark
+//     cd Benchmarks && unshare --net --mount sh -c 'ip link set lo up && exec swift package benchmark'
 //
-// (The benchmark refuses to run in the host's namespaces.)
+// `lo` must be up for SwiftPM itself: in a new network namespace whose loopback is down,
+// Foundation cannot create CFSocket's wakeup socket pair and `swift package benchmark`
+// hangs for good after building BenchmarkTool.
 let package = Package(
     name: "netctl-benchmarks",
     dependencies: [

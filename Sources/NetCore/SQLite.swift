@@ -16,6 +16,10 @@ final class SQLiteDatabase {
         }
         // Wait for other netctl processes instead of failing with SQLITE_BUSY.
         sqlite3_busy_timeout(handle, 15_000)
+        // Keep the WAL file between processes: each short-lived netctl would otherwise
+        // create it, and delete it with an fsync on exit.
+        var persist: Int32 = 1
+        sqlite3_file_control(handle, "main", SQLITE_FCNTL_PERSIST_WAL, &persist)
     }
 
     deinit { sqlite3_close(handle) }

@@ -1,5 +1,8 @@
 import ArgumentParser
-import Foundation
+// FoundationEssentials, not Foundation: the full Foundation loads ICU at start-up, which
+// cost ~10 ms per netctl invocation, several times the attach itself.
+import FoundationEssentials
+import Glibc
 import Logging
 import NetCore
 
@@ -35,7 +38,7 @@ func reportingErrors(_ body: () throws -> Void) throws {
     do {
         try body()
     } catch let error as NetctlError {
-        FileHandle.standardError.write(Data("netctl: error: \(error)\n".utf8))
+        fputs("netctl: error: \(error)\n", stderr)
         throw ExitCode(1)
     }
 }
@@ -50,8 +53,9 @@ func printJSON<T: Encodable>(_ value: T) throws {
 func printTable(_ header: [String], _ rows: [[String]]) {
     let widths = header.indices.map { column in ([header] + rows).map { $0[column].count }.max() ?? 0 }
     for row in [header] + rows {
-        print(zip(row, widths).map { $0.0.padding(toLength: $0.1, withPad: " ", startingAt: 0) }
-            .joined(separator: "  ").trimmingCharacters(in: .whitespaces))
+        var line = zip(row, widths).map { $0.0 + String(repeating: " ", count: $0.1 - $0.0.count) }.joined(separator: "  ")
+        while line.last == " " { line.removeLast() }
+        print(line)
     }
 }
 

@@ -1,15 +1,19 @@
 // Benchmarks of NetworkManager's attach and detach, run in-process.
 //
 // They need root and change the kernel's network configuration, so they run only inside a
-// private network + mount namespace (checked at start):
+// private network + mount namespace (checked at start: they refuse to run otherwise):
 //
-//     cd Benchmarks && unshare --net --mount swift package benchmark
+//     cd Benchmarks && unshare --net --mount sh -c 'ip link set lo up && exec swift package benchmark'
 //
-// Everything they make lives in that namespace: a network with its bridge, namespaces
-// bind-mounted under a private state directory (mkdtemp under /tmp, with a tmpfs mounted
-// on it that only this mount namespace sees). Teardown removes the network (--force), the
-// namespaces, the tmpfs and the directory; should the process die instead, the kernel
-// objects go with the namespaces and only an empty /tmp/netctl-bench.* directory is left.
+// (`lo` is for SwiftPM, not for the benchmarks: in a namespace whose loopback is down,
+// Foundation cannot make CFSocket's wakeup socket pair and `swift package` hangs.)
+//
+// Everything they make lives in those namespaces: one network with its bridge, and empty
+// network namespaces bind-mounted under a private state directory (mkdtemp under /tmp, on
+// disk as /var/lib/netctl would be). Teardown, and an atexit hook should a benchmark stop
+// half-way, remove the network (force), the namespaces and the directory. Were the process
+// killed, the kernel objects and the mounts would still go with the namespaces; only the
+// /tmp/netctl-bench.* directory would be left.
 
 import Benchmark
 import Glibc
@@ -19,7 +23,7 @@ import Netlink
 
 let benchmarks: @Sendable () -> Void = {
     Benchmark.defaultConfiguration = .init(
-        metrics: [.wallClock, .cpuTotal],
+        metrics: [.wallClock],
         timeUnits: .microseconds,
         warmupIterations: 1,
         maxDuration: .seconds(10),
@@ -85,7 +89,6 @@ final class Bench {
     let directory: String
     let manager: NetworkManager
     var namespaces: [String] = []
-    private var tmpfsMounted = false
     private var networkCreated = false
 
     /// The current bench, or nil after reporting through `benchmark.error` why there is none.
@@ -121,19 +124,53 @@ final class Bench {
         try bench.destroy()
     }
 
-    /// Why this process must not touch the network configuration, if it must not: it
-    /// shares its network or mount namespace with PID 1 (the host's).
+    /// Why this process must not touch the network configuration, if it must not: not
+    /// root, or no ancestor process (PID 1 included, when readable) lives in another network
+    /// and another mount namespace, i.e. nothing shows these namespaces to be private ones.
     static func notInPrivateNamespaces() -> String? {
         if getuid() != 0 { return "the attach benchmarks need root" }
+        let hint = "run `unshare --net --mount sh -c 'ip link set lo up && exec swift package benchmark'` (as root) in Benchmarks/"
         for kind in ["net", "mnt"] {
-            var mine = stat(), host = stat()
-            guard stat("/proc/self/ns/\(kind)", &mine) == 0, stat("/proc/1/ns/\(kind)", &host) == 0 else {
-                return "cannot compare /proc/self/ns/\(kind) with /proc/1/ns/\(kind)"
+            guard let mine = namespaceIdentity(pid: getpid(), kind) else {
+                return "cannot read /proc/self/ns/\(kind)"
             }
-            if mine.st_ino == host.st_ino && mine.st_dev == host.st_dev {
-                return "refusing to run in the host's \(kind) namespace: run "
-                    + "`unshare --net --mount swift package benchmark` (as root) in Benchmarks/"
+            var ancestor = parentPID(of: getpid())
+            var privateOne = false
+            for _ in 0..<128 {  // the chain of ancestors is short; bound it anyway
+                guard let pid = ancestor, pid > 0 else { break }
+                // Unreadable (e.g. PID 1 on a sandboxed host): not evidence either way.
+                if let theirs = namespaceIdentity(pid: pid, kind), theirs != mine {
+                    privateOne = true
+                    break
+                }
+                ancestor = pid == 1 ? nil : parentPID(of: pid)
             }
+            if !privateOne {
+                return "refusing to run in a \(kind) namespace shared with every ancestor process: \(hint)"
+            }
+        }
+        return nil
+    }
+
+    private static func namespaceIdentity(pid: pid_t, _ kind: String) -> [UInt64]? {
+        var st = stat()
+        guard stat("/proc/\(pid)/ns/\(kind)", &st) == 0 else { return nil }
+        return [UInt64(st.st_dev), UInt64(st.st_ino)]
+    }
+
+    private static func parentPID(of pid: pid_t) -> pid_t? {
+        let fd = open("/proc/\(pid)/status", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        for _ in 0..<64 {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            bytes += buffer[0..<n]
+        }
+        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") where line.hasPrefix("PPid:") {
+            return pid_t(String(line.dropFirst(5).filter { !$0.isWhitespace }))
         }
         return nil
     }
@@ -144,27 +181,20 @@ final class Bench {
             throw BenchError("mkdtemp: \(String(cString: strerror(errno)))")
         }
         directory = String(cString: made)
-        var partial: (() -> Void)? = { rmdir(made) }
-        defer { partial?() }
-
-        // A tmpfs only this mount namespace sees: state and namespace files vanish with it.
-        guard mount("tmpfs", directory, "tmpfs", 0, "mode=0700") == 0 else {
-            throw BenchError("mounting a tmpfs on \(directory): \(String(cString: strerror(errno)))")
-        }
-        partial = { [directory] in
-            umount2(directory, Int32(MNT_DETACH))
-            rmdir(directory)
-        }
-
         var logger = Logger(label: "netctl-bench")
-        logger.logLevel = .warning
-        manager = try NetworkManager(stateDirectory: directory + "/state", logger: logger)
-        partial = nil  // from here on, destroy() undoes everything
-        tmpfsMounted = true
+        logger.logLevel = .warning  // as the CLI without --debug
+        do {
+            manager = try NetworkManager(stateDirectory: directory + "/state", logger: logger)
+        } catch {
+            Bench.removeTree(directory)
+            throw error
+        }
         do {
             try manager.createNetwork(NetworkSpec(name: Bench.network, subnet: Bench.subnet))
             networkCreated = true
-            mkdir(directory + "/ns", 0o700)
+            guard mkdir(directory + "/ns", 0o700) == 0 else {
+                throw BenchError("mkdir \(directory)/ns: \(String(cString: strerror(errno)))")
+            }
             for i in 0..<count {
                 let path = "\(directory)/ns/ns\(i)"
                 try NetworkNamespace.create(at: path)
@@ -188,20 +218,46 @@ final class Bench {
         }
         for path in namespaces { attempt { try NetworkNamespace.remove(at: path) } }
         namespaces = []
-        if tmpfsMounted {
-            attempt {
-                if umount2(directory, Int32(MNT_DETACH)) != 0 {
-                    throw BenchError("unmounting \(directory): \(String(cString: strerror(errno)))")
-                }
-            }
-            tmpfsMounted = false
-        }
         attempt {
-            if rmdir(directory) != 0 && errno != ENOENT {
-                throw BenchError("removing \(directory): \(String(cString: strerror(errno)))")
-            }
+            if !Bench.removeTree(directory) { throw BenchError("could not remove all of \(directory)") }
         }
         if let firstError { throw firstError }
+    }
+
+    /// Removes the state directory: the state database and its journal files, the namespace
+    /// placeholders (unmounted first, in case one is still mounted) and the directories.
+    /// Only these two levels exist; nothing is followed out of the directory.
+    @discardableResult
+    static func removeTree(_ directory: String) -> Bool {
+        var ok = true
+        for sub in ["ns", "state/netns", "state"] {
+            let path = "\(directory)/\(sub)"
+            for name in listDirectoryEntries(path) {
+                let file = "\(path)/\(name)"
+                var st = stat()
+                guard lstat(file, &st) == 0 else { continue }
+                if (st.st_mode & S_IFMT) == S_IFDIR { continue }  // removed in its own turn
+                if sub != "state" { _ = umount2(file, Int32(MNT_DETACH)) }
+                if unlink(file) != 0 && errno != ENOENT { ok = false }
+            }
+            if rmdir(path) != 0 && errno != ENOENT { ok = false }
+        }
+        if rmdir(directory) != 0 && errno != ENOENT { ok = false }
+        return ok
+    }
+
+    private static func listDirectoryEntries(_ path: String) -> [String] {
+        guard let dir = opendir(path) else { return [] }
+        defer { closedir(dir) }
+        var names: [String] = []
+        for _ in 0..<100_000 {
+            guard let entry = readdir(dir) else { break }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                String(cString: $0.bindMemory(to: CChar.self).baseAddress!)
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
     }
 }
 
