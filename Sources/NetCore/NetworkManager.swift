@@ -273,6 +273,9 @@ public final class NetworkManager {
             netnsPath = "\(namespaceDirectory)/\(name)"
             if fileExists(netnsPath) { throw NetctlError.namespaceExists(netnsPath) }
         }
+        if let ip = request.ip, IPAddress(ip)?.isIPv4 != true {
+            throw NetctlError.invalidAddress(ip, reason: "--ip must be an IPv4 address")
+        }
         let network = try networkForAttach(request.network)
         let requestedIP = try request.ip.map { try Validate.hostAddress($0, in: network.ipv4Subnet, what: "--ip") }
         if requestedIP == network.ipv4Gateway {

@@ -61,30 +61,26 @@ public struct RouteRequest {
     }
 
     public static func setLink(index: Int32, _ change: LinkChange) -> RouteRequest {
-        var m = MessageBuilder(type: NetlinkMessageType.newLink, flags: RouteRequest.change)
-        let flagMask: UInt32 = change.up == nil ? 0 : LinkFlags.up
-        m.ifinfo(index: index, flags: change.up == true ? LinkFlags.up : 0, change: flagMask)
-        if let name = change.name { m.attribute(UInt16(IFLA_IFNAME), string: name) }
-        if let mtu = change.mtu { m.attribute(UInt16(IFLA_MTU), mtu) }
-        if let mac = change.mac { m.attribute(UInt16(IFLA_ADDRESS), bytes: mac) }
-        if let master = change.master { m.attribute(UInt16(IFLA_MASTER), master) }
-        if let group = change.group { m.attribute(UInt16(IFLA_GROUP), group) }
-        if let alias = change.alias { m.attribute(UInt16(IFLA_IFALIAS), string: alias) }
-        return RouteRequest(m, "changing link #\(index)")
+        RouteRequest(linkChange(index: index, name: change.name, change), "changing link #\(index)")
     }
 
-    /// Changes the link with this name (the kernel looks it up; nothing is renamed).
+    /// Changes the link with this name: the kernel looks it up by IFLA_IFNAME, so this form
+    /// cannot rename (`change.name` must be nil; rename by index).
     public static func setLink(name: String, _ change: LinkChange) -> RouteRequest {
+        precondition(change.name == nil, "renaming needs the link's index")
+        return RouteRequest(linkChange(index: 0, name: name, change), "changing link \(name)")
+    }
+
+    private static func linkChange(index: Int32, name: String?, _ change: LinkChange) -> MessageBuilder {
         var m = MessageBuilder(type: NetlinkMessageType.newLink, flags: RouteRequest.change)
-        let flagMask: UInt32 = change.up == nil ? 0 : LinkFlags.up
-        m.ifinfo(flags: change.up == true ? LinkFlags.up : 0, change: flagMask)
-        m.attribute(UInt16(IFLA_IFNAME), string: name)
+        m.ifinfo(index: index, flags: change.up == true ? LinkFlags.up : 0, change: change.up == nil ? 0 : LinkFlags.up)
+        if let name { m.attribute(UInt16(IFLA_IFNAME), string: name) }
         if let mtu = change.mtu { m.attribute(UInt16(IFLA_MTU), mtu) }
         if let mac = change.mac { m.attribute(UInt16(IFLA_ADDRESS), bytes: mac) }
         if let master = change.master { m.attribute(UInt16(IFLA_MASTER), master) }
         if let group = change.group { m.attribute(UInt16(IFLA_GROUP), group) }
         if let alias = change.alias { m.attribute(UInt16(IFLA_IFALIAS), string: alias) }
-        return RouteRequest(m, "changing link \(name)")
+        return m
     }
 
     public static func deleteLink(index: Int32) -> RouteRequest {

@@ -72,6 +72,8 @@ struct FailureTests {
             try expectRefused(sandbox, ["attach", "web"] + options, mentioning: message)
         }
         try expectRefused(sandbox, ["attach", "nope", "--new", "x"], mentioning: "no network named nope")
+        // Without a network the default one would be made: a bad --ip is refused before that.
+        try expectRefused(sandbox, ["attach", "--new", "x", "--ip", "10.71.0.300"], mentioning: "--ip must be an IPv4 address")
         try expectRefused(sandbox, ["detach", "ghost"], mentioning: "no endpoint named ghost")
         // Detaching a known and an unknown endpoint together does nothing at all.
         try expectRefused(sandbox, ["detach", "first", "ghost"], mentioning: "no endpoint named ghost")
