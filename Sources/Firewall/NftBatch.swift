@@ -78,6 +78,9 @@ public struct NftBatch {
     public let family: UInt16
     /// Each message as encoded, sequence number still 0 (set on encoding).
     public private(set) var messages: [[UInt8]] = []
+    /// Where libnftnl builds each message before it is copied out; one per batch. Messages
+    /// stay far below its size (element lists are cut into chunks of 256).
+    private var scratch = [CChar](repeating: 0, count: 1 << 16)
 
     public init(family: UInt16 = UInt16(NFPROTO_INET)) {
         self.family = family
@@ -190,12 +193,12 @@ public struct NftBatch {
     }
 
     private mutating func append(_ type: nf_tables_msg_types, flags: UInt16, _ payload: (UnsafeMutablePointer<nlmsghdr>) -> Void) {
-        var scratch = [CChar](repeating: 0, count: 1 << 16)
-        scratch.withUnsafeMutableBufferPointer { buf in
+        let message = scratch.withUnsafeMutableBufferPointer { buf in
             let header = nftnl_nlmsg_build_hdr(buf.baseAddress, UInt16(type.rawValue), family, flags, 0)!
             payload(header)
-            messages.append(Array(UnsafeRawBufferPointer(start: header, count: Int(header.pointee.nlmsg_len))))
+            return Array(UnsafeRawBufferPointer(start: header, count: Int(header.pointee.nlmsg_len)))
         }
+        messages.append(message)
     }
 }
 
