@@ -40,7 +40,7 @@ final class Sandbox {
         // Wait until the holder is inside its new namespace.
         let own = try NetworkNamespace.current().identity
         var entered: NetworkNamespace?
-        for _ in 0..<200 {
+        for _ in 0..<2000 {  // up to 10 s on a loaded machine
             if let ns = try? NetworkNamespace(pid: holder.pid), ns.identity != own { entered = ns; break }
             usleep(5_000)
         }
@@ -117,7 +117,7 @@ final class Sandbox {
         helpers.append(child)
         // nsenter execs unshare, which execs sleep: one PID throughout.
         let pid = child.pid
-        for _ in 0..<200 {
+        for _ in 0..<2000 {  // up to 10 s on a loaded machine
             if let ns = try? NetworkNamespace(pid: pid), ns.identity != hostNamespace.identity,
                (try? String(contentsOfFile: "/proc/\(pid)/comm"))?.hasPrefix("sleep") == true {
                 return pid
