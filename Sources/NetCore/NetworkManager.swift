@@ -165,6 +165,7 @@ public final class NetworkManager {
         do {
             _ = try ensureBridge(network)
         } catch {
+            if existingBridge == nil { _ = try? host.perform(.deleteLink(name: bridge).ignoring(ENODEV)) }
             try? store.transaction { try store.deleteNetwork(named: network.name) }
             throw NetctlError.wrap(error)
         }
@@ -226,14 +227,15 @@ public final class NetworkManager {
     }
 
     /// The network to attach to: the named one, or the default network, made on first use.
-    private func networkForAttach(_ name: String?) throws -> Network {
+    /// Also says whether this call made the network, so a refused attach can take it away again.
+    private func networkForAttach(_ name: String?) throws -> (network: Network, made: Bool) {
         let name = name ?? NetworkManager.defaultNetworkName
-        if let network = try store.network(named: name) { return network }
+        if let network = try store.network(named: name) { return (network, false) }
         guard name == NetworkManager.defaultNetworkName else { throw NetctlError.networkNotFound(name) }
         do {
-            return try createNetwork(NetworkSpec(name: name, bridge: NetworkManager.defaultBridgeName))
+            return (try createNetwork(NetworkSpec(name: name, bridge: NetworkManager.defaultBridgeName)), true)
         } catch NetctlError.networkExists {
-            return try network(named: name)  // another process made it first
+            return (try network(named: name), false)  // another process made it first
         }
     }
 
@@ -276,7 +278,20 @@ public final class NetworkManager {
         if let ip = request.ip, IPAddress(ip)?.isIPv4 != true {
             throw NetctlError.invalidAddress(ip, reason: "--ip must be an IPv4 address")
         }
-        let network = try networkForAttach(request.network)
+        let (network, madeNetwork) = try networkForAttach(request.network)
+        do {
+            return try attach(request, to: network, mac: requestedMAC, namespace: namespace, netnsPath: netnsPath, pid: pid)
+        } catch {
+            // A default network made for this attach alone goes with it: a refused attach
+            // changes nothing. (It stays if another endpoint joined it meanwhile.)
+            if madeNetwork { _ = try? removeNetwork(named: network.name) }
+            throw error
+        }
+    }
+
+    private func attach(_ request: AttachRequest, to network: Network, mac requestedMAC: [UInt8]?, namespace: NetworkNamespace?,
+                        netnsPath: String, pid: Int32?) throws -> Endpoint {
+        var namespace = namespace
         let requestedIP = try request.ip.map { try Validate.hostAddress($0, in: network.ipv4Subnet, what: "--ip") }
         if requestedIP == network.ipv4Gateway {
             throw NetctlError.invalidAddress(request.ip!, reason: "--ip is the gateway of network \(network.name)")

@@ -74,6 +74,9 @@ struct FailureTests {
         try expectRefused(sandbox, ["attach", "nope", "--new", "x"], mentioning: "no network named nope")
         // Without a network the default one would be made: a bad --ip is refused before that.
         try expectRefused(sandbox, ["attach", "--new", "x", "--ip", "10.71.0.300"], mentioning: "--ip must be an IPv4 address")
+        // ...and a refusal that needs the default network to be known takes it away again.
+        try expectRefused(sandbox, ["attach", "--new", "x", "--ip", "10.71.0.5"], mentioning: "--ip is outside the subnet 172.17.0.0/16")
+        try expectRefused(sandbox, ["attach", "--new", "x", "--name", "first"], mentioning: "endpoint first already exists")
         try expectRefused(sandbox, ["detach", "ghost"], mentioning: "no endpoint named ghost")
         // Detaching a known and an unknown endpoint together does nothing at all.
         try expectRefused(sandbox, ["detach", "first", "ghost"], mentioning: "no endpoint named ghost")
