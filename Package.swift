@@ -1,7 +1,7 @@
 // swift-tools-version:6.1
 import PackageDescription
 
-// Arrows point one way: C interop -> Netlink -> NetCore -> netctl.
+// Arrows point one way: C interop -> Netlink / Firewall -> NetCore -> netctl.
 let package = Package(
     name: "netctl",
     products: [
@@ -27,7 +27,7 @@ let package = Package(
         // nftables over netlink (libnftnl + libmnl); shares Netlink's socket protocol and parser.
         .target(name: "Firewall", dependencies: ["CNftables", "Netlink"]),
         .target(name: "NetCore", dependencies: [
-            "Netlink", "CSQLite",
+            "Netlink", "Firewall", "CSQLite",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "netctl", dependencies: [

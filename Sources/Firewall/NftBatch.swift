@@ -8,6 +8,10 @@ public enum NftExpression: Equatable, Sendable {
     case payload(base: UInt32, offset: UInt32, length: UInt32, into: UInt32)
     /// `fib daddr type` into a register.
     case fibDestinationType(into: UInt32)
+    /// A conntrack key (`ct status`, ...) into a register.
+    case ct(key: UInt32, into: UInt32)
+    /// register = (register & mask) ^ 0, over mask.count bytes.
+    case bitwise(register: UInt32, mask: [UInt8])
     case compare(register: UInt32, op: UInt32, data: [UInt8])
     /// A set (`into` nil) or map lookup by name (and by id when the set is made in the same batch).
     case lookup(register: UInt32, set: String, setID: UInt32?, into: UInt32?)
@@ -39,6 +43,20 @@ public enum NftExpression: Equatable, Sendable {
             nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_FIB_FLAGS), UInt32(NFTA_FIB_F_DADDR.rawValue))
             nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_FIB_RESULT), UInt32(NFT_FIB_RESULT_ADDRTYPE.rawValue))
             nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_FIB_DREG), register)
+            return e
+        case .ct(let key, let register):
+            let e = make("ct")
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_CT_KEY), key)
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_CT_DREG), register)
+            return e
+        case .bitwise(let register, let mask):
+            let e = make("bitwise")
+            let xor = [UInt8](repeating: 0, count: mask.count)
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_BITWISE_SREG), register)
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_BITWISE_DREG), register)
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_BITWISE_LEN), UInt32(mask.count))
+            mask.withUnsafeBytes { _ = nftnl_expr_set(e, UInt16(NFTNL_EXPR_BITWISE_MASK), $0.baseAddress, UInt32($0.count)) }
+            xor.withUnsafeBytes { _ = nftnl_expr_set(e, UInt16(NFTNL_EXPR_BITWISE_XOR), $0.baseAddress, UInt32($0.count)) }
             return e
         case .compare(let register, let op, let data):
             let e = make("cmp")
@@ -130,12 +148,38 @@ public struct NftBatch {
         nftnl_set_set_u32(set, UInt16(NFTNL_SET_ID.rawValue), id)
         nftnl_set_set_u32(set, UInt16(NFTNL_SET_KEY_TYPE.rawValue), key.id)
         nftnl_set_set_u32(set, UInt16(NFTNL_SET_KEY_LEN.rawValue), key.length)
+        if key.hostByteOrder {
+            // nft reads the key's byte order from the set's user data (a TLV: type 0 =
+            // key byte order, 1 = host); without it, `nft list` shows strings reversed.
+            let userdata: [UInt8] = [0, 4, 1, 0, 0, 0]
+            userdata.withUnsafeBytes { _ = nftnl_set_set_data(set, UInt16(NFTNL_SET_USERDATA.rawValue), $0.baseAddress, UInt32($0.count)) }
+        }
         if let data {
             nftnl_set_set_u32(set, UInt16(NFTNL_SET_FLAGS.rawValue), UInt32(NFT_SET_MAP.rawValue))
             nftnl_set_set_u32(set, UInt16(NFTNL_SET_DATA_TYPE.rawValue), data.id)
             nftnl_set_set_u32(set, UInt16(NFTNL_SET_DATA_LEN.rawValue), data.length)
         }
         append(NFT_MSG_NEWSET, flags: NftBatch.create) { nftnl_set_nlmsg_build_payload($0, set) }
+    }
+
+    /// Deletes every rule of a chain (DELRULE naming no rule).
+    public mutating func flushChain(table: String, chain name: String) {
+        let rule = nftnl_rule_alloc()!
+        defer { nftnl_rule_free(rule) }
+        nftnl_rule_set_u32(rule, UInt16(NFTNL_RULE_FAMILY.rawValue), UInt32(family))
+        nftnl_rule_set_str(rule, UInt16(NFTNL_RULE_TABLE.rawValue), table)
+        nftnl_rule_set_str(rule, UInt16(NFTNL_RULE_CHAIN.rawValue), name)
+        append(NFT_MSG_DELRULE, flags: UInt16(NLM_F_ACK)) { nftnl_rule_nlmsg_build_payload($0, rule) }
+    }
+
+    /// Deletes every element of a set or map (DELSETELEM naming no element).
+    public mutating func flushSet(table: String, set name: String) {
+        let set = nftnl_set_alloc()!
+        defer { nftnl_set_free(set) }
+        nftnl_set_set_u32(set, UInt16(NFTNL_SET_FAMILY.rawValue), UInt32(family))
+        nftnl_set_set_str(set, UInt16(NFTNL_SET_TABLE.rawValue), table)
+        nftnl_set_set_str(set, UInt16(NFTNL_SET_NAME.rawValue), name)
+        append(NFT_MSG_DELSETELEM, flags: UInt16(NLM_F_ACK)) { nftnl_set_elems_nlmsg_build_payload($0, set) }
     }
 
     public mutating func addRule(table: String, chain: String, _ expressions: [NftExpression]) {
@@ -212,6 +256,13 @@ public struct NftType: Equatable, Sendable {
     public static let ipv6 = NftType(id: 8, length: 16)
     public static let inetProto = NftType(id: 12, length: 1)
     public static let inetService = NftType(id: 13, length: 2)
+    public static let ifname = NftType(id: 41, length: 16, hostByteOrder: true)
+    /// Strings such as interface names; nft needs to be told (see `addMap`).
+    public var hostByteOrder = false
+
+    init(id: UInt32, length: UInt32, hostByteOrder: Bool = false) {
+        self.id = id; self.length = length; self.hostByteOrder = hostByteOrder
+    }
 
     public static func concat(_ parts: NftType...) -> NftType {
         NftType(id: parts.reduce(0) { $0 << 6 | $1.id }, length: parts.reduce(0) { $0 + ($1.length + 3) / 4 * 4 })
@@ -229,6 +280,38 @@ public final class NftClient {
 
     public convenience init() throws {
         self.init(socket: try MnlSocket())
+    }
+
+    /// Every mapping in the table's maps, as the kernel holds them; nil when the table is
+    /// missing (e.g. after `nft flush ruleset`).
+    public func mappings() throws -> [DNATMapping]? {
+        var found: [DNATMapping] = []
+        for map in PublishRuleset.Map.allCases {
+            var request = MessageBuilder(type: UInt16(NFNL_SUBSYS_NFTABLES) << 8 | UInt16(NFT_MSG_GETSETELEM.rawValue),
+                                         flags: NetlinkFlags.request | NetlinkFlags.dump)
+            request.nfgen(family: UInt8(NFPROTO_INET))
+            request.attribute(UInt16(NFTA_SET_ELEM_LIST_TABLE.rawValue), string: PublishRuleset.table)
+            request.attribute(UInt16(NFTA_SET_ELEM_LIST_SET.rawValue), string: map.rawValue)
+            sequence &+= 1
+            let replies: [NetlinkMessage]
+            do {
+                replies = try socket.dump(request.finish(sequence: sequence), "listing nftables map \(map.rawValue)")
+            } catch let error as NetlinkError where error.code == ENOENT {
+                return nil
+            }
+            for reply in replies {
+                guard let list = reply.attributes(after: 4)[UInt16(NFTA_SET_ELEM_LIST_ELEMENTS.rawValue)] else { continue }
+                for element in Attributes.list(list) {
+                    let fields = Attributes(element.value)
+                    let value = UInt16(NFTA_DATA_VALUE.rawValue)
+                    guard let key = fields.nested(UInt16(NFTA_SET_ELEM_KEY.rawValue))?[value],
+                          let data = fields.nested(UInt16(NFTA_SET_ELEM_DATA.rawValue))?[value],
+                          let mapping = PublishRuleset.decode(map, key: key, data: data) else { continue }
+                    found.append(mapping)
+                }
+            }
+        }
+        return found
     }
 
     public func commit(_ batch: NftBatch, _ operation: String) throws {

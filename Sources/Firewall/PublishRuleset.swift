@@ -21,15 +21,46 @@ public struct DNATMapping: Hashable, Sendable {
     }
 }
 
+extension DNATMapping: CustomStringConvertible {
+    /// e.g. `tcp *:8080 -> 10.0.0.2:80`.
+    public var description: String {
+        let host = hostIP.map { $0.isIPv4 ? "\($0)" : "[\($0)]" } ?? "*"
+        let target = containerIP.isIPv4 ? "\(containerIP)" : "[\(containerIP)]"
+        return "\(proto) \(host):\(hostPort) -> \(target):\(containerPort)"
+    }
+}
+
+/// A bridge network as the firewall sees it: which sources to masquerade, which bridge to isolate.
+public struct BridgeNetwork: Hashable, Sendable {
+    public var bridge: String
+    public var subnet: IPNetwork
+    public var subnet6: IPNetwork?
+
+    public init(bridge: String, subnet: IPNetwork, subnet6: IPNetwork? = nil) {
+        self.bridge = bridge; self.subnet = subnet; self.subnet6 = subnet6
+    }
+}
+
 /// netctl's own table, `inet netctl`. Every mapping is one element of a map, never a rule,
-/// so the rules stay fixed and adding mapping 10,000 costs what mapping 1 does:
+/// so the rules stay fixed and adding mapping 10,000 costs what mapping 1 does; only
+/// networks (a handful) add rules:
 ///
-///     chain publish: nfproto ipv4 & ip daddr . l4proto . dport in @v4_host -> dnat to the map's value
-///                    nfproto ipv4 & fib daddr type local & l4proto . dport in @v4_any -> dnat
-///                    (the same for ipv6)
-///     prerouting (nat, dstnat) and output (nat, -100) jump to publish.
+///     guard (filter, raw):        iifname != "lo" ip daddr 127.0.0.0/8 drop
+///     prerouting/output (nat, dstnat): jump publish
+///     publish:                    ip daddr . l4proto . dport -> @v4_host, fib daddr local -> @v4_any,
+///                                 the same for ipv6: dnat to the map's value
+///     forward (filter):           ct status dnat accept; per network: iifname BR oifname != BR
+///                                 oifname @bridges drop (networks are isolated)
+///     postrouting (nat, srcnat):  ip saddr 127.0.0.0/8 ct status dnat masquerade (host -> 127.0.0.1);
+///                                 per network: ip saddr NET oifname != BR masquerade (outbound),
+///                                 ip saddr NET ct status dnat masquerade (hairpin)
+///
+/// The guard is what makes `route_localnet` (needed on bridges for 127.0.0.1 mappings) safe:
+/// nothing from the wire addressed to 127/8 reaches DNAT or a local socket.
 public enum PublishRuleset {
     public static let table = "netctl"
+    static let bridgesSet = "bridges"
+    static let bridgesSetID: UInt32 = 10
 
     enum Map: String, CaseIterable {
         case v4Host = "v4_host", v4Any = "v4_any", v6Host = "v6_host", v6Any = "v6_any"
@@ -46,24 +77,88 @@ public enum PublishRuleset {
         var data: NftType { .concat(ipv6 ? .ipv6 : .ipv4, .inetService) }
     }
 
-    /// The whole table in one batch, replacing whatever is there: `nft flush ruleset` or a
-    /// stale table from a crash are both repaired atomically.
-    public static func rebuild(with mappings: [DNATMapping]) -> NftBatch {
+    static let chains: [(name: String, hook: (type: String, number: UInt32, priority: Int32)?)] = [
+        ("guard", ("filter", UInt32(NF_INET_PRE_ROUTING.rawValue), -300)),
+        ("publish", nil),
+        ("prerouting", ("nat", UInt32(NF_INET_PRE_ROUTING.rawValue), -100)),
+        ("output", ("nat", UInt32(NF_INET_LOCAL_OUT.rawValue), -100)),
+        ("forward", ("filter", UInt32(NF_INET_FORWARD.rawValue), 0)),
+        ("postrouting", ("nat", UInt32(NF_INET_POST_ROUTING.rawValue), 100)),
+    ]
+
+    /// The whole table in one batch, replacing whatever is there: `nft flush ruleset`, a
+    /// stale table from a crash or elements nobody knows are all repaired atomically.
+    public static func rebuild(networks: [BridgeNetwork], mappings: [DNATMapping]) -> NftBatch {
         var batch = NftBatch()
         batch.addTable(table)     // create-if-missing, so that the delete below cannot fail
         batch.deleteTable(table)
+        appendRules(networks: networks, to: &batch, fresh: true)
+        add(mappings, to: &batch)
+        return batch
+    }
+
+    /// Rewrites the rules and the bridge set for a new list of networks, leaving every map
+    /// element alone (the table must exist; on ENOENT, rebuild).
+    public static func syncNetworks(_ networks: [BridgeNetwork]) -> NftBatch {
+        var batch = NftBatch()
+        appendRules(networks: networks, to: &batch, fresh: false)
+        return batch
+    }
+
+    private static func appendRules(networks: [BridgeNetwork], to batch: inout NftBatch, fresh: Bool) {
         batch.addTable(table)
         for map in Map.allCases {
             batch.addMap(table: table, name: map.rawValue, id: map.id, key: map.key, data: map.data)
         }
-        batch.addChain(table: table, name: "publish")
+        batch.addMap(table: table, name: bridgesSet, id: bridgesSetID, key: .ifname, data: nil)
+        for chain in chains { batch.addChain(table: table, name: chain.name, hook: chain.hook) }
+        if !fresh {
+            for chain in chains { batch.flushChain(table: table, chain: chain.name) }
+            batch.flushSet(table: table, set: bridgesSet)
+        }
+        let ipv4: NftExpression = .compare(register: NftExpression.reg1, op: eq, data: [UInt8(NFPROTO_IPV4)])
+        let nfproto: NftExpression = .meta(key: UInt32(NFT_META_NFPROTO.rawValue), into: NftExpression.reg1)
+        let dnatted: [NftExpression] = [
+            .ct(key: UInt32(NFT_CT_STATUS.rawValue), into: NftExpression.reg1),
+            .bitwise(register: NftExpression.reg1, mask: bytes(of: UInt32(0x20) /* IPS_DST_NAT */)),
+            .compare(register: NftExpression.reg1, op: neq, data: bytes(of: UInt32(0))),
+        ]
+        let loopback = IPNetwork("127.0.0.0/8")!
+        let masquerade: [NftExpression] = [.masquerade]
+        let accept: [NftExpression] = [.verdict(Int32(NF_ACCEPT))]
+        let drop: [NftExpression] = [.verdict(Int32(NF_DROP))]
+
+        batch.addRule(table: table, chain: "guard",
+                      [.meta(key: UInt32(NFT_META_IIFNAME.rawValue), into: NftExpression.reg1),
+                       .compare(register: NftExpression.reg1, op: neq, data: ifname("lo")),
+                       nfproto, ipv4] + source(loopback, destination: true) + drop)
         for map in Map.allCases { batch.addRule(table: table, chain: "publish", rule(for: map)) }
-        batch.addChain(table: table, name: "prerouting", hook: ("nat", UInt32(NF_INET_PRE_ROUTING.rawValue), -100))
-        batch.addRule(table: table, chain: "prerouting", [.verdict(NFT_JUMP.rawValue, chain: "publish")])
-        batch.addChain(table: table, name: "output", hook: ("nat", UInt32(NF_INET_LOCAL_OUT.rawValue), -100))
-        batch.addRule(table: table, chain: "output", [.verdict(NFT_JUMP.rawValue, chain: "publish")])
-        add(mappings, to: &batch)
-        return batch
+        for chain in ["prerouting", "output"] {
+            batch.addRule(table: table, chain: chain, [.verdict(NFT_JUMP.rawValue, chain: "publish")])
+        }
+        batch.addRule(table: table, chain: "forward", dnatted + accept)
+        batch.addRule(table: table, chain: "postrouting", [nfproto, ipv4] + source(loopback) + dnatted + masquerade)
+        for network in networks.sorted(by: { $0.bridge < $1.bridge }) {
+            let name = ifname(network.bridge)
+            batch.addRule(table: table, chain: "forward", [
+                .meta(key: UInt32(NFT_META_IIFNAME.rawValue), into: NftExpression.reg1),
+                .compare(register: NftExpression.reg1, op: eq, data: name),
+                .meta(key: UInt32(NFT_META_OIFNAME.rawValue), into: NftExpression.reg1),
+                .compare(register: NftExpression.reg1, op: neq, data: name),
+                .lookup(register: NftExpression.reg1, set: bridgesSet, setID: bridgesSetID, into: nil),
+            ] + drop)
+            for subnet in [network.subnet] + [network.subnet6].compactMap({ $0 }) {
+                let family: NftExpression = .compare(register: NftExpression.reg1, op: eq,
+                                                     data: [UInt8(subnet.isIPv4 ? NFPROTO_IPV4 : NFPROTO_IPV6)])
+                batch.addRule(table: table, chain: "postrouting", [nfproto, family] + source(subnet) + [
+                    .meta(key: UInt32(NFT_META_OIFNAME.rawValue), into: NftExpression.reg1),
+                    .compare(register: NftExpression.reg1, op: neq, data: name),
+                ] + masquerade)
+                batch.addRule(table: table, chain: "postrouting", [nfproto, family] + source(subnet) + dnatted + masquerade)
+            }
+        }
+        let bridges = networks.map { (key: ifname($0.bridge), data: [UInt8]?.none) }
+        if !bridges.isEmpty { batch.setElements(table: table, set: bridgesSet, bridges) }
     }
 
     /// Adds mappings to the table's maps.
@@ -87,11 +182,36 @@ public enum PublishRuleset {
         return Map.allCases.compactMap { map in grouped[map].map { (map, $0) } }
     }
 
+    static let eq = UInt32(NFT_CMP_EQ.rawValue), neq = UInt32(NFT_CMP_NEQ.rawValue)
+
+    /// `ip saddr NET` (or daddr): the prefix's whole bytes, masked when it ends mid-byte.
+    static func source(_ network: IPNetwork, destination: Bool = false) -> [NftExpression] {
+        let length = (network.prefixLength + 7) / 8
+        let offset: UInt32 = network.isIPv4 ? (destination ? 16 : 12) : (destination ? 24 : 8)
+        let address = Array(network.address.bytes.prefix(length))
+        var expressions: [NftExpression] = [.payload(base: UInt32(NFT_PAYLOAD_NETWORK_HEADER.rawValue), offset: offset,
+                                                     length: UInt32(length), into: NftExpression.reg1)]
+        if network.prefixLength % 8 != 0 {
+            var mask = [UInt8](repeating: 0xff, count: length)
+            mask[length - 1] = UInt8(truncatingIfNeeded: 0xff << (8 - network.prefixLength % 8))
+            expressions.append(.bitwise(register: NftExpression.reg1, mask: mask))
+        }
+        return expressions + [.compare(register: NftExpression.reg1, op: eq, data: address)]
+    }
+
+    /// An interface name as nft compares it: zero-padded to IFNAMSIZ.
+    static func ifname(_ name: String) -> [UInt8] {
+        let raw = Array(name.utf8.prefix(15))
+        return raw + [UInt8](repeating: 0, count: 16 - raw.count)
+    }
+
+    static func bytes(of value: UInt32) -> [UInt8] { withUnsafeBytes(of: value) { Array($0) } }
+
     private static func rule(for map: Map) -> [NftExpression] {
         let nfproto: UInt8 = map.ipv6 ? UInt8(NFPROTO_IPV6) : UInt8(NFPROTO_IPV4)
         var expressions: [NftExpression] = [
             .meta(key: UInt32(NFT_META_NFPROTO.rawValue), into: NftExpression.reg1),
-            .compare(register: NftExpression.reg1, op: UInt32(NFT_CMP_EQ.rawValue), data: [nfproto]),
+            .compare(register: NftExpression.reg1, op: eq, data: [nfproto]),
         ]
         if map.byHost {
             // ip daddr / ip6 daddr into the concatenation's first field.
@@ -99,8 +219,7 @@ public enum PublishRuleset {
                                         length: map.ipv6 ? 16 : 4, into: NftExpression.reg1))
         } else {
             expressions += [.fibDestinationType(into: NftExpression.reg1),
-                            .compare(register: NftExpression.reg1, op: UInt32(NFT_CMP_EQ.rawValue),
-                                     data: withUnsafeBytes(of: UInt32(2 /* RTN_LOCAL */)) { Array($0) })]
+                            .compare(register: NftExpression.reg1, op: eq, data: bytes(of: 2 /* RTN_LOCAL */))]
         }
         // Registers as nft assigns them in a concatenation: 16-byte registers 1-4 overlay the
         // 4-byte registers 8-23 (reg 1 = 8..11, reg 2 = 12..15), each field rounded up to 4 bytes.
@@ -125,4 +244,16 @@ public enum PublishRuleset {
     }
 
     private static func port(_ p: UInt16) -> [UInt8] { [UInt8(p >> 8), UInt8(p & 0xff), 0, 0] }
+
+    /// The mapping an element of `map` encodes (the inverse of `key` and `data`).
+    static func decode(_ map: Map, key: [UInt8], data: [UInt8]) -> DNATMapping? {
+        let width = map.ipv6 ? 16 : 4
+        let hostLength = map.byHost ? width : 0
+        guard key.count == hostLength + 8, data.count == width + 4,
+              let proto = DNATMapping.Proto(rawValue: key[hostLength]),
+              let containerIP = IPAddress(bytes: Array(data.prefix(width))) else { return nil }
+        return DNATMapping(hostIP: map.byHost ? IPAddress(bytes: Array(key.prefix(width))) : nil, proto: proto,
+                           hostPort: UInt16(key[hostLength + 4]) << 8 | UInt16(key[hostLength + 5]),
+                           containerIP: containerIP, containerPort: UInt16(data[width]) << 8 | UInt16(data[width + 1]))
+    }
 }

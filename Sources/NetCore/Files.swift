@@ -45,3 +45,17 @@ func timestamp() -> String {
     strftime(&buffer, buffer.count, "%Y-%m-%dT%H:%M:%SZ", &tm)
     return String(cString: buffer)
 }
+
+/// Sets a sysctl under /proc/sys (of the caller's network namespace) unless it already has
+/// the value.
+func setSysctl(_ name: String, _ value: String) throws {
+    let path = "/proc/sys/" + name
+    if readFile(path)?.split(separator: "\n").first.map(String.init) == value { return }
+    let fd = open(path, O_WRONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw NetctlError.state("cannot open \(path): \(String(cString: strerror(errno))); netctl needs root") }
+    defer { close(fd) }
+    let bytes = Array((value + "\n").utf8)
+    guard write(fd, bytes, bytes.count) == bytes.count else {
+        throw NetctlError.state("cannot set \(name) to \(value): \(String(cString: strerror(errno)))")
+    }
+}

@@ -23,6 +23,13 @@ public enum NetctlError: Error, CustomStringConvertible, Equatable {
     case interfaceExistsInNamespace(interface: String, namespace: String)
     case missingTarget
     case invalidPortSpec(spec: String, reason: String)
+    case portAlreadyPublished(port: String, hostIP: String, endpoint: String)
+    case portInUse(port: String, hostIP: String)
+    case noFreeHostPort(range: String, proto: String)
+    case hostAddressNotLocal(String)
+    case needsProxy(spec: String, reason: String)
+    case portNotPublished(endpoint: String, spec: String)
+    case endpointNotActive(String)
     case namespace(NamespaceError)
     case kernel(NetlinkError, hint: String)
     case state(String)
@@ -71,6 +78,20 @@ public enum NetctlError: Error, CustomStringConvertible, Equatable {
             return "say which network namespace to attach: --netns PATH, --pid PID or --new NAME (exactly one)"
         case .invalidPortSpec(let spec, let reason):
             return "invalid port mapping \"\(spec)\": \(reason)"
+        case .portAlreadyPublished(let port, let hostIP, let endpoint):
+            return "port \(port) is already published on \(hostIP.isEmpty ? "all addresses" : hostIP) by endpoint \(endpoint); pick another host port or remove it with `netctl port rm \(endpoint)`"
+        case .portInUse(let port, let hostIP):
+            return "host port \(port) is in use by another program on \(hostIP.isEmpty ? "this host" : hostIP); pick another host port or stop that program"
+        case .noFreeHostPort(let range, let proto):
+            return "no free \(proto) host port in \(range); widen the range or free a port"
+        case .hostAddressNotLocal(let ip):
+            return "host address \(ip) is not assigned to any interface of this host; publish on one of its addresses or omit it"
+        case .needsProxy(let spec, let reason):
+            return "cannot publish \(spec) with kernel DNAT: \(reason)"
+        case .portNotPublished(let endpoint, let spec):
+            return "endpoint \(endpoint) has no published port matching \(spec); list them with `netctl port ls \(endpoint)`"
+        case .endpointNotActive(let name):
+            return "endpoint \(name) is being set up or torn down; retry, or run `netctl gc` if its owner died"
         case .namespace(let error):
             return error.description
         case .kernel(let error, let hint):

@@ -1,3 +1,4 @@
+import Firewall
 import Glibc
 import Logging
 import Netlink
@@ -36,11 +37,13 @@ public struct AttachRequest: Sendable {
     public var name: String?
     public var interface: String
     public var mac: String?
+    /// Ports to publish once attached (`-p`); if publishing fails, the attach is undone.
+    public var ports: [PortMapping]
 
     public init(network: String? = nil, target: Target, ip: String? = nil, name: String? = nil,
-                interface: String = "eth0", mac: String? = nil) {
+                interface: String = "eth0", mac: String? = nil, ports: [PortMapping] = []) {
         self.network = network; self.target = target; self.ip = ip; self.name = name
-        self.interface = interface; self.mac = mac
+        self.interface = interface; self.mac = mac; self.ports = ports
     }
 }
 
@@ -50,6 +53,9 @@ public struct GCReport: Codable, Equatable, Sendable {
     public var removedLinks: [String] = []
     public var removedNamespaces: [String] = []
     public var restoredBridges: [String] = []
+    /// Map elements the kernel held that state doesn't know, and ones it lacked.
+    public var removedMappings: [String] = []
+    public var restoredMappings: [String] = []
 }
 
 /// The library a runtime embeds: networks, endpoints and their reconciliation with the
@@ -71,12 +77,17 @@ public final class NetworkManager {
     let store: StateStore
     let host: RouteNetlink
     let logger: Logger
+    private let firewallSocket: NetlinkSocket?
+    private var firewallClient: NftClient?
+    private var conntrackClient: ConntrackClient?
 
     /// Opens (creating if needed) the state under `stateDirectory`. `host` defaults to a
     /// netlink socket in the calling thread's namespace.
     public init(stateDirectory: String = NetworkManager.defaultStateDirectory,
-                host: RouteNetlink? = nil, logger: Logger = Logger(label: "netctl")) throws {
+                host: RouteNetlink? = nil, firewall: NetlinkSocket? = nil,
+                logger: Logger = Logger(label: "netctl")) throws {
         self.stateDirectory = stateDirectory
+        self.firewallSocket = firewall
         self.logger = logger
         try makeDirectories(stateDirectory)
         try makeDirectories(stateDirectory + "/netns")
@@ -92,6 +103,22 @@ public final class NetworkManager {
     }
 
     var namespaceDirectory: String { stateDirectory + "/netns" }
+
+    /// The nftables client, opened on first use (in the namespace of the thread that made
+    /// the manager's host socket, which is the caller's).
+    func firewall() throws -> NftClient {
+        if let firewallClient { return firewallClient }
+        let client = try wrapKernel { try firewallSocket.map { NftClient(socket: $0) } ?? NftClient() }
+        firewallClient = client
+        return client
+    }
+
+    func conntrack() throws -> ConntrackClient {
+        if let conntrackClient { return conntrackClient }
+        let client = try wrapKernel { try ConntrackClient() }
+        conntrackClient = client
+        return client
+    }
 
     // MARK: Networks
 
@@ -164,6 +191,7 @@ public final class NetworkManager {
         }
         do {
             _ = try ensureBridge(network)
+            try syncFirewall()
         } catch {
             if existingBridge == nil { _ = try? host.perform(.deleteLink(name: bridge).ignoring(ENODEV)) }
             try? store.transaction { try store.deleteNetwork(named: network.name) }
@@ -189,6 +217,7 @@ public final class NetworkManager {
             // An endpoint was attached meanwhile by another process.
             throw NetctlError.networkInUse(network: name, endpoints: try store.endpoints(network: name).map(\.name))
         }
+        try syncFirewall()
         if let link = try host.link(named: network.bridge), link.group == LinkGroups.bridge {
             try wrapKernel { try host.perform(.deleteLink(index: link.index).ignoring(ENODEV)) }
         }
@@ -223,6 +252,12 @@ public final class NetworkManager {
                                                          prefixLength: subnet6.prefixLength)).ignoring(EEXIST))
         }
         try host.perform(requests)
+        // Forwarding carries published and outbound traffic; route_localnet lets the host's
+        // own 127.0.0.1 connections be DNATed onto the bridge (the ruleset's guard chain
+        // drops anything from the wire addressed to 127/8, so this opens nothing).
+        try setSysctl("net/ipv4/ip_forward", "1")
+        try setSysctl("net/ipv4/conf/\(network.bridge)/route_localnet", "1")
+        if network.ipv6Subnet != nil { try setSysctl("net/ipv6/conf/all/forwarding", "1") }
         return bridge.index
     }
 
@@ -280,7 +315,14 @@ public final class NetworkManager {
         }
         let (network, madeNetwork) = try networkForAttach(request.network)
         do {
-            return try attach(request, to: network, mac: requestedMAC, namespace: namespace, netnsPath: netnsPath, pid: pid)
+            let endpoint = try attach(request, to: network, mac: requestedMAC, namespace: namespace, netnsPath: netnsPath, pid: pid)
+            do {
+                try publish(endpoint: endpoint.name, request.ports)
+            } catch {
+                _ = try? detach([endpoint.name])
+                throw error
+            }
+            return endpoint
         } catch {
             // A default network made for this attach alone goes with it: a refused attach
             // changes nothing. (It stays if another endpoint joined it meanwhile.)
@@ -406,9 +448,18 @@ public final class NetworkManager {
 
     private func teardown(_ endpoints: [Endpoint]) throws {
         guard !endpoints.isEmpty else { return }
-        try store.transaction {
-            for e in endpoints { try store.update(endpoint: e.id, state: .removing, owner: .current()) }
+        // Their published ports go first, with the state change, in one transaction.
+        let ports: [PublishedPort] = try store.transaction {
+            var ports: [PublishedPort] = []
+            for e in endpoints {
+                try store.update(endpoint: e.id, state: .removing, owner: .current())
+                let own = try store.ports(endpoint: e.name).map(\.port)
+                try removePorts(own, of: e)
+                ports += own
+            }
+            return ports
         }
+        flushConntrack(ports)
         try wrapKernel { try host.deleteLinks(names: endpoints.map(\.hostInterface)) }
         for e in endpoints where e.ownsNetns {
             try wrapKernel { try NetworkNamespace.remove(at: e.netns) }
@@ -459,6 +510,19 @@ public final class NetworkManager {
             try wrapKernel { _ = try ensureBridge(network) }
             report.restoredBridges.append(network.bridge)
         }
+
+        // The table's maps must hold exactly state's mappings; read both under the state
+        // lock so a publish in flight is not mistaken for a leftover.
+        try store.transaction {
+            let expected = Set(try store.ports().flatMap { NetworkManager.dnat($0.port, $0.endpoint) })
+            let kernel = try wrapKernel { try firewall().mappings() }
+            if kernel == nil && expected.isEmpty && networks.isEmpty { return }
+            let present = Set(kernel ?? [])
+            guard kernel == nil || present != expected else { return }
+            try wrapKernel { try firewall().commit(rulesetFromState().batch, "rebuilding the netctl table") }
+            report.removedMappings = present.subtracting(expected).map(\.description).sorted()
+            report.restoredMappings = expected.subtracting(present).map(\.description).sorted()
+        }
         return report
     }
 
@@ -473,7 +537,7 @@ public final class NetworkManager {
 
     // MARK: Helpers
 
-    private func wrapKernel<T>(_ body: () throws -> T) throws -> T {
+    func wrapKernel<T>(_ body: () throws -> T) throws -> T {
         do { return try body() } catch { throw NetctlError.wrap(error) }
     }
 

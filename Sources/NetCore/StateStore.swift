@@ -60,6 +60,15 @@ final class StateStore {
             UNIQUE (network, ipv4),
             UNIQUE (network, ipv6)
         );
+        CREATE TABLE IF NOT EXISTS ports (
+            endpoint_id TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+            proto TEXT NOT NULL,
+            host_ip TEXT NOT NULL,
+            host_port INTEGER NOT NULL,
+            container_port INTEGER NOT NULL,
+            UNIQUE (proto, host_port, host_ip)
+        );
+        CREATE INDEX IF NOT EXISTS ports_by_endpoint ON ports(endpoint_id);
         """
 
     func transaction<T>(_ body: () throws -> T) throws -> T {
@@ -162,6 +171,34 @@ final class StateStore {
 
     func deleteEndpoint(id: String) throws {
         try db.run("DELETE FROM endpoints WHERE id = ?", [.text(id)])
+    }
+
+    // MARK: Published ports
+
+    /// Published ports with the endpoint each belongs to; all of them, or one endpoint's.
+    func ports(endpoint: String? = nil) throws -> [(port: PublishedPort, endpoint: Endpoint)] {
+        let byName = Dictionary(uniqueKeysWithValues: try endpoints().map { ($0.id, $0) })
+        let filter = endpoint == nil ? "" : "WHERE e.name = ?"
+        return try db.query("""
+            SELECT p.endpoint_id, p.proto, p.host_ip, p.host_port, p.container_port FROM ports p
+            JOIN endpoints e ON e.id = p.endpoint_id \(filter)
+            ORDER BY e.name, p.container_port, p.proto, p.host_ip, p.host_port
+            """, endpoint.map { [.text($0)] } ?? []).compactMap { row in
+            guard let e = byName[row[0].string!], let proto = PortMapping.Proto(rawValue: row[1].string!) else { return nil }
+            return (PublishedPort(endpoint: e.name, proto: proto, hostIP: row[2].string!, hostPort: UInt16(row[3].int!),
+                                  containerPort: UInt16(row[4].int!), servesIPv6: e.ipv6 != nil), e)
+        }
+    }
+
+    func insert(_ port: PublishedPort, endpointID: String) throws {
+        try db.run("INSERT INTO ports (endpoint_id, proto, host_ip, host_port, container_port) VALUES (?, ?, ?, ?, ?)",
+                   [.text(endpointID), .text(port.proto.rawValue), .text(port.hostIP), .integer(Int64(port.hostPort)),
+                    .integer(Int64(port.containerPort))])
+    }
+
+    func delete(_ port: PublishedPort) throws {
+        try db.run("DELETE FROM ports WHERE proto = ? AND host_port = ? AND host_ip = ?",
+                   [.text(port.proto.rawValue), .integer(Int64(port.hostPort)), .text(port.hostIP)])
     }
 
     /// Stored addresses carry no prefix; the network's subnet supplies it.

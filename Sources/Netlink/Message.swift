@@ -68,6 +68,11 @@ public struct MessageBuilder {
         append(table); append(`protocol`); append(scope); append(type); append(flags)
     }
 
+    /// struct nfgenmsg (4 bytes), the family header of every nfnetlink message.
+    public mutating func nfgen(family: UInt8, resourceID: UInt16 = 0) {
+        append(family); append(UInt8(0) /* NFNETLINK_V0 */); append(resourceID.bigEndian)
+    }
+
     // MARK: Attributes
 
     public mutating func attribute(_ type: UInt16, bytes payload: [UInt8]) {
@@ -175,6 +180,19 @@ public struct Attributes: Sendable {
             values[type] = Array(bytes[(offset + 4)..<(offset + length)])
             offset += (length + 3) & ~3
         }
+    }
+
+    /// Every attribute of one level in order, repeated types included (netlink lists).
+    public static func list(_ bytes: [UInt8]) -> [(type: UInt16, value: [UInt8])] {
+        var items: [(type: UInt16, value: [UInt8])] = []
+        var offset = 0
+        while bytes.count - offset >= 4 {
+            let length = Int(bytes.readInteger(at: offset, as: UInt16.self))
+            guard length >= 4, offset + length <= bytes.count else { break }
+            items.append((bytes.readInteger(at: offset + 2, as: UInt16.self) & 0x3fff, Array(bytes[(offset + 4)..<(offset + length)])))
+            offset += (length + 3) & ~3
+        }
+        return items
     }
 
     public subscript(type: UInt16) -> [UInt8]? { values[type] }

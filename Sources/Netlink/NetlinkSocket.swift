@@ -29,6 +29,25 @@ extension NetlinkSocket {
         }
         return codes.map { $0 ?? 0 }
     }
+
+    /// Sends one dump request (its sequence number already set) and collects every reply
+    /// message up to NLMSG_DONE.
+    public func dump(_ request: [UInt8], _ operation: String) throws -> [NetlinkMessage] {
+        let sequence = request.readInteger(at: 8, as: UInt32.self)
+        try send(request)
+        var result: [NetlinkMessage] = []
+        while true {
+            for reply in try NetlinkMessage.parse(receive()) where reply.sequence == sequence {
+                switch reply.type {
+                case NetlinkMessageType.done: return result
+                case NetlinkMessageType.error:
+                    if reply.errorCode != 0 { throw NetlinkError(operation: operation, code: reply.errorCode) }
+                    return result
+                default: result.append(reply)
+                }
+            }
+        }
+    }
 }
 
 /// A NETLINK_ROUTE socket through libnl-3. It stays bound to the network namespace of the

@@ -200,20 +200,7 @@ public final class RouteNetlink {
 
     /// Sends a dump request and returns every message up to NLMSG_DONE.
     public func dump(_ message: MessageBuilder, _ operation: String) throws -> [NetlinkMessage] {
-        let seq = nextSequence()
-        try socket.send(message.finish(sequence: seq))
-        var result: [NetlinkMessage] = []
-        while true {
-            for reply in try NetlinkMessage.parse(socket.receive()) where reply.sequence == seq {
-                switch reply.type {
-                case NetlinkMessageType.done: return result
-                case NetlinkMessageType.error:
-                    if reply.errorCode != 0 { throw NetlinkError(operation: operation, code: reply.errorCode) }
-                    return result
-                default: result.append(reply)
-                }
-            }
-        }
+        try socket.dump(message.finish(sequence: nextSequence()), operation)
     }
 
     /// Sends a get request that has one reply; nil when the kernel says the object doesn't exist.

@@ -11,7 +11,7 @@ struct Netctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "netctl",
         abstract: "Container networking: bridges, veth pairs, addresses and routes over netlink.",
-        subcommands: [NetworkCommand.self, Attach.self, Detach.self, Endpoints.self, GC.self, PortCommand.self])
+        subcommands: [NetworkCommand.self, Attach.self, Detach.self, Endpoints.self, PortCommand.self, Reload.self, GC.self])
 }
 
 /// Options every command takes.
@@ -162,6 +162,9 @@ struct Attach: ParsableCommand {
     @Option(help: "Endpoint name (default: ep-ID).") var name: String?
     @Option(help: "Interface name inside the namespace.") var ifname = "eth0"
     @Option(help: "MAC address inside the namespace (default: derived from the IPv4 address).") var mac: String?
+    @Option(name: [.customShort("p"), .customLong("publish")],
+            help: "Publish a port, Docker's -p syntax: [hostIP:][hostPort[-end]:]containerPort[-end][/proto]. Repeatable.")
+    var publish: [String] = []
     @Flag(help: "Print the endpoint as JSON.") var json = false
 
     func run() throws {
@@ -169,11 +172,14 @@ struct Attach: ParsableCommand {
             let targets: [AttachRequest.Target] = [netns.map { .path($0) }, pid.map { .pid($0) },
                                                    newNamespace.map { .new($0) }].compactMap { $0 }
             guard targets.count == 1 else { throw NetctlError.missingTarget }
-            let endpoint = try global.manager().attach(AttachRequest(
-                network: network, target: targets[0], ip: ip, name: name, interface: ifname, mac: mac))
+            let ports = try publish.flatMap { try PortMapping.parse($0) }
+            let manager = try global.manager()
+            let endpoint = try manager.attach(AttachRequest(
+                network: network, target: targets[0], ip: ip, name: name, interface: ifname, mac: mac, ports: ports))
             if json { return try printJSON(endpoint) }
             print("\(endpoint.name) \(endpoint.ipv4)\(endpoint.ipv6.map { " \($0)" } ?? "") " +
                   "\(endpoint.interface) in \(endpoint.netns) via \(endpoint.gateway) on \(endpoint.network)")
+            for port in try manager.ports(endpoint: endpoint.name) { print(port.description) }
         }
     }
 }
@@ -218,7 +224,21 @@ struct GC: ParsableCommand {
             let report = try global.manager().gc()
             if json { return try printJSON(report) }
             print("removed endpoints: \(report.removedEndpoints.count), links: \(report.removedLinks.count), " +
-                  "namespaces: \(report.removedNamespaces.count); restored bridges: \(report.restoredBridges.count)")
+                  "namespaces: \(report.removedNamespaces.count), map elements: \(report.removedMappings.count); " +
+                  "restored bridges: \(report.restoredBridges.count), map elements: \(report.restoredMappings.count)")
+        }
+    }
+}
+
+struct Reload: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Reinstall netctl's nftables table from state in one batch (e.g. after `nft flush ruleset`).")
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        try reportingErrors {
+            let count = try global.manager().reload()
+            print("reloaded table inet netctl with \(count) map elements")
         }
     }
 }
@@ -227,7 +247,60 @@ struct GC: ParsableCommand {
 
 struct PortCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "port", abstract: "Port mappings, with Docker's -p syntax.", subcommands: [Parse.self])
+        commandName: "port", abstract: "Publish container ports on the host, with Docker's -p syntax.",
+        subcommands: [Add.self, Remove.self, List.self, Parse.self])
+
+    struct Add: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Publish ports of an endpoint (kernel DNAT).")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Endpoint name.") var endpoint: String
+        @Argument(help: "Port specs, e.g. 8080:80 127.0.0.1::53/udp 8000-8010:80.") var specs: [String]
+        @Flag(help: "Print the published ports as JSON.") var json = false
+
+        func run() throws {
+            try reportingErrors {
+                let mappings = try specs.flatMap { try PortMapping.parse($0) }
+                let published = try global.manager().publish(endpoint: endpoint, mappings)
+                if json { return try printJSON(published) }
+                for port in published { print(port.description) }
+            }
+        }
+    }
+
+    struct Remove: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "rm", abstract: "Unpublish ports of an endpoint: those matching the specs, or all.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Endpoint name.") var endpoint: String
+        @Argument(help: "Port specs to remove, e.g. 80 8080:80/udp (default: all).") var specs: [String] = []
+
+        func run() throws {
+            try reportingErrors {
+                let parsed = try specs.map { (text: $0, mappings: try PortMapping.parse($0)) }
+                for port in try global.manager().unpublish(endpoint: endpoint, parsed) { print(port.description) }
+            }
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "ls", abstract: "List published ports, like `docker port`: of one endpoint or all.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Endpoint name.") var endpoint: String?
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            try reportingErrors {
+                let ports = try global.manager().ports(endpoint: endpoint)
+                if json { return try printJSON(ports) }
+                for port in ports {
+                    for line in port.description.split(separator: "\n") {
+                        print(endpoint == nil ? "\(port.endpoint) \(line)" : String(line))
+                    }
+                }
+            }
+        }
+    }
 
     struct Parse: ParsableCommand {
         static let configuration = CommandConfiguration(

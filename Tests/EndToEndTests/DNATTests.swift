@@ -23,9 +23,9 @@ struct DNATTests {
             DNATMapping(hostIP: IPAddress("10.90.0.1")!, proto: .udp, hostPort: 5353, containerIP: IPAddress("10.90.0.2")!, containerPort: 53),
             DNATMapping(hostIP: IPAddress("fd00::1")!, proto: .tcp, hostPort: 443, containerIP: IPAddress("fd00::2")!, containerPort: 8443),
         ]
-        try nft.commit(PublishRuleset.rebuild(with: mappings), "installing the netctl table")
+        try nft.commit(PublishRuleset.rebuild(networks: [BridgeNetwork(bridge: "nc-web", subnet: IPNetwork("10.90.0.0/24")!)], mappings: mappings), "installing the netctl table")
         // Rebuilding again replaces the table atomically rather than failing or doubling it.
-        try nft.commit(PublishRuleset.rebuild(with: mappings), "reinstalling the netctl table")
+        try nft.commit(PublishRuleset.rebuild(networks: [BridgeNetwork(bridge: "nc-web", subnet: IPNetwork("10.90.0.0/24")!)], mappings: mappings), "reinstalling the netctl table")
 
         let listed = try sandbox.run("/usr/sbin/nft", ["list", "table", "inet", "netctl"])
         #expect(listed.ok, "\(listed.stderr)")

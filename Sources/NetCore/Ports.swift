@@ -1,0 +1,363 @@
+import Firewall
+import Glibc
+import Netlink
+
+/// A port published for an endpoint: hostIP:hostPort/proto on the host reaches
+/// containerPort on the endpoint's address(es), through kernel DNAT.
+public struct PublishedPort: Codable, Equatable, Hashable, Sendable {
+    public var endpoint: String
+    public var proto: PortMapping.Proto
+    /// "" = every address of both families; "0.0.0.0" or "::" = every address of one family;
+    /// anything else one address.
+    public var hostIP: String
+    public var hostPort: UInt16
+    public var containerPort: UInt16
+    /// Whether the endpoint has an IPv6 address, so an all-addresses mapping also serves [::].
+    public var servesIPv6: Bool
+
+    public init(endpoint: String, proto: PortMapping.Proto, hostIP: String, hostPort: UInt16, containerPort: UInt16,
+                servesIPv6: Bool = true) {
+        self.endpoint = endpoint; self.proto = proto; self.hostIP = hostIP
+        self.hostPort = hostPort; self.containerPort = containerPort; self.servesIPv6 = servesIPv6
+    }
+
+    /// As `docker port` prints it: `80/tcp -> 0.0.0.0:8080`, one line per address served.
+    public var description: String {
+        var scope = HostScope(hostIP)
+        if scope == .all && !servesIPv6 { scope = .allIPv4 }
+        let hosts = scope.displayAddresses
+        return hosts.map { "\(containerPort)/\(proto.rawValue) -> \($0):\(hostPort)" }.joined(separator: "\n")
+    }
+
+    /// Whether a `port rm` spec names this port: same container port and protocol, and the
+    /// host address and port when the spec gives them.
+    func matches(_ spec: PortMapping) -> Bool {
+        spec.proto == proto && spec.containerPort == containerPort
+            && (spec.hostIP.isEmpty || spec.hostIP == hostIP)
+            && (spec.hostPort == 0 || (spec.hostPort...spec.hostPortEnd).contains(hostPort))
+    }
+}
+
+/// The host addresses a mapping listens on.
+enum HostScope: Equatable {
+    case all, allIPv4, allIPv6, address(IPAddress)
+
+    init(_ hostIP: String) {
+        switch hostIP {
+        case "": self = .all
+        case "0.0.0.0": self = .allIPv4
+        case "::": self = .allIPv6
+        default: self = IPAddress(hostIP).map { .address($0) } ?? .all
+        }
+    }
+
+    var coversIPv4: Bool {
+        switch self {
+        case .all, .allIPv4: return true
+        case .allIPv6: return false
+        case .address(let ip): return ip.isIPv4
+        }
+    }
+
+    var coversIPv6: Bool {
+        switch self {
+        case .all, .allIPv6: return true
+        case .allIPv4: return false
+        case .address(let ip): return !ip.isIPv4
+        }
+    }
+
+    /// Two mappings clash when some host address is in both scopes.
+    func overlaps(_ other: HostScope) -> Bool {
+        switch (self, other) {
+        case (.address(let a), .address(let b)): return a == b
+        default: return (coversIPv4 && other.coversIPv4) || (coversIPv6 && other.coversIPv6)
+        }
+    }
+
+    var displayAddresses: [String] {
+        switch self {
+        case .all: return ["0.0.0.0", "[::]"]
+        case .allIPv4: return ["0.0.0.0"]
+        case .allIPv6: return ["[::]"]
+        case .address(let ip): return [ip.isIPv4 ? "\(ip)" : "[\(ip)]"]
+        }
+    }
+
+    /// The sockets a bind probe tries: (address, IPv6?).
+    var probeAddresses: [(String, Bool)] {
+        switch self {
+        case .all: return [("0.0.0.0", false), ("::", true)]
+        case .allIPv4: return [("0.0.0.0", false)]
+        case .allIPv6: return [("::", true)]
+        case .address(let ip): return [("\(ip)", !ip.isIPv4)]
+        }
+    }
+}
+
+/// Host port choice and the check that no other program holds a port.
+enum HostPorts {
+    /// The kernel's ephemeral range, where Docker also picks dynamic host ports.
+    static func ephemeralRange() -> ClosedRange<UInt16> {
+        let fields = (readFile("/proc/sys/net/ipv4/ip_local_port_range") ?? "")
+            .split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).compactMap { UInt16($0) }
+        guard fields.count == 2, fields[0] > 0, fields[0] <= fields[1] else { return 32768...60999 }
+        return fields[0]...fields[1]
+    }
+
+    /// The first port of `range` that `isFree` accepts, starting at `start` and wrapping.
+    static func choose(in range: ClosedRange<UInt16>, start: UInt16, isFree: (UInt16) throws -> Bool) rethrows -> UInt16? {
+        let count = Int(range.upperBound) - Int(range.lowerBound) + 1
+        let offset = Int(start) - Int(range.lowerBound)
+        for i in 0..<count {
+            let port = UInt16(Int(range.lowerBound) + (offset + i) % count)
+            if try isFree(port) { return port }
+        }
+        return nil
+    }
+
+    enum Probe: Equatable { case free, inUse, notLocal }
+
+    /// Tries to bind hostIP:port for the protocol, which is what the published port would
+    /// need if a program served it: EADDRINUSE means some program holds it.
+    static func probe(_ scope: HostScope, port: UInt16, proto: PortMapping.Proto) -> Probe {
+        for (address, ipv6) in scope.probeAddresses {
+            let family = ipv6 ? AF_INET6 : AF_INET
+            let (type, number): (Int32, Int32) = switch proto {
+            case .tcp: (Int32(SOCK_STREAM.rawValue), Int32(IPPROTO_TCP))
+            case .udp: (Int32(SOCK_DGRAM.rawValue), Int32(IPPROTO_UDP))
+            case .sctp: (Int32(SOCK_STREAM.rawValue), Int32(IPPROTO_SCTP))
+            }
+            let fd = socket(family, type | Int32(SOCK_CLOEXEC.rawValue), number)
+            guard fd >= 0 else { continue }  // no IPv6 or no SCTP here: nothing can hold it
+            defer { close(fd) }
+            var one: Int32 = 1
+            // TCP: only listeners (not TIME_WAIT leftovers) should count as holders.
+            if proto == .tcp { setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size)) }
+            if ipv6 { setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(MemoryLayout<Int32>.size)) }
+            let rc: Int32
+            if ipv6 {
+                var sa = sockaddr_in6()
+                sa.sin6_family = sa_family_t(AF_INET6)
+                sa.sin6_port = port.bigEndian
+                _ = inet_pton(AF_INET6, address, &sa.sin6_addr)
+                rc = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }
+            } else {
+                var sa = sockaddr_in()
+                sa.sin_family = sa_family_t(AF_INET)
+                sa.sin_port = port.bigEndian
+                _ = inet_pton(AF_INET, address, &sa.sin_addr)
+                rc = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            }
+            if rc != 0 {
+                switch errno {
+                case EADDRINUSE: return .inUse
+                case EADDRNOTAVAIL: return .notLocal
+                default: continue
+                }
+            }
+        }
+        return .free
+    }
+}
+
+extension NetworkManager {
+    // MARK: Port publishing
+
+    /// Publishes ports of an endpoint. Host ports left open (0, or a range) are chosen
+    /// here: never one another mapping claims or another program holds. All or nothing:
+    /// any refusal or kernel failure leaves state and ruleset as they were.
+    @discardableResult
+    public func publish(endpoint name: String, _ specs: [PortMapping]) throws -> [PublishedPort] {
+        guard !specs.isEmpty else { return [] }
+        let endpoint = try self.endpoint(named: name)
+        guard endpoint.state == .active else { throw NetctlError.endpointNotActive(name) }
+        for spec in specs { try checkKernelCanServe(spec, endpoint: endpoint) }
+
+        let published: [PublishedPort] = try store.transaction {
+            var taken = try store.ports().map(\.port)
+            var added: [PublishedPort] = []
+            for spec in specs {
+                let scope = HostScope(spec.hostIP)
+                let display = { (port: UInt16) in "\(port)/\(spec.proto.rawValue)" }
+                func holder(_ port: UInt16) -> PublishedPort? {
+                    taken.first { $0.proto == spec.proto && $0.hostPort == port && HostScope($0.hostIP).overlaps(scope) }
+                }
+                func probe(_ port: UInt16) throws -> Bool {
+                    switch HostPorts.probe(scope, port: port, proto: spec.proto) {
+                    case .free: return true
+                    case .inUse: return false
+                    case .notLocal: throw NetctlError.hostAddressNotLocal(spec.hostIP)
+                    }
+                }
+                let port: UInt16
+                if spec.hostPort != 0 && spec.hostPort == spec.hostPortEnd {
+                    if let other = holder(spec.hostPort) {
+                        throw NetctlError.portAlreadyPublished(port: display(spec.hostPort), hostIP: other.hostIP, endpoint: other.endpoint)
+                    }
+                    guard try probe(spec.hostPort) else { throw NetctlError.portInUse(port: display(spec.hostPort), hostIP: spec.hostIP) }
+                    port = spec.hostPort
+                } else {
+                    // A host range is searched in order, like Docker; the ephemeral range from
+                    // a random point, so concurrent callers rarely probe the same ports.
+                    let range = spec.hostPort == 0 ? HostPorts.ephemeralRange() : spec.hostPort...spec.hostPortEnd
+                    let start = spec.hostPort == 0 ? UInt16.random(in: range) : range.lowerBound
+                    guard let free = try HostPorts.choose(in: range, start: start, isFree: { try holder($0) == nil && probe($0) }) else {
+                        throw NetctlError.noFreeHostPort(range: "\(range.lowerBound)-\(range.upperBound)", proto: spec.proto.rawValue)
+                    }
+                    port = free
+                }
+                let p = PublishedPort(endpoint: endpoint.name, proto: spec.proto, hostIP: spec.hostIP, hostPort: port,
+                                      containerPort: spec.containerPort, servesIPv6: endpoint.ipv6 != nil)
+                try store.insert(p, endpointID: endpoint.id)
+                taken.append(p)
+                added.append(p)
+            }
+            try commitFirewall("publishing ports of \(name)") { batch in
+                PublishRuleset.add(added.flatMap { NetworkManager.dnat($0, endpoint) }, to: &batch)
+            }
+            return added
+        }
+        flushConntrack(published)
+        for p in published { logger.info("published \(p.description.split(separator: "\n").joined(separator: ", ")) for \(name)") }
+        return published
+    }
+
+    /// Removes published ports of an endpoint: those matching `specs`, or all of them.
+    /// A spec that matches nothing is refused before anything changes.
+    @discardableResult
+    public func unpublish(endpoint name: String, _ specs: [(text: String, mappings: [PortMapping])] = []) throws -> [PublishedPort] {
+        let endpoint = try self.endpoint(named: name)
+        let removed: [PublishedPort] = try store.transaction {
+            let current = try store.ports(endpoint: name).map(\.port)
+            var chosen = current
+            if !specs.isEmpty {
+                chosen = []
+                for spec in specs {
+                    let hits = current.filter { p in spec.mappings.contains { p.matches($0) } }
+                    guard !hits.isEmpty else { throw NetctlError.portNotPublished(endpoint: name, spec: spec.text) }
+                    chosen += hits.filter { !chosen.contains($0) }
+                }
+            }
+            try removePorts(chosen, of: endpoint)
+            return chosen
+        }
+        flushConntrack(removed)
+        return removed
+    }
+
+    /// Published ports, of every endpoint or of one.
+    public func ports(endpoint name: String? = nil) throws -> [PublishedPort] {
+        if let name { _ = try endpoint(named: name) }
+        return try store.ports(endpoint: name).map(\.port)
+    }
+
+    /// Reinstalls the whole netctl table from state in one atomic batch: after
+    /// `nft flush ruleset`, a firewalld reload or anything else that wiped or changed it.
+    /// Returns the number of mappings installed.
+    @discardableResult
+    public func reload() throws -> Int {
+        try store.transaction {
+            let (batch, count) = try rulesetFromState()
+            try wrapKernel { try firewall().commit(batch, "reloading the netctl table") }
+            return count
+        }
+    }
+
+    // MARK: Firewall plumbing (callers hold the state transaction)
+
+    /// Deletes port records and their map elements; the caller holds the transaction.
+    func removePorts(_ ports: [PublishedPort], of endpoint: Endpoint) throws {
+        guard !ports.isEmpty else { return }
+        for p in ports { try store.delete(p) }
+        try commitFirewall("unpublishing ports of \(endpoint.name)") { batch in
+            PublishRuleset.remove(ports.flatMap { NetworkManager.dnat($0, endpoint) }, to: &batch)
+        }
+    }
+
+    /// Commits a change to the table; when the kernel's table disagrees with state (it was
+    /// flushed, or holds leftovers) the whole table is rebuilt from state instead, which
+    /// already includes this change.
+    func commitFirewall(_ operation: String, _ build: (inout NftBatch) -> Void) throws {
+        var batch = NftBatch()
+        build(&batch)
+        do {
+            try firewall().commit(batch, operation)
+        } catch let error as NetlinkError where [ENOENT, EEXIST, EBUSY].contains(error.code) {
+            logger.notice("the netctl table was not as expected (\(error)); rebuilding it from state")
+            try wrapKernel { try firewall().commit(rulesetFromState().batch, "rebuilding the netctl table") }
+        } catch {
+            throw NetctlError.wrap(error, hint: "the ruleset and state are unchanged")
+        }
+    }
+
+    func rulesetFromState() throws -> (batch: NftBatch, mappings: Int) {
+        let networks = try store.networks().map(NetworkManager.bridgeNetwork)
+        let mappings = try store.ports().flatMap { NetworkManager.dnat($0.port, $0.endpoint) }
+        return (PublishRuleset.rebuild(networks: networks, mappings: mappings), mappings.count)
+    }
+
+    /// Rebuilds the table after a network change (rules are per network); `gc` and `reload`
+    /// also come here.
+    func syncFirewall() throws {
+        try store.transaction {
+            try wrapKernel { try firewall().commit(rulesetFromState().batch, "installing the netctl table") }
+        }
+    }
+
+    static func bridgeNetwork(_ n: Network) -> BridgeNetwork {
+        BridgeNetwork(bridge: n.bridge, subnet: n.ipv4Subnet, subnet6: n.ipv6Subnet)
+    }
+
+    /// The DNAT elements a published port needs: one per host address family it covers
+    /// that the endpoint has an address in.
+    static func dnat(_ p: PublishedPort, _ e: Endpoint) -> [DNATMapping] {
+        let proto: DNATMapping.Proto = switch p.proto { case .tcp: .tcp; case .udp: .udp; case .sctp: .sctp }
+        let scope = HostScope(p.hostIP)
+        var result: [DNATMapping] = []
+        let hostIP: IPAddress? = if case .address(let ip) = scope { ip } else { nil }
+        if scope.coversIPv4 {
+            result.append(DNATMapping(hostIP: hostIP, proto: proto, hostPort: p.hostPort,
+                                      containerIP: e.ipv4Interface.address, containerPort: p.containerPort))
+        }
+        if scope.coversIPv6, let v6 = e.ipv6Interface?.address {
+            result.append(DNATMapping(hostIP: hostIP, proto: proto, hostPort: p.hostPort, containerIP: v6, containerPort: p.containerPort))
+        }
+        return result
+    }
+
+    /// What kernel DNAT can't do is refused up front (the proxy backend will serve it).
+    private func checkKernelCanServe(_ spec: PortMapping, endpoint: Endpoint) throws {
+        let text = spec.hostIP.isEmpty ? "\(spec.containerPort)/\(spec.proto.rawValue)" : "\(spec.hostIP) -> \(spec.containerPort)/\(spec.proto.rawValue)"
+        if case .address(let ip) = HostScope(spec.hostIP), ip == IPAddress("::1") {
+            throw NetctlError.needsProxy(spec: text, reason: "the kernel does not DNAT from ::1; publish on 127.0.0.1 or [::]")
+        }
+        if spec.hostIP != "" && HostScope(spec.hostIP).coversIPv6 && endpoint.ipv6 == nil {
+            throw NetctlError.needsProxy(spec: text, reason: "endpoint \(endpoint.name) has no IPv6 address; create its network with --subnet6")
+        }
+    }
+
+    /// Drops UDP conntrack entries for the host ports, so a client that never pauses is
+    /// not left pinned to the old target. Best effort: the mapping change itself stands.
+    func flushConntrack(_ ports: [PublishedPort]) {
+        let udp = ports.filter { $0.proto == .udp }
+        guard !udp.isEmpty else { return }
+        do {
+            let client = try conntrack()
+            let entries = try client.entries()
+            let stale = entries.filter { entry in
+                entry.proto == UInt8(IPPROTO_UDP) && udp.contains { p in
+                    guard p.hostPort == entry.destinationPort else { return false }
+                    if case .address(let ip) = HostScope(p.hostIP) { return entry.destination == ip }
+                    return true
+                }
+            }
+            let removed = try client.flush(stale)
+            if removed > 0 { logger.debug("flushed \(removed) UDP conntrack entries") }
+        } catch {
+            logger.warning("could not flush UDP conntrack entries: \(error)")
+        }
+    }
+}
