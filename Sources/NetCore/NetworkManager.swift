@@ -414,6 +414,8 @@ public final class NetworkManager {
             }
             throw error
         }
+        // Not in the create's batch: if the name were taken, this must not touch the other link.
+        try host.perform(.setLink(name: endpoint.hostInterface, LinkChange(hairpin: true)))
     }
 
     /// Inside the namespace, through a socket opened there: lo up, the address(es), the

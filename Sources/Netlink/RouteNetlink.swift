@@ -80,6 +80,13 @@ public struct RouteRequest {
         if let master = change.master { m.attribute(UInt16(IFLA_MASTER), master) }
         if let group = change.group { m.attribute(UInt16(IFLA_GROUP), group) }
         if let alias = change.alias { m.attribute(UInt16(IFLA_IFALIAS), string: alias) }
+        if let hairpin = change.hairpin {
+            // Port options travel as the master's "slave data", as `ip link set X type bridge_slave` sends them.
+            m.nested(UInt16(IFLA_LINKINFO)) { info in
+                info.attribute(UInt16(IFLA_INFO_SLAVE_KIND), string: "bridge")
+                info.nested(UInt16(IFLA_INFO_SLAVE_DATA)) { $0.attribute(UInt16(IFLA_BRPORT_MODE), UInt8(hairpin ? 1 : 0)) }
+            }
+        }
         return m
     }
 

@@ -50,11 +50,14 @@ public struct LinkChange: Sendable {
     public var group: UInt32?
     public var alias: String?
     public var name: String?
+    /// Bridge port hairpin mode: frames may leave by the port they came in on, which a
+    /// container reaching its own published port needs when br_netfilter DNATs in the bridge.
+    public var hairpin: Bool?
 
     public init(up: Bool? = nil, mtu: UInt32? = nil, mac: [UInt8]? = nil, master: Int32? = nil,
-                group: UInt32? = nil, alias: String? = nil, name: String? = nil) {
+                group: UInt32? = nil, alias: String? = nil, name: String? = nil, hairpin: Bool? = nil) {
         self.up = up; self.mtu = mtu; self.mac = mac; self.master = master
-        self.group = group; self.alias = alias; self.name = name
+        self.group = group; self.alias = alias; self.name = name; self.hairpin = hairpin
     }
 }
 

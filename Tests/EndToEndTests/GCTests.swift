@@ -50,7 +50,8 @@ struct GCTests {
 
         // Idempotent: a second run finds nothing to do. The released leases are free again.
         #expect(try sandbox.json("gc") as? [String: [String]] == ["removedEndpoints": [], "removedLinks": [],
-                                                                    "removedNamespaces": [], "restoredBridges": []])
+                                                                    "removedNamespaces": [], "restoredBridges": [],
+                                                                    "removedMappings": [], "restoredMappings": []])
         try sandbox.netctlOK(["attach", "web", "--new", "again", "--ip", "10.74.0.3"])
     }
 }

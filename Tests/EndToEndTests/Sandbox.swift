@@ -85,6 +85,12 @@ final class Sandbox {
         return Result(status: status, stdout: stdout, stderr: stderr)
     }
 
+    /// Starts netctl inside the sandbox without waiting (for concurrency tests); output discarded.
+    func startNetctl(_ arguments: [String]) throws -> Child {
+        try Child.spawn(["/usr/bin/nsenter", "--target", "\(holder.pid)", "--net", "--mount", "--", Sandbox.netctl] + arguments,
+                        environment: ["NETCTL_STATE_DIR": stateDirectory])
+    }
+
     /// Runs netctl inside the sandbox.
     @discardableResult
     func netctl(_ arguments: String...) throws -> Result {
