@@ -184,16 +184,19 @@ public enum PublishRuleset {
 
     static let eq = UInt32(NFT_CMP_EQ.rawValue), neq = UInt32(NFT_CMP_NEQ.rawValue)
 
-    /// `ip saddr NET` (or daddr): the prefix's whole bytes, masked when it ends mid-byte.
+    /// `ip saddr NET` (or daddr) as nft writes it: the prefix's bytes when it ends on a
+    /// byte, else the whole address under a mask.
     static func source(_ network: IPNetwork, destination: Bool = false) -> [NftExpression] {
-        let length = (network.prefixLength + 7) / 8
+        let length = network.prefixLength % 8 == 0 ? network.prefixLength / 8 : network.address.bytes.count
         let offset: UInt32 = network.isIPv4 ? (destination ? 16 : 12) : (destination ? 24 : 8)
         let address = Array(network.address.bytes.prefix(length))
         var expressions: [NftExpression] = [.payload(base: UInt32(NFT_PAYLOAD_NETWORK_HEADER.rawValue), offset: offset,
                                                      length: UInt32(length), into: NftExpression.reg1)]
         if network.prefixLength % 8 != 0 {
-            var mask = [UInt8](repeating: 0xff, count: length)
-            mask[length - 1] = UInt8(truncatingIfNeeded: 0xff << (8 - network.prefixLength % 8))
+            let mask = (0..<length).map { i -> UInt8 in
+                let bits = min(max(network.prefixLength - i * 8, 0), 8)
+                return UInt8(truncatingIfNeeded: 0xff << (8 - bits))
+            }
             expressions.append(.bitwise(register: NftExpression.reg1, mask: mask))
         }
         return expressions + [.compare(register: NftExpression.reg1, op: eq, data: address)]

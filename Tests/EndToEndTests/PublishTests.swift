@@ -246,3 +246,86 @@ final class Flag: @unchecked Sendable {
     var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
     func set() { lock.lock(); value = true; lock.unlock() }
 }
+
+@Suite("End to end: port conflicts, bad input and concurrent callers", .enabled(if: Sandbox.isRoot, "needs root for namespaces and nftables"))
+struct PortConflictTests {
+    /// Everything a refused command must leave as it was: the ports in state and the table.
+    func portState(_ world: World) throws -> String {
+        try world.sandbox.netctlOK("port", "ls").stdout + (try world.nft("list", "table", "inet", "netctl"))
+    }
+
+    func expectRefused(_ world: World, _ arguments: [String], saying text: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let before = try portState(world)
+        let result = try world.sandbox.run(Sandbox.netctl, arguments)
+        #expect(result.status == 1, sourceLocation: sourceLocation)
+        #expect(result.stderr.hasPrefix("netctl: error: ") && result.stderr.contains(text), "\(result.stderr)", sourceLocation: sourceLocation)
+        #expect(result.stderr.split(separator: "\n").count == 1, sourceLocation: sourceLocation)
+        #expect(try portState(world) == before, "a refused command changed something", sourceLocation: sourceLocation)
+    }
+
+    @Test("a claimed host port, a port held by another program and bad specs are refused with one line, changing nothing")
+    func refusals() throws {
+        let world = try World()
+        let s = world.sandbox
+        try s.netctlOK("network", "create", "web", "--subnet", "10.90.0.0/24")
+        try s.netctlOK("attach", "web", "--new", "c1", "--name", "web1", "-p", "8080:80", "-p", "\(World.hostIP):9090:90")
+        try s.netctlOK("attach", "web", "--new", "c2", "--name", "web2")
+        try expectRefused(world, ["port", "add", "web2", "8080:80"], saying: "port 8080/tcp is already published on all addresses by endpoint web1")
+        // All addresses against one address, both ways round.
+        try expectRefused(world, ["port", "add", "web2", "\(World.hostIP):8080:80"], saying: "by endpoint web1")
+        try expectRefused(world, ["port", "add", "web2", "9090:90"], saying: "port 9090/tcp is already published on \(World.hostIP)")
+        // Another address, or another protocol, is free.
+        try s.netctlOK("port", "add", "web2", "\(World.otherHostIP):9090:90", "8080:80/udp")
+
+        // A port some program listens on.
+        let program = try Traffic.listen(in: s.hostNamespace, port: 0)
+        defer { close(program.fd) }
+        try expectRefused(world, ["port", "add", "web2", "\(program.port):80"], saying: "host port \(program.port)/tcp is in use by another program")
+        // A batch with one bad mapping publishes none of them.
+        try expectRefused(world, ["port", "add", "web2", "7001:80", "8080:81"], saying: "already published")
+        try expectRefused(world, ["port", "add", "web2", "10.1.2.3:7002:80"], saying: "host address 10.1.2.3 is not assigned")
+        try expectRefused(world, ["port", "add", "web2", "[::1]:7003:80"], saying: "the kernel does not DNAT from ::1")
+        try expectRefused(world, ["port", "add", "web2", "80:80/icmp"], saying: "unknown protocol")
+        try expectRefused(world, ["port", "add", "nobody", "7004:80"], saying: "no endpoint named nobody")
+        try expectRefused(world, ["port", "rm", "web1", "7777"], saying: "endpoint web1 has no published port matching 7777")
+        // An attach whose -p is refused leaves no endpoint behind.
+        try expectRefused(world, ["attach", "web", "--new", "c3", "--name", "web3", "-p", "8080:80"], saying: "already published")
+        #expect(try s.run(Sandbox.netctl, ["endpoints"]).stdout.contains("web3") == false)
+        #expect(!FileManager.default.fileExists(atPath: s.outsidePath(s.stateDirectory + "/netns/c3")))
+
+        // A host range skips the port that is taken; a dynamic port is in the ephemeral range.
+        let ranged = try s.json("port", "add", "web2", "8079-8081:80") as! [[String: Any]]
+        #expect(ranged.first?["hostPort"] as? Int == 8079)
+        let again = try s.json("port", "add", "web2", "8079-8081:81") as! [[String: Any]]
+        #expect(again.first?["hostPort"] as? Int == 8081)
+        let dynamic = try s.json("port", "add", "web2", "82") as! [[String: Any]]
+        let port = dynamic.first?["hostPort"] as? Int ?? 0
+        #expect((32768...60999).contains(port))
+        #expect(try s.netctlOK("port", "ls", "web2").stdout.contains("82/tcp -> 0.0.0.0:\(port)"))
+        try expectRefused(world, ["port", "add", "web2", "8079-8081:83"], saying: "no free tcp host port in 8079-8081")
+    }
+
+    @Test("concurrent callers publishing at once: every mapping lands, none twice, state and kernel agree")
+    func concurrentPublishers() throws {
+        let world = try World()
+        let s = world.sandbox
+        try s.netctlOK("network", "create", "web", "--subnet", "10.90.0.0/24")
+        for i in 1...2 { try s.netctlOK("attach", "web", "--new", "c\(i)", "--name", "web\(i)") }
+        var children: [Child] = []
+        for i in 0..<6 {
+            children.append(try s.startNetctl(["port", "add", "web\(i % 2 + 1)", "\(9100 + i):80", "\(90 + i)"]))
+        }
+        // Two callers race for one port: exactly one wins.
+        children.append(try s.startNetctl(["port", "add", "web1", "9200:80"]))
+        children.append(try s.startNetctl(["port", "add", "web2", "9200:80"]))
+        let statuses = try children.map { try $0.wait(timeout: 60) }
+        #expect(statuses.prefix(6).allSatisfy { $0 == 0 })
+        #expect(statuses.suffix(2).sorted() == [0, 1])
+        let ports = try s.json("port", "ls") as! [[String: Any]]
+        #expect(ports.count == 13)
+        #expect(Set(ports.map { $0["hostPort"] as! Int }).count == 13)
+        let report = try s.json("gc") as! [String: Any]
+        #expect((report["removedMappings"] as? [String])?.isEmpty == true)
+        #expect((report["restoredMappings"] as? [String])?.isEmpty == true)
+    }
+}
