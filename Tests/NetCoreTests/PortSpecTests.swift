@@ -55,3 +55,38 @@ struct PortSpecTests {
         }
     }
 }
+
+@Suite("Published ports: clashes, matching, host port choice")
+struct PublishedPortTests {
+    @Test("host scopes clash when some address is in both")
+    func scopes() {
+        let v4 = HostScope("192.0.2.1"), v6 = HostScope("2001:db8::1")
+        #expect(HostScope("").overlaps(v4) && HostScope("").overlaps(v6) && v4.overlaps(HostScope("")))
+        #expect(HostScope("0.0.0.0").overlaps(v4) && !HostScope("0.0.0.0").overlaps(v6))
+        #expect(HostScope("::").overlaps(v6) && !HostScope("::").overlaps(HostScope("0.0.0.0")))
+        #expect(!v4.overlaps(HostScope("192.0.2.2")) && v4.overlaps(HostScope("192.0.2.1")))
+    }
+
+    @Test("port rm specs match by container port and protocol, and host address/port when given")
+    func matching() throws {
+        let port = PublishedPort(endpoint: "web1", proto: .udp, hostIP: "127.0.0.1", hostPort: 5353, containerPort: 53)
+        #expect(port.matches(try PortMapping.parse("53/udp")[0]))
+        #expect(port.matches(try PortMapping.parse("127.0.0.1:5353:53/udp")[0]))
+        #expect(port.matches(try PortMapping.parse("5300-5400:53/udp")[0]))
+        #expect(!port.matches(try PortMapping.parse("53")[0]))
+        #expect(!port.matches(try PortMapping.parse("5354:53/udp")[0]))
+        #expect(!port.matches(try PortMapping.parse("10.0.0.1:5353:53/udp")[0]))
+        #expect(port.description == "53/udp -> 127.0.0.1:5353")
+        let all = PublishedPort(endpoint: "web1", proto: .tcp, hostIP: "", hostPort: 8080, containerPort: 80, servesIPv6: false)
+        #expect(all.description == "80/tcp -> 0.0.0.0:8080")
+    }
+
+    @Test("the first free port from the start, wrapping around the range")
+    func choice() {
+        #expect(HostPorts.choose(in: 100...104, start: 103, isFree: { $0 != 103 && $0 != 104 }) == 100)
+        #expect(HostPorts.choose(in: 100...104, start: 100, isFree: { _ in false }) == nil)
+        #expect(HostPorts.choose(in: 65535...65535, start: 65535, isFree: { _ in true }) == 65535)
+        let range = HostPorts.ephemeralRange()
+        #expect(range.lowerBound >= 1024 && range.lowerBound <= range.upperBound)
+    }
+}
