@@ -177,13 +177,13 @@ extension NetworkManager {
         for spec in specs { try checkKernelCanServe(spec, endpoint: endpoint) }
 
         let published: [PublishedPort] = try store.transaction {
-            var taken = try store.ports().map(\.port)
             var added: [PublishedPort] = []
             for spec in specs {
                 let scope = HostScope(spec.hostIP)
                 let display = { (port: UInt16) in "\(port)/\(spec.proto.rawValue)" }
-                func holder(_ port: UInt16) -> PublishedPort? {
-                    taken.first { $0.proto == spec.proto && $0.hostPort == port && HostScope($0.hostIP).overlaps(scope) }
+                func holder(_ port: UInt16) throws -> PublishedPort? {
+                    // Earlier specs of this call are in the store already (same transaction).
+                    try store.ports(proto: spec.proto, hostPort: port).first { HostScope($0.hostIP).overlaps(scope) }
                 }
                 func probe(_ port: UInt16) throws -> Bool {
                     switch HostPorts.probe(scope, port: port, proto: spec.proto) {
@@ -194,7 +194,7 @@ extension NetworkManager {
                 }
                 let port: UInt16
                 if spec.hostPort != 0 && spec.hostPort == spec.hostPortEnd {
-                    if let other = holder(spec.hostPort) {
+                    if let other = try holder(spec.hostPort) {
                         throw NetctlError.portAlreadyPublished(port: display(spec.hostPort), hostIP: other.hostIP, endpoint: other.endpoint)
                     }
                     guard try probe(spec.hostPort) else { throw NetctlError.portInUse(port: display(spec.hostPort), hostIP: spec.hostIP) }
@@ -212,7 +212,6 @@ extension NetworkManager {
                 let p = PublishedPort(endpoint: endpoint.name, proto: spec.proto, hostIP: spec.hostIP, hostPort: port,
                                       containerPort: spec.containerPort, servesIPv6: endpoint.ipv6 != nil)
                 try store.insert(p, endpointID: endpoint.id)
-                taken.append(p)
                 added.append(p)
             }
             try commitFirewall("publishing ports of \(name)") { batch in

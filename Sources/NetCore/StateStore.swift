@@ -177,13 +177,25 @@ final class StateStore {
 
     /// Published ports with the endpoint each belongs to; all of them, or one endpoint's.
     func ports(endpoint: String? = nil) throws -> [(port: PublishedPort, endpoint: Endpoint)] {
-        let byName = Dictionary(uniqueKeysWithValues: try endpoints().map { ($0.id, $0) })
-        let filter = endpoint == nil ? "" : "WHERE e.name = ?"
-        return try db.query("""
+        try ports(where: endpoint == nil ? "" : "WHERE e.name = ?", endpoint.map { [.text($0)] } ?? [])
+    }
+
+    /// The ports already published on one host port and protocol (any host address): an
+    /// index lookup, so a publish costs the same with 10,000 mappings as with one.
+    func ports(proto: PortMapping.Proto, hostPort: UInt16) throws -> [PublishedPort] {
+        try ports(where: "WHERE p.proto = ? AND p.host_port = ?", [.text(proto.rawValue), .integer(Int64(hostPort))]).map(\.port)
+    }
+
+    private func ports(where filter: String, _ values: [SQLiteValue]) throws -> [(port: PublishedPort, endpoint: Endpoint)] {
+        let rows = try db.query("""
             SELECT p.endpoint_id, p.proto, p.host_ip, p.host_port, p.container_port FROM ports p
             JOIN endpoints e ON e.id = p.endpoint_id \(filter)
             ORDER BY e.name, p.container_port, p.proto, p.host_ip, p.host_port
-            """, endpoint.map { [.text($0)] } ?? []).compactMap { row in
+            """, values)
+        guard !rows.isEmpty else { return [] }
+        let ids = Set(rows.map { $0[0].string! })
+        let byName = Dictionary(uniqueKeysWithValues: try endpoints().filter { ids.contains($0.id) }.map { ($0.id, $0) })
+        return rows.compactMap { row in
             guard let e = byName[row[0].string!], let proto = PortMapping.Proto(rawValue: row[1].string!) else { return nil }
             return (PublishedPort(endpoint: e.name, proto: proto, hostIP: row[2].string!, hostPort: UInt16(row[3].int!),
                                   containerPort: UInt16(row[4].int!), servesIPv6: e.ipv6 != nil), e)
