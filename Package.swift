@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .library(name: "NetCore", targets: ["NetCore"]),
         .library(name: "Netlink", targets: ["Netlink"]),
+        .library(name: "Firewall", targets: ["Firewall"]),
         .executable(name: "netctl", targets: ["netctl"]),
     ],
     dependencies: [

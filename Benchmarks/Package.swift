@@ -21,6 +21,17 @@ let package = Package(
                  traits: ["MallocInterposer"]),
     ],
     targets: [
+        // The DNAT path end to end (needs a private namespace; run it with tools/bench-dnat).
+        .executableTarget(
+            name: "dnat-bench",
+            dependencies: [
+                .product(name: "NetCore", package: "netctl"),
+                .product(name: "Netlink", package: "netctl"),
+                .product(name: "Firewall", package: "netctl"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tools/DNATBench"
+        ),
         // package-benchmark finds benchmark targets by their location: Benchmarks/<Name>.
         .executableTarget(
             name: "AttachBenchmarks",
@@ -35,5 +46,6 @@ let package = Package(
                 .plugin(name: "BenchmarkPlugin", package: "package-benchmark"),
             ]
         ),
-    ]
+    ],
+    swiftLanguageModes: [.v5]
 )
