@@ -85,7 +85,10 @@ struct PublishTests {
         // Outbound: the neighbour sees the host's address, and forwarding is on.
         let outside = try Traffic.listen(in: world.neighbour, port: 7000)
         defer { close(outside.fd) }
+        let outsideUDP = try Traffic.udpSocket(in: world.neighbour, port: 7000)
+        defer { close(outsideUDP.fd) }
         #expect(try Traffic.roundTrip(from: c1, to: World.neighbourIP, port: 7000, listener: outside.fd) == World.hostIP)
+        #expect(try Traffic.udpRoundTrip(from: c1, to: World.neighbourIP, port: 7000, server: outsideUDP.fd) == World.hostIP)
         #expect(try s.run("/usr/bin/cat", ["/proc/sys/net/ipv4/ip_forward"]).stdout == "1\n")
     }
 
@@ -145,6 +148,14 @@ struct PublishTests {
         #expect(Traffic.tcpBlocked(from: a1, to: "10.92.0.2", port: 80, listener: inB.fd))
         #expect(Traffic.tcpBlocked(from: b1, to: "10.91.0.3", port: 80, listener: inA.fd))
         #expect(try Traffic.roundTrip(from: a1, to: "10.91.0.3", port: 80, listener: inA.fd) == "10.91.0.2")
+        // UDP likewise: nothing from a1 arrives in b1; a1 to its sibling a2 does.
+        let udpB = try Traffic.udpSocket(in: b1, port: 53), udpA = try Traffic.udpSocket(in: a2, port: 53)
+        defer { close(udpB.fd); close(udpA.fd) }
+        let sender = try Traffic.udpSocket(in: a1)
+        defer { close(sender.fd) }
+        try Traffic.sendUDP(sender.fd, to: "10.92.0.2", port: 53, Array("across".utf8))
+        #expect(Traffic.receiveUDP(udpB.fd) == nil)
+        #expect(try Traffic.udpRoundTrip(from: a1, to: "10.91.0.3", port: 53, server: udpA.fd) == "10.91.0.2")
     }
 
     @Test("IPv6: a neighbour reaches a dual-stack container over IPv6, TCP and UDP, with its real address")
