@@ -157,11 +157,17 @@ final class Bench {
     /// One phase: the direct path and the DNAT path, alternated round by round so drift
     /// on this shared machine hits both alike; each ratio is taken within a round.
     func phase(_ name: String, path: String, address: String, short: UInt16, bulk: UInt16) throws -> [Traffic] {
-        let rounds = quick ? 3 : 7, connections = quick ? 300 : 600, seconds = quick ? 0.4 : 0.8
+        let rounds = quick ? 4 : 14, connections = quick ? 300 : 400, seconds = quick ? 0.3 : 0.5
+        // Every phase starts from an empty conntrack table: thousands of TIME_WAIT entries
+        // left by the phase before would otherwise make its successors slower.
+        let conntrack = try ConntrackClient()
+        try conntrack.flush(conntrack.entries())
         struct Round { var cps: Double; var samples: [Double]; var gbps: Double }
         var direct: [Round] = [], mapped: [Round] = []
-        for _ in 0..<rounds {
-            for (target, port, bulkPort, into) in [(Bench.serverIP, UInt16(80), UInt16(81), 0), (address, short, bulk, 1)] {
+        for round in 0..<rounds {
+            // ABBA: which path goes first alternates, so a trend over the phase cancels out.
+            let order = [(Bench.serverIP, UInt16(80), UInt16(81), 0), (address, short, bulk, 1)]
+            for (target, port, bulkPort, into) in round % 2 == 0 ? order : order.reversed() {
                 let (cps, samples) = try client.run { try Sockets.connectionRate(to: target, port: port, count: connections, seconds: 5) }
                 let gbps = try client.run { try Sockets.throughput(to: target, port: bulkPort, seconds: seconds) }
                 if into == 0 { direct.append(Round(cps: cps, samples: samples, gbps: gbps)) } else { mapped.append(Round(cps: cps, samples: samples, gbps: gbps)) }

@@ -13,13 +13,18 @@ enum Sockets {
         return fd
     }
 
-    /// Each connection gets one byte, then the server closes first (the TIME_WAIT stays here).
+    /// Each connection gets one byte; the client closes first, so TIME_WAIT stays with the
+    /// client, per destination. (A server-side TIME_WAIT would be shared by the direct and
+    /// the DNAT path, whose tuples look alike from the server, and stall reused ports.)
     static func serveShort(_ listener: Int32) {
         var byte: UInt8 = 1
         while true {
             let fd = accept(listener, nil, nil)
             if fd < 0 { if errno == EINTR { continue } else { return } }
+            var timeout = timeval(tv_sec: 5, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
             _ = send(fd, &byte, 1, Int32(MSG_NOSIGNAL))
+            _ = recv(fd, &byte, 1, 0)  // the client's FIN
             close(fd)
         }
     }
