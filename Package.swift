@@ -1,13 +1,14 @@
 // swift-tools-version:6.1
 import PackageDescription
 
-// Arrows point one way: C interop -> Netlink / Firewall -> NetCore -> netctl.
+// Arrows point one way: C interop -> Netlink / Firewall / Proxy -> NetCore -> netctl.
 let package = Package(
     name: "netctl",
     products: [
         .library(name: "NetCore", targets: ["NetCore"]),
         .library(name: "Netlink", targets: ["Netlink"]),
         .library(name: "Firewall", targets: ["Firewall"]),
+        .library(name: "Proxy", targets: ["Proxy"]),
         .executable(name: "netctl", targets: ["netctl"]),
     ],
     dependencies: [
@@ -27,8 +28,10 @@ let package = Package(
         .target(name: "Netlink", dependencies: ["CShim", "CNetlink"]),
         // nftables over netlink (libnftnl + libmnl); shares Netlink's socket protocol and parser.
         .target(name: "Firewall", dependencies: ["CNftables", "Netlink"]),
+        // The userland relay: epoll loops, splice for TCP, batched UDP.
+        .target(name: "Proxy", dependencies: ["CShim", "Netlink"]),
         .target(name: "NetCore", dependencies: [
-            "Netlink", "Firewall", "CSQLite",
+            "Netlink", "Firewall", "Proxy", "CSQLite",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "netctl", dependencies: [
@@ -39,7 +42,8 @@ let package = Package(
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink"]),
         .testTarget(name: "FirewallTests", dependencies: ["Firewall", "Netlink"]),
         .testTarget(name: "NetCoreTests", dependencies: ["NetCore"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["NetCore", "Netlink", "Firewall", "CShim"],
+        .testTarget(name: "ProxyTests", dependencies: ["Proxy", "Netlink", "CShim"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["NetCore", "Netlink", "Firewall", "Proxy", "CShim"],
                     exclude: ["golden"]),  // read by path, see DNATTests
     ],
     swiftLanguageModes: [.v5]

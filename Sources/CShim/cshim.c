@@ -10,6 +10,9 @@
 #include <unistd.h>
 #include <linux/nsfs.h>
 #include <linux/magic.h>
+#include <fcntl.h>
+#include <string.h>
+#include <stdlib.h>
 
 int cshim_setns(int fd, int nstype) { return setns(fd, nstype) == 0 ? 0 : -errno; }
 
@@ -44,6 +47,13 @@ static void *thread_main(void *arg) {
     return NULL;
 }
 
+static void *owned_call_main(void *arg) {
+    struct thread_call call = *(struct thread_call *)arg;
+    free(arg);
+    call.fn(call.ctx);
+    return NULL;
+}
+
 int cshim_run_on_new_thread(void (*fn)(void *), void *ctx) {
     struct thread_call call = { fn, ctx };
     pthread_t thread;
@@ -51,4 +61,97 @@ int cshim_run_on_new_thread(void (*fn)(void *), void *ctx) {
     if (rc != 0) return -rc;
     rc = pthread_join(thread, NULL);
     return rc == 0 ? 0 : -rc;
+}
+
+ssize_t cshim_splice(int fd_in, int fd_out, size_t len, unsigned int flags) {
+    ssize_t n = splice(fd_in, NULL, fd_out, NULL, len, flags);
+    return n >= 0 ? n : -errno;
+}
+
+int cshim_accept_nonblocking(int fd, struct sockaddr_storage *peer) {
+    socklen_t length = sizeof(*peer);
+    int client = accept4(fd, (struct sockaddr *)peer, peer ? &length : NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    return client >= 0 ? client : -errno;
+}
+
+int cshim_set_pipe_size(int fd, int size) {
+    int rc = fcntl(fd, F_SETPIPE_SZ, size);
+    return rc >= 0 ? rc : -errno;
+}
+
+int cshim_recvmmsg(int fd, struct cshim_mmsghdr *messages, unsigned int count, int flags) {
+    int n = recvmmsg(fd, (struct mmsghdr *)messages, count, flags, NULL);
+    return n >= 0 ? n : -errno;
+}
+
+int cshim_sendmmsg(int fd, struct cshim_mmsghdr *messages, unsigned int count, int flags) {
+    int n = sendmmsg(fd, (struct mmsghdr *)messages, count, flags);
+    return n >= 0 ? n : -errno;
+}
+
+int cshim_enable_pktinfo(int fd, int ipv6) {
+    int one = 1;
+    int rc = ipv6 ? setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof(one))
+                  : setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof(one));
+    return rc == 0 ? 0 : -errno;
+}
+
+int cshim_pktinfo_destination(struct msghdr *message, struct sockaddr_storage *destination) {
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(message); c; c = CMSG_NXTHDR(message, c)) {
+        if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
+            struct in_pktinfo info;
+            memcpy(&info, CMSG_DATA(c), sizeof(info));
+            struct sockaddr_in *sin = (struct sockaddr_in *)destination;
+            memset(destination, 0, sizeof(*destination));
+            sin->sin_family = AF_INET;
+            sin->sin_addr = info.ipi_addr;
+            return 1;
+        }
+        if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
+            struct in6_pktinfo info;
+            memcpy(&info, CMSG_DATA(c), sizeof(info));
+            struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)destination;
+            memset(destination, 0, sizeof(*destination));
+            sin6->sin6_family = AF_INET6;
+            sin6->sin6_addr = info.ipi6_addr;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+void cshim_set_pktinfo_source(struct msghdr *message, void *control, const struct sockaddr_storage *source) {
+    memset(control, 0, CSHIM_PKTINFO_SPACE);
+    message->msg_control = control;
+    if (source->ss_family == AF_INET) {
+        message->msg_controllen = CMSG_SPACE(sizeof(struct in_pktinfo));
+        struct cmsghdr *c = CMSG_FIRSTHDR(message);
+        c->cmsg_level = IPPROTO_IP;
+        c->cmsg_type = IP_PKTINFO;
+        c->cmsg_len = CMSG_LEN(sizeof(struct in_pktinfo));
+        struct in_pktinfo info;
+        memset(&info, 0, sizeof(info));
+        info.ipi_spec_dst = ((const struct sockaddr_in *)source)->sin_addr;
+        memcpy(CMSG_DATA(c), &info, sizeof(info));
+    } else {
+        message->msg_controllen = CMSG_SPACE(sizeof(struct in6_pktinfo));
+        struct cmsghdr *c = CMSG_FIRSTHDR(message);
+        c->cmsg_level = IPPROTO_IPV6;
+        c->cmsg_type = IPV6_PKTINFO;
+        c->cmsg_len = CMSG_LEN(sizeof(struct in6_pktinfo));
+        struct in6_pktinfo info;
+        memset(&info, 0, sizeof(info));
+        info.ipi6_addr = ((const struct sockaddr_in6 *)source)->sin6_addr;
+        memcpy(CMSG_DATA(c), &info, sizeof(info));
+    }
+}
+
+int cshim_thread_start(pthread_t *thread, void (*fn)(void *), void *ctx) {
+    struct thread_call *call = malloc(sizeof(*call));
+    if (!call) return -ENOMEM;
+    call->fn = fn;
+    call->ctx = ctx;
+    int rc = pthread_create(thread, NULL, owned_call_main, call);
+    if (rc != 0) { free(call); return -rc; }
+    return 0;
 }

@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <pthread.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <linux/if_link.h>
@@ -38,5 +39,38 @@ int cshim_pipe2(int fds[2], int flags);
 /// Runs fn(ctx) on a new, dedicated OS thread and waits for it. Namespace switches (setns)
 /// happen only on such threads, never on a Swift concurrency thread. Returns 0 or -errno.
 int cshim_run_on_new_thread(void (*fn)(void *), void *ctx);
+
+// MARK: Proxy: splice, accept4, batched UDP, packet info.
+
+/// splice(2) between two descriptors (no offsets); bytes moved or -errno.
+ssize_t cshim_splice(int fd_in, int fd_out, size_t len, unsigned int flags);
+enum { CSHIM_SPLICE_F_MOVE = 1, CSHIM_SPLICE_F_NONBLOCK = 2, CSHIM_SPLICE_F_MORE = 4 };
+/// accept4(2) with SOCK_NONBLOCK | SOCK_CLOEXEC; the new fd or -errno.
+int cshim_accept_nonblocking(int fd, struct sockaddr_storage *peer);
+/// F_SETPIPE_SZ; the pipe's new capacity or -errno.
+int cshim_set_pipe_size(int fd, int size);
+
+/// struct mmsghdr, declared here without _GNU_SOURCE (same layout).
+struct cshim_mmsghdr {
+    struct msghdr msg_hdr;
+    unsigned int msg_len;
+};
+/// recvmmsg(2)/sendmmsg(2) without a timeout; messages handled or -errno.
+int cshim_recvmmsg(int fd, struct cshim_mmsghdr *messages, unsigned int count, int flags);
+int cshim_sendmmsg(int fd, struct cshim_mmsghdr *messages, unsigned int count, int flags);
+
+/// Asks for the destination address of each received datagram (IP_PKTINFO or
+/// IPV6_RECVPKTINFO); 0 or -errno.
+int cshim_enable_pktinfo(int fd, int ipv6);
+/// The destination address a received message carried in its packet info (port 0);
+/// 1 if found, 0 if not.
+int cshim_pktinfo_destination(struct msghdr *message, struct sockaddr_storage *destination);
+/// Fills `control` (capacity CSHIM_PKTINFO_SPACE) with packet info that makes the kernel
+/// send from `source`, and points the message at it.
+void cshim_set_pktinfo_source(struct msghdr *message, void *control, const struct sockaddr_storage *source);
+enum { CSHIM_PKTINFO_SPACE = 64 };
+
+/// Starts fn(ctx) on a new joinable thread; 0 or -errno.
+int cshim_thread_start(pthread_t *thread, void (*fn)(void *), void *ctx);
 
 #endif

@@ -1,0 +1,144 @@
+import CShim
+import Glibc
+import Netlink
+
+/// The userland proxy: one process (or one library object inside a runtime) serving every
+/// route, one epoll loop per core. Routes change while it runs (`update`); `stop` drains.
+///
+/// Listening sockets are made on the thread that calls `update`, so they belong to that
+/// thread's network namespace.
+public final class ProxyServer {
+    public struct Options: Sendable {
+        public var workers: Int
+        /// Capacity of each splice pipe (held only while bytes are in flight).
+        public var pipeSize: Int
+        public var sparePipes: Int
+        public var connectTimeout: UInt64
+        public var udpIdleTimeout: UInt64
+        /// UDP flows per worker; the least recently used goes when full.
+        public var maxFlows: Int
+        public var udpBatch: Int
+
+        public init(workers: Int = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), pipeSize: Int = 1 << 20, sparePipes: Int = 64,
+                    connectTimeoutSeconds: Double = 5, udpIdleTimeoutSeconds: Double = 90, maxFlows: Int = 4096, udpBatch: Int = 32) {
+            self.workers = max(1, workers); self.pipeSize = pipeSize; self.sparePipes = sparePipes
+            self.connectTimeout = UInt64(connectTimeoutSeconds * 1e9); self.udpIdleTimeout = UInt64(udpIdleTimeoutSeconds * 1e9)
+            self.maxFlows = maxFlows; self.udpBatch = udpBatch
+        }
+    }
+
+    private let workers: [Worker]
+    private var threads: [pthread_t] = []
+    private var routes: [ProxyRoute: [Counters]] = [:]
+    private var stopped = false
+
+    public init(options: Options = Options()) throws {
+        workers = try (0..<options.workers).map { _ in try Worker(options: options) }
+        for worker in workers {
+            var thread = pthread_t()
+            let context = Unmanaged.passRetained(worker).toOpaque()
+            let rc = cshim_thread_start(&thread, { raw in
+                let worker = Unmanaged<Worker>.fromOpaque(raw!).takeRetainedValue()
+                worker.run()
+            }, context)
+            guard rc == 0 else {
+                Unmanaged<Worker>.fromOpaque(context).release()
+                throw ProxyError.errno("starting a proxy worker thread", -rc)
+            }
+            threads.append(thread)
+        }
+    }
+
+    deinit { stop(drainSeconds: 0) }
+
+    /// The routes being served.
+    public var currentRoutes: Set<ProxyRoute> { Set(routes.keys) }
+
+    /// Serves exactly `routes` from now on: new ones start listening, removed ones stop
+    /// (and their connections and flows close). All or nothing: if a new route can't
+    /// listen (its port is taken, its address isn't local), nothing changes and the error
+    /// says which.
+    public func update(_ wanted: [ProxyRoute]) throws {
+        let wantedSet = Set(wanted)
+        var opened: [(ProxyRoute, [Int32])] = []
+        do {
+            for route in wanted where routes[route] == nil && !opened.contains(where: { $0.0 == route }) {
+                opened.append((route, try listenSockets(route)))
+            }
+        } catch {
+            for (_, fds) in opened { fds.forEach { close($0) } }
+            throw error
+        }
+        for route in routes.keys where !wantedSet.contains(route) {
+            workers.forEach { $0.post(.remove(route)) }
+            routes[route] = nil
+        }
+        for (route, fds) in opened {
+            let counters = workers.map { _ in Counters() }
+            for (i, worker) in workers.enumerated() { worker.post(.add(fd: fds[i], route: route, counters: counters[i])) }
+            routes[route] = counters
+        }
+    }
+
+    /// Bytes, connections and flows per route, summed over the workers.
+    public func stats() -> [ProxyRoute: RouteStats] {
+        routes.mapValues { counters in
+            var stats = RouteStats()
+            counters.forEach { $0.add(to: &stats) }
+            return stats
+        }
+    }
+
+    /// Stops accepting, lets open connections finish for up to `drainSeconds`, then closes
+    /// everything and joins the worker threads.
+    public func stop(drainSeconds: Double) {
+        guard !stopped else { return }
+        stopped = true
+        let deadline = monotonicNanoseconds() + UInt64(max(0, drainSeconds) * 1e9)
+        workers.forEach { $0.post(.drain(deadline: deadline)) }
+        for thread in threads { pthread_join(thread, nil) }
+    }
+
+    /// One listening socket per worker, sharing the port with SO_REUSEPORT.
+    private func listenSockets(_ route: ProxyRoute) throws -> [Int32] {
+        var fds: [Int32] = []
+        do {
+            for _ in workers { fds.append(try listenSocket(route)) }
+        } catch {
+            fds.forEach { close($0) }
+            throw error
+        }
+        return fds
+    }
+
+    private func listenSocket(_ route: ProxyRoute) throws -> Int32 {
+        let type = route.proto == .tcp ? SOCK_STREAM.rawValue : SOCK_DGRAM.rawValue
+        let fd = socket(route.listen.family, Int32(type) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw ProxyError.errno("opening a socket for \(route.proto.rawValue) \(route.listen)", errno) }
+        var one: Int32 = 1
+        let size = socklen_t(MemoryLayout<Int32>.size)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, size)
+        if route.proto == .tcp { setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, size) }
+        if !route.listen.ip.isIPv4 { setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, size) }
+        if route.proto == .udp && route.listen.isWildcard { _ = cshim_enable_pktinfo(fd, route.listen.ip.isIPv4 ? 0 : 1) }
+        let bound = route.listen.withSockaddr { bind(fd, $0, $1) }
+        if bound != 0 {
+            let code = errno
+            close(fd)
+            switch code {
+            case EADDRINUSE:
+                throw ProxyError("cannot listen on \(route.listen)/\(route.proto.rawValue): another program holds it; stop it or publish another host port")
+            case EADDRNOTAVAIL:
+                throw ProxyError("cannot listen on \(route.listen)/\(route.proto.rawValue): \(route.listen.ip) is not an address of this host")
+            default:
+                throw ProxyError.errno("cannot listen on \(route.listen)/\(route.proto.rawValue)", code)
+            }
+        }
+        if route.proto == .tcp && Glibc.listen(fd, 4096) != 0 {
+            let code = errno
+            close(fd)
+            throw ProxyError.errno("cannot listen on \(route.listen)/tcp", code)
+        }
+        return fd
+    }
+}

@@ -1,0 +1,258 @@
+import CShim
+import Glibc
+
+/// One relayed TCP connection. Lives in a slot array that is reused, so accepting a
+/// connection allocates nothing.
+struct Connection {
+    /// One direction: bytes spliced from a socket into a pipe and on to the other socket.
+    struct Direction {
+        var pipe: (read: Int32, write: Int32)?
+        /// Bytes in the pipe, not yet written on.
+        var pending = 0
+        /// The source said EOF (or the direction was cut).
+        var ended = false
+        /// EOF passed on with shutdown(SHUT_WR).
+        var shut = false
+    }
+
+    var inUse = false
+    var client: Int32 = -1
+    var backend: Int32 = -1
+    var listener = 0
+    /// The route's counters (kept here: the listener may be closed while this drains).
+    var counters: Counters?
+    var proxyProtocol = false
+    var establishing = false
+    var deadline: UInt64 = 0
+    var up = Direction()    // client -> backend
+    var down = Direction()  // backend -> client
+    var peer = sockaddr_storage()
+}
+
+extension Worker {
+    func acceptAll(listener slot: Int) {
+        guard let listener = listeners[slot] else { return }
+        while true {
+            var peer = sockaddr_storage()
+            let fd = cshim_accept_nonblocking(listener.fd, &peer)
+            if fd >= 0 {
+                start(client: fd, peer: peer, listener: slot)
+                continue
+            }
+            switch -fd {
+            case EINTR, ECONNABORTED: continue
+            case EMFILE, ENFILE:
+                // Out of descriptors: take the connection with the reserve descriptor and close
+                // it at once (the client sees a close, not a hang), then keep going.
+                listener.counters.add(Counters.failures)
+                guard reserve >= 0 else { return }
+                close(reserve)
+                let dropped = cshim_accept_nonblocking(listener.fd, nil)
+                if dropped >= 0 { close(dropped) }
+                reserve = open("/dev/null", O_RDONLY | O_CLOEXEC)
+                if dropped < 0 { return }
+            default: return  // EAGAIN: all taken
+            }
+        }
+    }
+
+    private func start(client: Int32, peer: sockaddr_storage, listener listenerSlot: Int) {
+        let listener = listeners[listenerSlot]!
+        let route = listener.route
+        let backend = socket(route.backend.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard backend >= 0 else {
+            listener.counters.add(Counters.failures)
+            abort(client)
+            return
+        }
+        var one: Int32 = 1
+        setsockopt(client, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        setsockopt(backend, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        let rc = route.backend.withSockaddr { connect(backend, $0, $1) }
+        if rc != 0 && errno != EINPROGRESS {
+            listener.counters.add(Counters.failures)
+            close(backend)
+            abort(client)
+            return
+        }
+        let slot = freeConnections.popLast() ?? { connections.append(Connection()); return connections.count - 1 }()
+        connections[slot] = Connection(inUse: true, client: client, backend: backend, listener: listenerSlot,
+                                       counters: listener.counters, proxyProtocol: route.proxyProtocol, establishing: true, deadline: monotonicNanoseconds() + options.connectTimeout, peer: peer)
+        watch(client, Worker.token(.connection, slot << 1), Worker.edgeAll)
+        watch(backend, Worker.token(.connection, slot << 1 | 1), Worker.edgeAll)
+        listener.counters.add(Counters.connections)
+        listener.counters.add(Counters.active)
+        active += 1
+        if rc == 0 { established(slot) } else { connecting.insert(slot) }
+    }
+
+    func connectionEvent(slot: Int, backend: Bool, events: UInt32) {
+        guard slot < connections.count, connections[slot].inUse else { return }
+        if connections[slot].establishing {
+            // Client events wait: whatever the client sent is relayed once the backend answers.
+            guard backend else { return }
+            var error: Int32 = 0
+            var length = socklen_t(MemoryLayout<Int32>.size)
+            getsockopt(connections[slot].backend, SOL_SOCKET, SO_ERROR, &error, &length)
+            if error == 0 && events & (EPOLLERR.rawValue | EPOLLHUP.rawValue) == 0 {
+                connecting.remove(slot)
+                established(slot)
+            } else if error != 0 || events & EPOLLERR.rawValue != 0 {
+                refuse(slot)
+            }
+            return
+        }
+        pump(slot)
+    }
+
+    private func established(_ slot: Int) {
+        connections[slot].establishing = false
+        if connections[slot].proxyProtocol {
+            guard sendProxyHeader(slot) else { return reset(slot, both: true) }
+        }
+        pump(slot)
+    }
+
+    /// The backend refused or never answered: the client gets a reset at once.
+    private func refuse(_ slot: Int) {
+        connecting.remove(slot)
+        connections[slot].counters?.add(Counters.failures)
+        reset(slot, both: true)
+    }
+
+    func sweepConnectTimeouts(now: UInt64) {
+        for slot in connecting where connections[slot].deadline <= now { refuse(slot) }
+    }
+
+    /// Moves what can move in both directions; passes EOFs and resets on; closes the
+    /// connection when both directions are done.
+    private func pump(_ slot: Int) {
+        let client = connections[slot].client, backend = connections[slot].backend
+        let counters = connections[slot].counters
+        switch pump(&connections[slot].up, from: client, to: backend) {
+        case .moved(let bytes): if bytes > 0 { counters?.add(Counters.bytesIn, UInt64(bytes)) }
+        case .sourceFailed: return reset(slot, toBackend: true)
+        case .destinationFailed: return reset(slot, toBackend: false)
+        }
+        switch pump(&connections[slot].down, from: backend, to: client) {
+        case .moved(let bytes): if bytes > 0 { counters?.add(Counters.bytesOut, UInt64(bytes)) }
+        case .sourceFailed: return reset(slot, toBackend: false)
+        case .destinationFailed: return reset(slot, toBackend: true)
+        }
+        if connections[slot].up.shut && connections[slot].down.shut { finish(slot) }
+    }
+
+    enum PumpResult { case moved(Int), sourceFailed, destinationFailed }
+
+    /// Splices source -> pipe -> destination until neither step makes progress. Bulk bytes
+    /// never enter user space. Backpressure: with the pipe full and the destination not
+    /// writable, the source is left unread until EPOLLOUT on the destination.
+    private func pump(_ d: inout Connection.Direction, from source: Int32, to destination: Int32) -> PumpResult {
+        var moved = 0
+        let capacity = options.pipeSize
+        while true {
+            var progress = false
+            if !d.ended && d.pending < capacity {
+                if d.pipe == nil { d.pipe = takePipe() }
+                guard let pipe = d.pipe else { return .sourceFailed }
+                let n = cshim_splice(source, pipe.write, capacity - d.pending, UInt32(CSHIM_SPLICE_F_MOVE | CSHIM_SPLICE_F_NONBLOCK))
+                if n > 0 {
+                    d.pending += n; moved += n; progress = true
+                } else if n == 0 {
+                    d.ended = true; progress = true
+                } else if n != -Int(EAGAIN) && n != -Int(EINTR) {
+                    return .sourceFailed
+                }
+            }
+            if d.pending > 0, let pipe = d.pipe {
+                let n = cshim_splice(pipe.read, destination, d.pending, UInt32(CSHIM_SPLICE_F_MOVE | CSHIM_SPLICE_F_NONBLOCK))
+                if n > 0 {
+                    d.pending -= n; progress = true
+                } else if n != -Int(EAGAIN) && n != -Int(EINTR) {
+                    return .destinationFailed
+                }
+            }
+            if !progress { break }
+        }
+        if d.pending == 0, let pipe = d.pipe {
+            givePipe(pipe, empty: true)
+            d.pipe = nil
+        }
+        if d.ended && d.pending == 0 && !d.shut {
+            shutdown(destination, Int32(SHUT_WR))
+            d.shut = true
+        }
+        return .moved(moved)
+    }
+
+    /// A side failed (reset, or gone): the other side gets a reset too, as a peer of a real
+    /// connection would.
+    private func reset(_ slot: Int, toBackend: Bool) {
+        let other = toBackend ? connections[slot].backend : connections[slot].client
+        abort(other)
+        if toBackend { connections[slot].backend = -1 } else { connections[slot].client = -1 }
+        finish(slot)
+    }
+
+    func reset(_ slot: Int, both: Bool) {
+        abort(connections[slot].client)
+        abort(connections[slot].backend)
+        connections[slot].client = -1
+        connections[slot].backend = -1
+        finish(slot)
+    }
+
+    /// Closes with SO_LINGER 0: the peer gets RST, not FIN.
+    func abort(_ fd: Int32) {
+        guard fd >= 0 else { return }
+        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+        close(fd)
+    }
+
+    private func finish(_ slot: Int) {
+        let c = connections[slot]
+        if c.client >= 0 { close(c.client) }
+        if c.backend >= 0 { close(c.backend) }
+        // A pipe still holding bytes can't be reused.
+        if let pipe = c.up.pipe { givePipe(pipe, empty: c.up.pending == 0) }
+        if let pipe = c.down.pipe { givePipe(pipe, empty: c.down.pending == 0) }
+        connecting.remove(slot)
+        c.counters?.subtract(Counters.active)
+        active -= 1
+        connections[slot] = Connection()
+        freeConnections.append(slot)
+    }
+
+    func closeConnections(of listener: Int) {
+        for slot in connections.indices where connections[slot].inUse && connections[slot].listener == listener {
+            reset(slot, both: true)
+        }
+    }
+
+    /// PROXY protocol v2: the client's address and the address it connected to, binary.
+    private func sendProxyHeader(_ slot: Int) -> Bool {
+        var local = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        _ = withUnsafeMutablePointer(to: &local) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            getsockname(connections[slot].client, $0, &length) } }
+        guard let source = SocketAddress(connections[slot].peer), let destination = SocketAddress(local) else { return false }
+        let header = ProxyProtocol.header(source: source, destination: destination)
+        let sent = header.withUnsafeBytes { send(connections[slot].backend, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        return sent == header.count
+    }
+}
+
+enum ProxyProtocol {
+    static let signature: [UInt8] = [0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]
+
+    /// A v2 PROXY header for a TCP connection. Mixed families (an IPv4 client on an IPv6
+    /// listener cannot happen here: listeners are IPv6-only) fall back to LOCAL.
+    static func header(source: SocketAddress, destination: SocketAddress) -> [UInt8] {
+        guard source.ip.isIPv4 == destination.ip.isIPv4 else { return signature + [0x20, 0x00, 0x00, 0x00] }
+        let v4 = source.ip.isIPv4
+        let body = source.ip.bytes + destination.ip.bytes +
+            [UInt8(source.port >> 8), UInt8(source.port & 0xff), UInt8(destination.port >> 8), UInt8(destination.port & 0xff)]
+        return signature + [0x21, v4 ? 0x11 : 0x21, UInt8(body.count >> 8), UInt8(body.count & 0xff)] + body
+    }
+}

@@ -1,0 +1,187 @@
+import CShim
+import Glibc
+import Netlink
+
+/// A UDP flow: one client (address, and the local address it sent to) and the connected
+/// socket that speaks for it to the backend.
+struct Flow {
+    var inUse = false
+    var backend: Int32 = -1
+    var listener = 0
+    var counters: Counters?
+    var client = sockaddr_storage()
+    var clientLength: socklen_t = 0
+    /// The address the client sent to, when the listener is on all addresses: replies
+    /// must leave from it, or the client drops them.
+    var local = sockaddr_storage()
+    var hasLocal = false
+    var lastActive: UInt64 = 0
+    var key: FlowKey?
+}
+
+struct FlowKey: Hashable {
+    var listener: Int
+    var client: SocketAddress
+    var local: IPAddress?
+}
+
+/// Preallocated recvmmsg/sendmmsg state for one worker: `batch` datagrams of up to 64 KiB
+/// each way. Nothing here is allocated per datagram.
+final class UDPBuffers {
+    static let datagram = 65536
+    let batch: Int
+    let data: UnsafeMutableRawPointer
+    let messages: UnsafeMutablePointer<cshim_mmsghdr>
+    let vectors: UnsafeMutablePointer<iovec>
+    let names: UnsafeMutablePointer<sockaddr_storage>
+    let controls: UnsafeMutableRawPointer
+    var flowOf: [Int]
+
+    init(batch: Int) {
+        self.batch = batch
+        data = UnsafeMutableRawPointer.allocate(byteCount: batch * UDPBuffers.datagram, alignment: 16)
+        messages = .allocate(capacity: batch)
+        vectors = .allocate(capacity: batch)
+        names = .allocate(capacity: batch)
+        controls = UnsafeMutableRawPointer.allocate(byteCount: batch * Int(CSHIM_PKTINFO_SPACE), alignment: 16)
+        flowOf = [Int](repeating: -1, count: batch)
+    }
+
+    deinit {
+        data.deallocate(); messages.deallocate(); vectors.deallocate(); names.deallocate(); controls.deallocate()
+    }
+
+    func control(_ i: Int) -> UnsafeMutableRawPointer { controls + i * Int(CSHIM_PKTINFO_SPACE) }
+
+    /// Readies every slot to receive: full-size buffers, room for the sender and packet info.
+    func prepareReceive(withNames: Bool) {
+        for i in 0..<batch {
+            vectors[i] = iovec(iov_base: data + i * UDPBuffers.datagram, iov_len: UDPBuffers.datagram)
+            messages[i].msg_len = 0
+            messages[i].msg_hdr = msghdr(
+                msg_name: withNames ? UnsafeMutableRawPointer(names + i) : nil,
+                msg_namelen: withNames ? socklen_t(MemoryLayout<sockaddr_storage>.size) : 0,
+                msg_iov: vectors + i, msg_iovlen: 1,
+                msg_control: withNames ? control(i) : nil, msg_controllen: withNames ? Int(CSHIM_PKTINFO_SPACE) : 0,
+                msg_flags: 0)
+        }
+    }
+}
+
+extension Worker {
+    /// Datagrams from clients: one recvmmsg takes a batch; consecutive datagrams of one flow
+    /// go to the backend in one sendmmsg.
+    func receiveFromClients(listener slot: Int) {
+        guard let listener = listeners[slot] else { return }
+        let b = udp
+        while true {
+            b.prepareReceive(withNames: true)
+            let count = Int(cshim_recvmmsg(listener.fd, b.messages, UInt32(b.batch), Int32(MSG_DONTWAIT)))
+            guard count > 0 else { return }
+            let now = monotonicNanoseconds()
+            for i in 0..<count {
+                b.flowOf[i] = flow(for: i, listener: slot, now: now) ?? -1
+                b.vectors[i].iov_len = Int(b.messages[i].msg_len)
+                listener.counters.add(Counters.packetsIn)
+                listener.counters.add(Counters.bytesIn, UInt64(b.messages[i].msg_len))
+            }
+            var start = 0
+            while start < count {
+                var end = start + 1
+                while end < count && b.flowOf[end] == b.flowOf[start] { end += 1 }
+                let flow = b.flowOf[start]
+                if flow >= 0 {
+                    // The same buffers, sent on the flow's connected socket (no name, no control).
+                    for i in start..<end {
+                        b.messages[i].msg_hdr.msg_name = nil
+                        b.messages[i].msg_hdr.msg_namelen = 0
+                        b.messages[i].msg_hdr.msg_control = nil
+                        b.messages[i].msg_hdr.msg_controllen = 0
+                    }
+                    let sent = cshim_sendmmsg(flows[flow].backend, b.messages + start, UInt32(end - start), Int32(MSG_DONTWAIT))
+                    if sent < end - start { listener.counters.add(Counters.failures, UInt64(end - start - max(0, Int(sent)))) }
+                    flows[flow].lastActive = now
+                } else {
+                    listener.counters.add(Counters.failures, UInt64(end - start))
+                }
+                start = end
+            }
+            if count < b.batch { return }
+        }
+    }
+
+    /// The flow for received datagram i, made if new; nil if none can be made.
+    private func flow(for i: Int, listener listenerSlot: Int, now: UInt64) -> Int? {
+        guard let listener = listeners[listenerSlot], let client = SocketAddress(udp.names[i]) else { return nil }
+        var local = sockaddr_storage()
+        let hasLocal = listener.route.listen.isWildcard && cshim_pktinfo_destination(&udp.messages[i].msg_hdr, &local) == 1
+        let key = FlowKey(listener: listenerSlot, client: client, local: hasLocal ? SocketAddress(local)?.ip : nil)
+        if let existing = flowIndex[key] { return existing }
+        if flowIndex.count >= options.maxFlows { evictOldestFlow() }
+        let fd = socket(listener.route.backend.family, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        guard listener.route.backend.withSockaddr({ connect(fd, $0, $1) }) == 0 else {
+            close(fd)
+            return nil
+        }
+        let slot = freeFlows.popLast() ?? { flows.append(Flow()); return flows.count - 1 }()
+        flows[slot] = Flow(inUse: true, backend: fd, listener: listenerSlot, counters: listener.counters, client: udp.names[i], clientLength: udp.messages[i].msg_hdr.msg_namelen,
+                           local: local, hasLocal: hasLocal, lastActive: now, key: key)
+        flowIndex[key] = slot
+        watch(fd, Worker.token(.flow, slot), Worker.edgeIn)
+        listener.counters.add(Counters.connections)
+        listener.counters.add(Counters.active)
+        return slot
+    }
+
+    /// Replies from the backend, back to the client from the address it wrote to.
+    func receiveFromBackend(flow slot: Int) {
+        guard slot < flows.count, flows[slot].inUse, let listener = listeners[flows[slot].listener] else { return }
+        let b = udp
+        while true {
+            b.prepareReceive(withNames: false)
+            let count = Int(cshim_recvmmsg(flows[slot].backend, b.messages, UInt32(b.batch), Int32(MSG_DONTWAIT)))
+            if count == -Int(ECONNREFUSED) { continue }  // an ICMP error for an earlier datagram
+            guard count > 0 else { return }
+            for i in 0..<count {
+                b.vectors[i].iov_len = Int(b.messages[i].msg_len)
+                b.names[i] = flows[slot].client
+                b.messages[i].msg_hdr.msg_name = UnsafeMutableRawPointer(b.names + i)
+                b.messages[i].msg_hdr.msg_namelen = flows[slot].clientLength
+                if flows[slot].hasLocal {
+                    withUnsafePointer(to: &flows[slot].local) { cshim_set_pktinfo_source(&b.messages[i].msg_hdr, b.control(i), $0) }
+                }
+                listener.counters.add(Counters.packetsOut)
+                listener.counters.add(Counters.bytesOut, UInt64(b.messages[i].msg_len))
+            }
+            let sent = cshim_sendmmsg(listener.fd, b.messages, UInt32(count), Int32(MSG_DONTWAIT))
+            if sent < count { listener.counters.add(Counters.failures, UInt64(count - max(0, Int(sent)))) }
+            flows[slot].lastActive = monotonicNanoseconds()
+            if count < b.batch { return }
+        }
+    }
+
+    func sweepIdleFlows(now: UInt64) {
+        for slot in flows.indices where flows[slot].inUse && flows[slot].lastActive + options.udpIdleTimeout <= now {
+            closeFlow(slot)
+        }
+    }
+
+    private func evictOldestFlow() {
+        guard let oldest = flows.indices.filter({ flows[$0].inUse }).min(by: { flows[$0].lastActive < flows[$1].lastActive }) else { return }
+        flows[oldest].counters?.add(Counters.failures)
+        closeFlow(oldest)
+    }
+
+    func closeFlow(_ slot: Int) {
+        close(flows[slot].backend)
+        if let key = flows[slot].key { flowIndex[key] = nil }
+        flows[slot].counters?.subtract(Counters.active)
+        flows[slot] = Flow()
+        freeFlows.append(slot)
+    }
+
+    func closeFlows(of listener: Int) {
+        for slot in flows.indices where flows[slot].inUse && flows[slot].listener == listener { closeFlow(slot) }
+    }
+}

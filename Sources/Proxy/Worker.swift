@@ -1,0 +1,186 @@
+import CShim
+import Glibc
+
+/// One event loop on one thread: its own epoll set, its own listening socket per route
+/// (SO_REUSEPORT lets the kernel spread new connections and UDP flows over the workers),
+/// and every connection and flow it accepted. Nothing is shared with other workers but the
+/// command queue, so the hot path takes no lock.
+final class Worker {
+    enum Command {
+        case add(fd: Int32, route: ProxyRoute, counters: Counters)
+        case remove(ProxyRoute)
+        /// Stop accepting; finish open connections until the deadline, then close them.
+        case drain(deadline: UInt64)
+    }
+
+    /// Epoll tokens: the kind in the top byte, an index below.
+    enum Kind: UInt64 { case wake = 1, listener = 2, connection = 3, udpListener = 4, flow = 5 }
+
+    static func token(_ kind: Kind, _ index: Int) -> UInt64 { kind.rawValue << 56 | UInt64(index) }
+
+    let options: ProxyServer.Options
+    let epoll: Int32
+    let wake: Int32
+    private var lock = pthread_mutex_t()
+    private var queue: [Command] = []
+
+    struct Listener {
+        var fd: Int32
+        var route: ProxyRoute
+        var counters: Counters
+    }
+    var listeners: [Listener?] = []
+    var connections: [Connection] = []
+    var freeConnections: [Int] = []
+    /// Slots of connections still waiting for their backend, checked for the connect timeout.
+    var connecting: Set<Int> = []
+    var pipes: [(read: Int32, write: Int32)] = []
+    var flows: [Flow] = []
+    var freeFlows: [Int] = []
+    var flowIndex: [FlowKey: Int] = [:]
+    let udp: UDPBuffers
+    /// A descriptor kept open to be given up when accept fails with EMFILE, so the pending
+    /// connection can be taken and closed instead of spinning or hanging.
+    var reserve: Int32
+    var drainDeadline: UInt64?
+    var active = 0
+
+    init(options: ProxyServer.Options) throws {
+        self.options = options
+        epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
+        wake = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
+        guard epoll >= 0, wake >= 0 else { throw ProxyError.errno("creating an event loop", errno) }
+        pthread_mutex_init(&lock, nil)
+        reserve = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        udp = UDPBuffers(batch: options.udpBatch)
+        watch(wake, Worker.token(.wake, 0), EPOLLIN.rawValue)
+    }
+
+    deinit {
+        close(epoll); close(wake)
+        if reserve >= 0 { close(reserve) }
+        for pipe in pipes { close(pipe.read); close(pipe.write) }
+        pthread_mutex_destroy(&lock)
+    }
+
+    func post(_ command: Command) {
+        pthread_mutex_lock(&lock)
+        queue.append(command)
+        pthread_mutex_unlock(&lock)
+        var one: UInt64 = 1
+        _ = write(wake, &one, 8)
+    }
+
+    static let edgeIn = EPOLLIN.rawValue | EPOLLET.rawValue
+    static let edgeAll = EPOLLIN.rawValue | EPOLLOUT.rawValue | EPOLLRDHUP.rawValue | EPOLLET.rawValue
+
+    func watch(_ fd: Int32, _ token: UInt64, _ events: UInt32) {
+        var event = epoll_event()
+        event.events = events
+        event.data.u64 = token
+        epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event)
+    }
+
+    /// The loop. Returns once drained (or at the drain deadline).
+    func run() {
+        // splice(2) into a socket the peer closed raises SIGPIPE, and splice has no
+        // MSG_NOSIGNAL. Blocked on this thread only, it stays pending and harmless, and
+        // the call returns EPIPE, which the relay handles; the host process's own SIGPIPE
+        // handling is left alone.
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGPIPE)
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        let capacity = 256
+        let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: capacity)
+        defer { events.deallocate() }
+        var nextSweep = monotonicNanoseconds() + 250_000_000
+        while true {
+            let n = epoll_wait(epoll, events, Int32(capacity), 250)
+            for i in 0..<max(0, Int(n)) {
+                let token = events[i].data.u64
+                let index = Int(token & 0x00ff_ffff_ffff_ffff)
+                let flags = events[i].events
+                switch Kind(rawValue: token >> 56) {
+                case .wake: takeCommands()
+                case .listener: acceptAll(listener: index)
+                case .connection: connectionEvent(slot: index >> 1, backend: index & 1 == 1, events: flags)
+                case .udpListener: receiveFromClients(listener: index)
+                case .flow: receiveFromBackend(flow: index)
+                case nil: break
+                }
+            }
+            let now = monotonicNanoseconds()
+            if now >= nextSweep {
+                sweepConnectTimeouts(now: now)
+                sweepIdleFlows(now: now)
+                nextSweep = now + 250_000_000
+            }
+            if let deadline = drainDeadline, active == 0 || now >= deadline {
+                closeEverything()
+                return
+            }
+        }
+    }
+
+    private func takeCommands() {
+        var count: UInt64 = 0
+        _ = read(wake, &count, 8)
+        pthread_mutex_lock(&lock)
+        let commands = queue
+        queue.removeAll(keepingCapacity: true)
+        pthread_mutex_unlock(&lock)
+        for command in commands {
+            switch command {
+            case .add(let fd, let route, let counters):
+                let slot = listeners.firstIndex(where: { $0 == nil }) ?? { listeners.append(nil); return listeners.count - 1 }()
+                listeners[slot] = Listener(fd: fd, route: route, counters: counters)
+                watch(fd, Worker.token(route.proto == .tcp ? .listener : .udpListener, slot), Worker.edgeIn)
+            case .remove(let route):
+                // New traffic stops; what the route carried goes too, as a removed mapping must
+                // not keep sending to its old backend.
+                for slot in listeners.indices where listeners[slot]?.route == route {
+                    closeConnections(of: slot)
+                    closeFlows(of: slot)
+                    close(listeners[slot]!.fd)
+                    listeners[slot] = nil
+                }
+            case .drain(let deadline):
+                for slot in listeners.indices {
+                    if let listener = listeners[slot] { close(listener.fd) }
+                    listeners[slot] = nil
+                }
+                drainDeadline = deadline
+            }
+        }
+    }
+
+    private func closeEverything() {
+        for slot in connections.indices where connections[slot].inUse { reset(slot, both: true) }
+        for slot in flows.indices where flows[slot].inUse { closeFlow(slot) }
+        for slot in listeners.indices {
+            if let listener = listeners[slot] { close(listener.fd) }
+            listeners[slot] = nil
+        }
+    }
+
+    // MARK: Pipes
+
+    /// A pipe from the pool (or a new one). Pipes are held only while bytes are in flight,
+    /// so an idle connection costs two descriptors and a slot, not four descriptors.
+    func takePipe() -> (read: Int32, write: Int32)? {
+        if let pipe = pipes.popLast() { return pipe }
+        var fds: [Int32] = [0, 0]
+        guard cshim_pipe2(&fds, O_NONBLOCK | O_CLOEXEC) == 0 else { return nil }
+        _ = cshim_set_pipe_size(fds[1], Int32(options.pipeSize))
+        return (fds[0], fds[1])
+    }
+
+    func givePipe(_ pipe: (read: Int32, write: Int32), empty: Bool) {
+        if empty && pipes.count < options.sparePipes {
+            pipes.append(pipe)
+        } else {
+            close(pipe.read); close(pipe.write)
+        }
+    }
+}

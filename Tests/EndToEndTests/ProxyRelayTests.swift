@@ -1,0 +1,340 @@
+import Foundation
+import Glibc
+import Netlink
+import Proxy
+import Testing
+
+/// A backend in a container namespace: echoes each TCP connection until EOF, then
+/// half-closes; answers each UDP datagram with its reverse.
+final class EchoBackend {
+    let tcp: Int32
+    let udp: Int32
+    let port: UInt16
+
+    init(in namespace: NetworkNamespace, ipv6: Bool = false) throws {
+        let listener = try Traffic.listen(in: namespace, ipv6: ipv6, port: 0)
+        tcp = listener.fd
+        port = listener.port
+        udp = try Traffic.udpSocket(in: namespace, ipv6: ipv6, port: port).fd
+        let (tcp, udp) = (self.tcp, self.udp)
+        Thread.detachNewThread {
+            while true {
+                let fd = accept(tcp, nil, nil)
+                if fd < 0 { if errno == EAGAIN || errno == EINTR { continue } else { return } }
+                Thread.detachNewThread { EchoBackend.echo(fd) }
+            }
+        }
+        Thread.detachNewThread {
+            var buffer = [UInt8](repeating: 0, count: 2048)
+            while true {
+                var peer = sockaddr_storage()
+                var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+                let n = buffer.withUnsafeMutableBytes { raw in
+                    withUnsafeMutablePointer(to: &peer) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(udp, raw.baseAddress, raw.count, 0, $0, &length) } }
+                }
+                if n < 0 { if errno == EAGAIN || errno == EINTR { continue } else { return } }
+                let reply = Array(buffer[0..<n].reversed())
+                _ = withUnsafePointer(to: &peer) { p in
+                    p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in reply.withUnsafeBytes { sendto(udp, $0.baseAddress, $0.count, 0, sa, length) } }
+                }
+            }
+        }
+    }
+
+    static func echo(_ fd: Int32) {
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { break }
+            var sent = 0
+            while sent < n {
+                let m = buffer[sent..<n].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                if m <= 0 { return }
+                sent += m
+            }
+        }
+        shutdown(fd, Int32(SHUT_WR))
+    }
+
+    deinit { shutdown(tcp, Int32(SHUT_RDWR)); close(tcp); shutdown(udp, Int32(SHUT_RDWR)); close(udp) }
+}
+
+/// A value handed between threads (the handover is ordered by a semaphore).
+final class Box<T>: @unchecked Sendable {
+    var value: T
+    init(_ value: T) { self.value = value }
+}
+
+/// Blocking client helpers with bounded waits.
+enum Client {
+    static func connect(in namespace: NetworkNamespace, to address: String, port: UInt16, timeout: Int = 5) throws -> Int32 {
+        let ipv6 = address.contains(":")
+        return try namespace.run {
+            let fd = socket(ipv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            var tv = timeval(tv_sec: timeout, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            let target = SocketAddress(IPAddress(address)!, port)
+            var storage = target.storageForTests
+            let length = socklen_t(ipv6 ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size)
+            let rc = withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, length) } }
+            guard rc == 0 else {
+                let message = String(cString: strerror(errno))
+                close(fd)
+                throw SandboxError("connect \(address):\(port): \(message)")
+            }
+            return fd
+        }
+    }
+
+    static func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+        var sent = 0
+        while sent < bytes.count {
+            let n = bytes[sent...].withUnsafeBytes { send(fd, $0.baseAddress, min($0.count, 1 << 16), Int32(MSG_NOSIGNAL)) }
+            if n <= 0 { return false }
+            sent += n
+        }
+        return true
+    }
+
+    /// Everything until EOF; nil on error (its errno in `lastError`).
+    static func readAll(_ fd: Int32, limit: Int = 64 << 20) -> (bytes: [UInt8], error: Int32) {
+        var out: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        while out.count < limit {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n == 0 { return (out, 0) }
+            if n < 0 { return (out, errno) }
+            out += buffer[0..<n]
+        }
+        return (out, 0)
+    }
+}
+
+extension SocketAddress {
+    var storageForTests: sockaddr_storage {
+        var storage = sockaddr_storage()
+        let bytes = ip.bytes
+        withUnsafeMutableBytes(of: &storage) { raw in
+            raw[0] = UInt8(ip.isIPv4 ? AF_INET : AF_INET6)
+            raw[2] = UInt8(port >> 8); raw[3] = UInt8(port & 0xff)
+            raw.baseAddress!.advanced(by: ip.isIPv4 ? 4 : 8).copyMemory(from: bytes, byteCount: bytes.count)
+        }
+        return storage
+    }
+}
+
+@Suite("End to end: the splice proxy and UDP relay", .enabled(if: Sandbox.isRoot, "needs root for namespaces"))
+struct ProxyRelayTests {
+    /// A sandbox with one container (c1, 10.95.0.2) running the echo backend, and a proxy
+    /// whose sockets live in the sandbox's host namespace.
+    final class Setup {
+        let world: World
+        let backend: EchoBackend
+        let proxy: ProxyServer
+        let host: NetworkNamespace
+
+        init(ipv6Network: Bool = false) throws {
+            world = try World()
+            host = world.sandbox.hostNamespace
+            var create = ["network", "create", "px", "--subnet", "10.95.0.0/24"]
+            if ipv6Network { create += ["--subnet6", "fd00:95::/64"] }
+            try world.sandbox.run(Sandbox.netctl, create)
+            try world.sandbox.netctlOK("attach", "px", "--new", "c1", "--name", "c1")
+            backend = try EchoBackend(in: try world.container("c1"))
+            // Made on a thread in the sandbox: its workers start there and inherit the namespace.
+            proxy = try world.sandbox.hostNamespace.run { try ProxyServer(options: .init(workers: 2, connectTimeoutSeconds: 1)) }
+        }
+
+        func serve(_ routes: [ProxyRoute]) throws { try host.run { try proxy.update(routes) } }
+
+        deinit { proxy.stop(drainSeconds: 0) }
+    }
+
+    static func route(_ proto: ProxyRoute.Proto = .tcp, listen: String, _ port: UInt16, to backend: String = "10.95.0.2", _ backendPort: UInt16,
+                      proxyProtocol: Bool = false) -> ProxyRoute {
+        ProxyRoute(proto: proto, listen: SocketAddress(IPAddress(listen)!, port), backend: SocketAddress(IPAddress(backend)!, backendPort),
+                   proxyProtocol: proxyProtocol)
+    }
+
+    @Test("a 16 MiB transfer arrives whole and in order both ways; the client's half-close is passed on")
+    func bulkAndHalfClose() throws {
+        let s = try Setup()
+        try s.serve([ProxyRelayTests.route(listen: "0.0.0.0", 18000, s.backend.port)])
+        // Pseudo-random bytes (an xorshift stream): any loss or reordering shows.
+        var state: UInt64 = 0x9e37_79b9_7f4a_7c15 ^ UInt64.random(in: 1...UInt64.max)
+        var payload = [UInt8](repeating: 0, count: 16 << 20)
+        for i in stride(from: 0, to: payload.count, by: 8) {
+            state ^= state << 13; state ^= state >> 7; state ^= state << 17
+            withUnsafeBytes(of: state) { payload.replaceSubrange(i..<(i + 8), with: $0) }
+        }
+        let fd = try Client.connect(in: s.host, to: World.hostIP, port: 18000)
+        defer { close(fd) }
+        let received = Box<(bytes: [UInt8], error: Int32)>(([], 0))
+        let done = DispatchSemaphore(value: 0)
+        Thread.detachNewThread { received.value = Client.readAll(fd); done.signal() }
+        #expect(Client.sendAll(fd, payload))
+        shutdown(fd, Int32(SHUT_WR))  // the backend sees EOF only if the proxy passes the FIN on
+        #expect(done.wait(timeout: .now() + 30) == .success)
+        #expect(received.value.error == 0)
+        #expect(received.value.bytes.count == payload.count)
+        #expect(received.value.bytes == payload)
+        let stats = s.proxy.stats().values.first
+        #expect(stats?.bytesIn == UInt64(payload.count) && stats?.bytesOut == UInt64(payload.count))
+    }
+
+    @Test("200 concurrent connections each get their own bytes back")
+    func concurrent() throws {
+        let s = try Setup()
+        try s.serve([ProxyRelayTests.route(listen: "0.0.0.0", 18001, s.backend.port)])
+        let fds = try (0..<200).map { _ in try Client.connect(in: s.host, to: World.hostIP, port: 18001) }
+        defer { fds.forEach { close($0) } }
+        for (i, fd) in fds.enumerated() { #expect(Client.sendAll(fd, Array("message \(i)".utf8))); shutdown(fd, Int32(SHUT_WR)) }
+        for (i, fd) in fds.enumerated() {
+            let reply = Client.readAll(fd)
+            #expect(reply.error == 0 && String(decoding: reply.bytes, as: UTF8.self) == "message \(i)")
+        }
+        #expect(s.proxy.stats().values.first?.connections == 200)
+    }
+
+    @Test("the backend's half-close reaches the client, which can still send")
+    func backendHalfClose() throws {
+        let s = try Setup()
+        let c1 = try s.world.container("c1")
+        let server = try Traffic.listen(in: c1, port: 9100)
+        defer { close(server.fd) }
+        try s.serve([ProxyRelayTests.route(listen: "127.0.0.1", 18002, 9100)])
+        let fd = try Client.connect(in: s.host, to: "127.0.0.1", port: 18002)
+        defer { close(fd) }
+        let accepted = accept(server.fd, nil, nil)
+        defer { close(accepted) }
+        #expect(Client.sendAll(accepted, Array("bye".utf8)))
+        shutdown(accepted, Int32(SHUT_WR))
+        let first = Client.readAll(fd)
+        #expect(first.error == 0 && first.bytes == Array("bye".utf8))   // EOF after the data
+        #expect(Client.sendAll(fd, Array("still here".utf8)))
+        shutdown(fd, Int32(SHUT_WR))
+        var tv = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(accepted, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        #expect(Client.readAll(accepted).bytes == Array("still here".utf8))
+    }
+
+    @Test("a reset is passed on as a reset, both ways; a refused backend gives the client a prompt reset")
+    func resets() throws {
+        let s = try Setup()
+        let c1 = try s.world.container("c1")
+        let server = try Traffic.listen(in: c1, port: 9101)
+        defer { close(server.fd) }
+        try s.serve([ProxyRelayTests.route(listen: "127.0.0.1", 18003, 9101), ProxyRelayTests.route(listen: "127.0.0.1", 18004, 9999)])
+        // Backend resets.
+        let fd = try Client.connect(in: s.host, to: "127.0.0.1", port: 18003)
+        defer { close(fd) }
+        let accepted = accept(server.fd, nil, nil)
+        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+        setsockopt(accepted, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+        close(accepted)
+        #expect(Client.readAll(fd).error == ECONNRESET)
+        // Client resets.
+        let fd2 = try Client.connect(in: s.host, to: "127.0.0.1", port: 18003)
+        let accepted2 = accept(server.fd, nil, nil)
+        defer { close(accepted2) }
+        var tv = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(accepted2, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd2, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+        close(fd2)
+        #expect(Client.readAll(accepted2).error == ECONNRESET)
+        // Nobody listens behind 18004: the client is reset well within a second.
+        let start = Date()
+        let fd3 = try Client.connect(in: s.host, to: "127.0.0.1", port: 18004)
+        defer { close(fd3) }
+        #expect(Client.readAll(fd3).error == ECONNRESET)
+        #expect(Date().timeIntervalSince(start) < 1)
+        #expect((s.proxy.stats().first { $0.key.backend.port == 9999 }?.value.failures ?? 0) >= 1)
+    }
+
+    @Test("UDP: replies come from the address the client wrote to, on a listener for all addresses")
+    func udpSourceAddress() throws {
+        let s = try Setup()
+        try s.serve([ProxyRelayTests.route(.udp, listen: "0.0.0.0", 15353, s.backend.port)])
+        for address in [World.hostIP, World.otherHostIP] {
+            let client = try Traffic.udpSocket(in: s.world.neighbour)
+            defer { close(client.fd) }
+            try Traffic.sendUDP(client.fd, to: address, port: 15353, Array("abc".utf8))
+            let reply = Traffic.receiveUDP(client.fd)
+            #expect(reply?.payload == Array("cba".utf8))
+            #expect(reply?.from == address)
+        }
+        let stats = s.proxy.stats().values.first
+        #expect(stats?.connections == 2 && stats?.packetsIn == 2 && stats?.packetsOut == 2)
+    }
+
+    @Test("IPv6: [::1] and [::] listeners to an IPv4 backend, and an IPv4 listener to an IPv6 backend")
+    func families() throws {
+        let s = try Setup(ipv6Network: true)
+        let v6backend = try EchoBackend(in: try s.world.container("c1"), ipv6: true)
+        try s.serve([ProxyRelayTests.route(listen: "::1", 18005, s.backend.port),
+                     ProxyRelayTests.route(listen: "::", 18006, s.backend.port),
+                     ProxyRelayTests.route(listen: "0.0.0.0", 18007, to: "fd00:95::2", v6backend.port)])
+        for (address, port) in [("::1", UInt16(18005)), (World.hostIP6, 18006), (World.hostIP, 18007)] {
+            let fd = try Client.connect(in: s.host, to: address, port: port)
+            defer { close(fd) }
+            #expect(Client.sendAll(fd, Array("via \(address)".utf8)))
+            shutdown(fd, Int32(SHUT_WR))
+            #expect(String(decoding: Client.readAll(fd).bytes, as: UTF8.self) == "via \(address)")
+        }
+    }
+
+    @Test("PROXY protocol v2: the backend learns the client's address")
+    func proxyProtocol() throws {
+        let s = try Setup()
+        let c1 = try s.world.container("c1")
+        let server = try Traffic.listen(in: c1, port: 9102)
+        defer { close(server.fd) }
+        try s.serve([ProxyRelayTests.route(listen: "0.0.0.0", 18008, 9102, proxyProtocol: true)])
+        let fd = try Client.connect(in: s.world.neighbour, to: World.hostIP, port: 18008)
+        defer { close(fd) }
+        let accepted = accept(server.fd, nil, nil)
+        defer { close(accepted) }
+        var header = [UInt8](repeating: 0, count: 28)
+        var tv = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(accepted, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        #expect(header.withUnsafeMutableBytes { recv(accepted, $0.baseAddress, 28, Int32(MSG_WAITALL)) } == 28)
+        #expect(Array(header[0..<16]) == [0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a, 0x21, 0x11, 0, 12])
+        #expect(Array(header[16..<20]) == IPAddress(World.neighbourIP)!.bytes)
+        #expect(Array(header[20..<24]) == IPAddress(World.hostIP)!.bytes)
+        #expect(UInt16(header[26]) << 8 | UInt16(header[27]) == 18008)
+    }
+
+    @Test("routes added and removed while traffic flows; a taken port is refused and nothing changes")
+    func liveChanges() throws {
+        let s = try Setup()
+        let a = ProxyRelayTests.route(listen: "0.0.0.0", 18009, s.backend.port)
+        let b = ProxyRelayTests.route(listen: "0.0.0.0", 18010, s.backend.port)
+        try s.serve([a])
+        let open = try Client.connect(in: s.host, to: World.hostIP, port: 18009)
+        defer { close(open) }
+        #expect(Client.sendAll(open, Array("one".utf8)))
+        try s.serve([a, b])
+        let second = try Client.connect(in: s.host, to: World.hostIP, port: 18010)
+        #expect(Client.sendAll(second, Array("two".utf8)))
+        shutdown(second, Int32(SHUT_WR))
+        #expect(Client.readAll(second).bytes == Array("two".utf8))
+        close(second)
+        // Removing a route stops new connections and cuts the ones it carried.
+        try s.serve([b])
+        #expect(Client.readAll(open).error == ECONNRESET)
+        #expect(throws: SandboxError.self) { try Client.connect(in: s.host, to: World.hostIP, port: 18009, timeout: 1) }
+
+        // A port some program holds: the update is refused whole.
+        let holder = try Traffic.listen(in: s.host, port: 18011)
+        defer { close(holder.fd) }
+        let c = ProxyRelayTests.route(listen: "0.0.0.0", 18012, s.backend.port)
+        let error = #expect(throws: ProxyError.self) {
+            try s.serve([b, c, ProxyRelayTests.route(listen: "0.0.0.0", 18011, s.backend.port)])
+        }
+        #expect(error?.description.contains("0.0.0.0:18011/tcp: another program holds it") == true)
+        #expect(s.proxy.currentRoutes == [b])
+        #expect(throws: SandboxError.self) { try Client.connect(in: s.host, to: World.hostIP, port: 18012, timeout: 1) }
+    }
+}
