@@ -321,6 +321,21 @@ public final class NftClient {
         return found
     }
 
+    /// How many rules a chain of the netctl table holds; 0 when the chain or table is missing.
+    public func ruleCount(chain: String) throws -> Int {
+        var request = MessageBuilder(type: UInt16(NFNL_SUBSYS_NFTABLES) << 8 | UInt16(NFT_MSG_GETRULE.rawValue),
+                                     flags: NetlinkFlags.request | NetlinkFlags.dump)
+        request.nfgen(family: UInt8(NFPROTO_INET))
+        request.attribute(UInt16(NFTA_RULE_TABLE.rawValue), string: PublishRuleset.table)
+        request.attribute(UInt16(NFTA_RULE_CHAIN.rawValue), string: chain)
+        sequence &+= 1
+        do {
+            return try socket.dump(request.finish(sequence: sequence), "listing chain \(chain)").count
+        } catch let error as NetlinkError where error.code == ENOENT {
+            return 0
+        }
+    }
+
     public func commit(_ batch: NftBatch, _ operation: String) throws {
         guard !batch.messages.isEmpty else { return }
         let (datagram, acknowledged) = batch.encoded(first: sequence)

@@ -223,6 +223,12 @@ public enum PublishRuleset {
         } else {
             expressions += [.fibDestinationType(into: NftExpression.reg1),
                             .compare(register: NftExpression.reg1, op: eq, data: bytes(of: 2 /* RTN_LOCAL */))]
+            if map.ipv6 {
+                // ::1 is local too, but the kernel can't send its traffic out of a bridge: leave
+                // it to local listeners (and to the proxy backend) instead of black-holing it.
+                expressions += [.payload(base: UInt32(NFT_PAYLOAD_NETWORK_HEADER.rawValue), offset: 24, length: 16, into: NftExpression.reg1),
+                                .compare(register: NftExpression.reg1, op: neq, data: IPAddress("::1")!.bytes)]
+            }
         }
         // Registers as nft assigns them in a concatenation: 16-byte registers 1-4 overlay the
         // 4-byte registers 8-23 (reg 1 = 8..11, reg 2 = 12..15), each field rounded up to 4 bytes.

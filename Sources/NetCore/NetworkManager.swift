@@ -190,8 +190,8 @@ public final class NetworkManager {
             return network
         }
         do {
+            try syncFirewall()  // first: ensureBridge needs the guard in place
             _ = try ensureBridge(network)
-            try syncFirewall()
         } catch {
             if existingBridge == nil { _ = try? host.perform(.deleteLink(name: bridge).ignoring(ENODEV)) }
             try? store.transaction { try store.deleteNetwork(named: network.name) }
@@ -253,8 +253,10 @@ public final class NetworkManager {
         }
         try host.perform(requests)
         // Forwarding carries published and outbound traffic; route_localnet lets the host's
-        // own 127.0.0.1 connections be DNATed onto the bridge (the ruleset's guard chain
-        // drops anything from the wire addressed to 127/8, so this opens nothing).
+        // own 127.0.0.1 connections be DNATed onto the bridge. That is safe only with the
+        // table's guard chain in place (it drops anything from the wire addressed to 127/8),
+        // so the table is checked, and rebuilt if a reboot or a flush took it, first.
+        if try wrapKernel({ try firewall().ruleCount(chain: "guard") }) == 0 { try syncFirewall() }
         try setSysctl("net/ipv4/ip_forward", "1")
         try setSysctl("net/ipv4/conf/\(network.bridge)/route_localnet", "1")
         if network.ipv6Subnet != nil { try setSysctl("net/ipv6/conf/all/forwarding", "1") }
@@ -467,7 +469,11 @@ public final class NetworkManager {
             try wrapKernel { try NetworkNamespace.remove(at: e.netns) }
         }
         try store.transaction {
-            for e in endpoints { try store.deleteEndpoint(id: e.id) }
+            for e in endpoints {
+                // A publish that raced this teardown may have added rows; their elements go too.
+                try removePorts(try store.ports(endpoint: e.name).map(\.port), of: e)
+                try store.deleteEndpoint(id: e.id)
+            }
         }
     }
 
@@ -520,7 +526,8 @@ public final class NetworkManager {
             let kernel = try wrapKernel { try firewall().mappings() }
             if kernel == nil && expected.isEmpty && networks.isEmpty { return }
             let present = Set(kernel ?? [])
-            guard kernel == nil || present != expected else { return }
+            // Always rebuilt (one atomic batch): rules someone deleted or added by hand come
+            // back as state says, not only the elements.
             try wrapKernel { try firewall().commit(rulesetFromState().batch, "rebuilding the netctl table") }
             report.removedMappings = present.subtracting(expected).map(\.description).sorted()
             report.restoredMappings = expected.subtracting(present).map(\.description).sorted()

@@ -176,7 +176,12 @@ extension NetworkManager {
         guard endpoint.state == .active else { throw NetctlError.endpointNotActive(name) }
         for spec in specs { try checkKernelCanServe(spec, endpoint: endpoint) }
 
-        let published: [PublishedPort] = try store.transaction {
+        var kernelChanged = false
+        let published: [PublishedPort]
+        do {
+          published = try store.transaction {
+            // Checked again under the lock: a detach in flight must not get a new element.
+            guard try store.endpoint(named: name)?.state == .active else { throw NetctlError.endpointNotActive(name) }
             var added: [PublishedPort] = []
             for spec in specs {
                 let scope = HostScope(spec.hostIP)
@@ -217,7 +222,14 @@ extension NetworkManager {
             try commitFirewall("publishing ports of \(name)") { batch in
                 PublishRuleset.add(added.flatMap { NetworkManager.dnat($0, endpoint) }, to: &batch)
             }
+            kernelChanged = true
             return added
+          }
+        } catch {
+            // The kernel took the batch but the state COMMIT failed: put the table back as
+            // state (unchanged) says.
+            if kernelChanged { try? syncFirewall() }
+            throw error
         }
         flushConntrack(published)
         for p in published { logger.info("published \(p.description.split(separator: "\n").joined(separator: ", ")) for \(name)") }
@@ -229,7 +241,10 @@ extension NetworkManager {
     @discardableResult
     public func unpublish(endpoint name: String, _ specs: [(text: String, mappings: [PortMapping])] = []) throws -> [PublishedPort] {
         let endpoint = try self.endpoint(named: name)
-        let removed: [PublishedPort] = try store.transaction {
+        var kernelChanged = false
+        let removed: [PublishedPort]
+        do {
+          removed = try store.transaction {
             let current = try store.ports(endpoint: name).map(\.port)
             var chosen = current
             if !specs.isEmpty {
@@ -241,7 +256,12 @@ extension NetworkManager {
                 }
             }
             try removePorts(chosen, of: endpoint)
+            kernelChanged = !chosen.isEmpty
             return chosen
+          }
+        } catch {
+            if kernelChanged { try? syncFirewall() }
+            throw error
         }
         flushConntrack(removed)
         return removed
@@ -338,6 +358,10 @@ extension NetworkManager {
         }
     }
 
+    static func isLoopback(_ ip: IPAddress) -> Bool {
+        ip.isIPv4 ? ip.bytes[0] == 127 : ip == IPAddress("::1")
+    }
+
     /// Drops UDP conntrack entries for the host ports, so a client that never pauses is
     /// not left pinned to the old target. Best effort: the mapping change itself stands.
     func flushConntrack(_ ports: [PublishedPort]) {
@@ -346,10 +370,15 @@ extension NetworkManager {
         do {
             let client = try conntrack()
             let entries = try client.entries()
+            // Only flows addressed to this host: a container's outbound flow to some server's
+            // port 53 or 443 is not a client of the mapping and must survive.
+            let local = Set(try host.addresses().map(\.address))
             let stale = entries.filter { entry in
-                entry.proto == UInt8(IPPROTO_UDP) && udp.contains { p in
+                guard entry.proto == UInt8(IPPROTO_UDP), let destination = entry.destination,
+                      local.contains(destination) || NetworkManager.isLoopback(destination) else { return false }
+                return udp.contains { p in
                     guard p.hostPort == entry.destinationPort else { return false }
-                    if case .address(let ip) = HostScope(p.hostIP) { return entry.destination == ip }
+                    if case .address(let ip) = HostScope(p.hostIP) { return destination == ip }
                     return true
                 }
             }

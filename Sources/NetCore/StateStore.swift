@@ -186,19 +186,17 @@ final class StateStore {
         try ports(where: "WHERE p.proto = ? AND p.host_port = ?", [.text(proto.rawValue), .integer(Int64(hostPort))]).map(\.port)
     }
 
+    /// Ports with their endpoints in one query: no per-endpoint lookups, whatever the count.
     private func ports(where filter: String, _ values: [SQLiteValue]) throws -> [(port: PublishedPort, endpoint: Endpoint)] {
-        let rows = try db.query("""
-            SELECT p.endpoint_id, p.proto, p.host_ip, p.host_port, p.container_port FROM ports p
-            JOIN endpoints e ON e.id = p.endpoint_id \(filter)
+        try db.query("""
+            SELECT \(StateStore.endpointColumns), p.proto, p.host_ip, p.host_port, p.container_port FROM ports p
+            JOIN endpoints e ON e.id = p.endpoint_id JOIN networks n ON n.name = e.network \(filter)
             ORDER BY e.name, p.container_port, p.proto, p.host_ip, p.host_port
-            """, values)
-        guard !rows.isEmpty else { return [] }
-        let ids = Set(rows.map { $0[0].string! })
-        let byName = Dictionary(uniqueKeysWithValues: try endpoints().filter { ids.contains($0.id) }.map { ($0.id, $0) })
-        return rows.compactMap { row in
-            guard let e = byName[row[0].string!], let proto = PortMapping.Proto(rawValue: row[1].string!) else { return nil }
-            return (PublishedPort(endpoint: e.name, proto: proto, hostIP: row[2].string!, hostPort: UInt16(row[3].int!),
-                                  containerPort: UInt16(row[4].int!), servesIPv6: e.ipv6 != nil), e)
+            """, values).compactMap { row in
+            let e = StateStore.endpoint(row)
+            guard let proto = PortMapping.Proto(rawValue: row[20].string!) else { return nil }
+            return (PublishedPort(endpoint: e.name, proto: proto, hostIP: row[21].string!, hostPort: UInt16(row[22].int!),
+                                  containerPort: UInt16(row[23].int!), servesIPv6: e.ipv6 != nil), e)
         }
     }
 

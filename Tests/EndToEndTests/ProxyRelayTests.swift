@@ -15,6 +15,7 @@ final class EchoBackend {
         let listener = try Traffic.listen(in: namespace, ipv6: ipv6, port: 0)
         tcp = listener.fd
         port = listener.port
+        Glibc.listen(tcp, 1024)  // room for every concurrent connection a test opens
         udp = try Traffic.udpSocket(in: namespace, ipv6: ipv6, port: port).fd
         let (tcp, udp) = (self.tcp, self.udp)
         Thread.detachNewThread {
