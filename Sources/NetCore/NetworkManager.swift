@@ -39,11 +39,12 @@ public struct AttachRequest: Sendable {
     public var mac: String?
     /// Ports to publish once attached (`-p`); if publishing fails, the attach is undone.
     public var ports: [PortMapping]
+    public var portBackend: PortBackend
 
     public init(network: String? = nil, target: Target, ip: String? = nil, name: String? = nil,
-                interface: String = "eth0", mac: String? = nil, ports: [PortMapping] = []) {
+                interface: String = "eth0", mac: String? = nil, ports: [PortMapping] = [], portBackend: PortBackend = .nft) {
         self.network = network; self.target = target; self.ip = ip; self.name = name
-        self.interface = interface; self.mac = mac; self.ports = ports
+        self.interface = interface; self.mac = mac; self.ports = ports; self.portBackend = portBackend
     }
 }
 
@@ -319,7 +320,7 @@ public final class NetworkManager {
         do {
             let endpoint = try attach(request, to: network, mac: requestedMAC, namespace: namespace, netnsPath: netnsPath, pid: pid)
             do {
-                try publish(endpoint: endpoint.name, request.ports)
+                try publish(endpoint: endpoint.name, request.ports, backend: request.portBackend)
             } catch {
                 _ = try? detach([endpoint.name])
                 throw error

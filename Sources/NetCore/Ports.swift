@@ -2,8 +2,19 @@ import Firewall
 import Glibc
 import Netlink
 
+/// What carries a published port's traffic.
+public enum PortBackend: String, Codable, Sendable, CaseIterable {
+    /// Kernel DNAT only (nftables map elements).
+    case nft
+    /// The userland proxy only (`netctl proxy serve`, or a `ProxyService` in a runtime).
+    case proxy
+    /// The kernel where it can; the proxy for the rest: `[::1]`, and IPv6 to an endpoint
+    /// that has only IPv4.
+    case auto
+}
+
 /// A port published for an endpoint: hostIP:hostPort/proto on the host reaches
-/// containerPort on the endpoint's address(es), through kernel DNAT.
+/// containerPort on the endpoint's address(es), through kernel DNAT and/or the proxy.
 public struct PublishedPort: Codable, Equatable, Hashable, Sendable {
     public var endpoint: String
     public var proto: PortMapping.Proto
@@ -14,17 +25,19 @@ public struct PublishedPort: Codable, Equatable, Hashable, Sendable {
     public var containerPort: UInt16
     /// Whether the endpoint has an IPv6 address, so an all-addresses mapping also serves [::].
     public var servesIPv6: Bool
+    public var backend: PortBackend
 
     public init(endpoint: String, proto: PortMapping.Proto, hostIP: String, hostPort: UInt16, containerPort: UInt16,
-                servesIPv6: Bool = true) {
+                servesIPv6: Bool = true, backend: PortBackend = .nft) {
         self.endpoint = endpoint; self.proto = proto; self.hostIP = hostIP
         self.hostPort = hostPort; self.containerPort = containerPort; self.servesIPv6 = servesIPv6
+        self.backend = backend
     }
 
     /// As `docker port` prints it: `80/tcp -> 0.0.0.0:8080`, one line per address served.
     public var description: String {
         var scope = HostScope(hostIP)
-        if scope == .all && !servesIPv6 { scope = .allIPv4 }
+        if scope == .all && !servesIPv6 && backend == .nft { scope = .allIPv4 }  // the proxy serves [::] to IPv4
         let hosts = scope.displayAddresses
         return hosts.map { "\(containerPort)/\(proto.rawValue) -> \($0):\(hostPort)" }.joined(separator: "\n")
     }
@@ -170,11 +183,11 @@ extension NetworkManager {
     /// here: never one another mapping claims or another program holds. All or nothing:
     /// any refusal or kernel failure leaves state and ruleset as they were.
     @discardableResult
-    public func publish(endpoint name: String, _ specs: [PortMapping]) throws -> [PublishedPort] {
+    public func publish(endpoint name: String, _ specs: [PortMapping], backend: PortBackend = .nft) throws -> [PublishedPort] {
         guard !specs.isEmpty else { return [] }
         let endpoint = try self.endpoint(named: name)
         guard endpoint.state == .active else { throw NetctlError.endpointNotActive(name) }
-        for spec in specs { try checkKernelCanServe(spec, endpoint: endpoint) }
+        for spec in specs { try checkBackendCanServe(spec, backend: backend, endpoint: endpoint) }
 
         var kernelChanged = false
         let published: [PublishedPort]
@@ -215,7 +228,7 @@ extension NetworkManager {
                     port = free
                 }
                 let p = PublishedPort(endpoint: endpoint.name, proto: spec.proto, hostIP: spec.hostIP, hostPort: port,
-                                      containerPort: spec.containerPort, servesIPv6: endpoint.ipv6 != nil)
+                                      containerPort: spec.containerPort, servesIPv6: endpoint.ipv6 != nil, backend: backend)
                 try store.insert(p, endpointID: endpoint.id)
                 added.append(p)
             }
@@ -333,8 +346,10 @@ extension NetworkManager {
     /// The DNAT elements a published port needs: one per host address family it covers
     /// that the endpoint has an address in.
     static func dnat(_ p: PublishedPort, _ e: Endpoint) -> [DNATMapping] {
+        guard p.backend != .proxy else { return [] }
         let proto: DNATMapping.Proto = switch p.proto { case .tcp: .tcp; case .udp: .udp; case .sctp: .sctp }
         let scope = HostScope(p.hostIP)
+        if case .address(let ip) = scope, ip == IPAddress("::1") { return [] }  // (auto: the proxy's)
         var result: [DNATMapping] = []
         let hostIP: IPAddress? = if case .address(let ip) = scope { ip } else { nil }
         if scope.coversIPv4 {
@@ -347,14 +362,24 @@ extension NetworkManager {
         return result
     }
 
-    /// What kernel DNAT can't do is refused up front (the proxy backend will serve it).
-    private func checkKernelCanServe(_ spec: PortMapping, endpoint: Endpoint) throws {
+    /// What the chosen backend can't do is refused up front.
+    private func checkBackendCanServe(_ spec: PortMapping, backend: PortBackend, endpoint: Endpoint) throws {
         let text = spec.hostIP.isEmpty ? "\(spec.containerPort)/\(spec.proto.rawValue)" : "\(spec.hostIP) -> \(spec.containerPort)/\(spec.proto.rawValue)"
-        if case .address(let ip) = HostScope(spec.hostIP), ip == IPAddress("::1") {
-            throw NetctlError.needsProxy(spec: text, reason: "the kernel does not DNAT from ::1; publish on 127.0.0.1 or [::]")
-        }
-        if spec.hostIP != "" && HostScope(spec.hostIP).coversIPv6 && endpoint.ipv6 == nil {
-            throw NetctlError.needsProxy(spec: text, reason: "endpoint \(endpoint.name) has no IPv6 address; create its network with --subnet6")
+        switch backend {
+        case .nft:
+            if case .address(let ip) = HostScope(spec.hostIP), ip == IPAddress("::1") {
+                throw NetctlError.needsProxy(spec: text, reason: "the kernel does not DNAT from ::1; use --backend auto (or proxy), or publish on 127.0.0.1")
+            }
+            if spec.hostIP != "" && HostScope(spec.hostIP).coversIPv6 && endpoint.ipv6 == nil {
+                throw NetctlError.needsProxy(spec: text, reason: "endpoint \(endpoint.name) has no IPv6 address; use --backend auto (or proxy), or give its network a --subnet6")
+            }
+        case .proxy, .auto:
+            // Would the proxy carry part of it? (Asked as TCP: SCTP itself has no proxy route.)
+            let proxyShare = NetworkManager.proxyRoutes(
+                PublishedPort(endpoint: endpoint.name, proto: .tcp, hostIP: spec.hostIP, hostPort: 1, containerPort: 1, backend: backend), endpoint)
+            if spec.proto == .sctp && !proxyShare.isEmpty {
+                throw NetctlError.needsProxy(spec: text, reason: "the proxy relays TCP and UDP only; publish SCTP with --backend nft")
+            }
         }
     }
 

@@ -13,6 +13,10 @@ final class StateStore {
         try db.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
         try db.transaction {
             try db.execute(StateStore.schema)
+            // State written before ports had backends: every one of them was kernel DNAT.
+            if try !db.query("PRAGMA table_info(ports)").contains(where: { $0[1].string == "backend" }) {
+                try db.execute("ALTER TABLE ports ADD COLUMN backend TEXT NOT NULL DEFAULT 'nft'")
+            }
             let recorded = try db.query("SELECT value FROM meta WHERE key = 'boot_id'").first?.first?.string
             if recorded != bootID {
                 // Every veth, address and namespace mount died with the previous boot;
@@ -66,6 +70,7 @@ final class StateStore {
             host_ip TEXT NOT NULL,
             host_port INTEGER NOT NULL,
             container_port INTEGER NOT NULL,
+            backend TEXT NOT NULL DEFAULT 'nft',
             UNIQUE (proto, host_port, host_ip)
         );
         CREATE INDEX IF NOT EXISTS ports_by_endpoint ON ports(endpoint_id);
@@ -189,26 +194,33 @@ final class StateStore {
     /// Ports with their endpoints in one query: no per-endpoint lookups, whatever the count.
     private func ports(where filter: String, _ values: [SQLiteValue]) throws -> [(port: PublishedPort, endpoint: Endpoint)] {
         try db.query("""
-            SELECT \(StateStore.endpointColumns), p.proto, p.host_ip, p.host_port, p.container_port FROM ports p
+            SELECT \(StateStore.endpointColumns), p.proto, p.host_ip, p.host_port, p.container_port, p.backend FROM ports p
             JOIN endpoints e ON e.id = p.endpoint_id JOIN networks n ON n.name = e.network \(filter)
             ORDER BY e.name, p.container_port, p.proto, p.host_ip, p.host_port
             """, values).compactMap { row in
             let e = StateStore.endpoint(row)
             guard let proto = PortMapping.Proto(rawValue: row[20].string!) else { return nil }
             return (PublishedPort(endpoint: e.name, proto: proto, hostIP: row[21].string!, hostPort: UInt16(row[22].int!),
-                                  containerPort: UInt16(row[23].int!), servesIPv6: e.ipv6 != nil), e)
+                                  containerPort: UInt16(row[23].int!), servesIPv6: e.ipv6 != nil,
+                                  backend: PortBackend(rawValue: row[24].string ?? "") ?? .nft), e)
         }
     }
 
     func insert(_ port: PublishedPort, endpointID: String) throws {
-        try db.run("INSERT INTO ports (endpoint_id, proto, host_ip, host_port, container_port) VALUES (?, ?, ?, ?, ?)",
+        try db.run("INSERT INTO ports (endpoint_id, proto, host_ip, host_port, container_port, backend) VALUES (?, ?, ?, ?, ?, ?)",
                    [.text(endpointID), .text(port.proto.rawValue), .text(port.hostIP), .integer(Int64(port.hostPort)),
-                    .integer(Int64(port.containerPort))])
+                    .integer(Int64(port.containerPort)), .text(port.backend.rawValue)])
     }
 
     func delete(_ port: PublishedPort) throws {
         try db.run("DELETE FROM ports WHERE proto = ? AND host_port = ? AND host_ip = ?",
                    [.text(port.proto.rawValue), .integer(Int64(port.hostPort)), .text(port.hostIP)])
+    }
+
+    /// Changes whenever another connection commits: how a long-running proxy notices new
+    /// or removed mappings without a restart.
+    func dataVersion() throws -> Int64 {
+        try db.query("PRAGMA data_version").first?.first?.int ?? 0
     }
 
     /// Stored addresses carry no prefix; the network's subnet supplies it.

@@ -5,13 +5,15 @@ import FoundationEssentials
 import Glibc
 import Logging
 import NetCore
+import Proxy
 
 @main
 struct Netctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "netctl",
         abstract: "Container networking: bridges, veth pairs, addresses and routes over netlink.",
-        subcommands: [NetworkCommand.self, Attach.self, Detach.self, Endpoints.self, PortCommand.self, Reload.self, GC.self])
+        subcommands: [NetworkCommand.self, Attach.self, Detach.self, Endpoints.self, PortCommand.self, ProxyCommand.self,
+                      Reload.self, GC.self])
 }
 
 /// Options every command takes.
@@ -165,6 +167,8 @@ struct Attach: ParsableCommand {
     @Option(name: [.customShort("p"), .customLong("publish")],
             help: "Publish a port, Docker's -p syntax: [hostIP:][hostPort[-end]:]containerPort[-end][/proto]. Repeatable.")
     var publish: [String] = []
+    @Option(help: "What carries published ports: nft (kernel DNAT), proxy, or auto (kernel where it can, proxy for [::1] and IPv6 to IPv4).")
+    var backend: PortBackend = .nft
     @Flag(help: "Print the endpoint as JSON.") var json = false
 
     func run() throws {
@@ -175,7 +179,8 @@ struct Attach: ParsableCommand {
             let ports = try publish.flatMap { try PortMapping.parse($0) }
             let manager = try global.manager()
             let endpoint = try manager.attach(AttachRequest(
-                network: network, target: targets[0], ip: ip, name: name, interface: ifname, mac: mac, ports: ports))
+                network: network, target: targets[0], ip: ip, name: name, interface: ifname, mac: mac, ports: ports,
+                portBackend: backend))
             if json { return try printJSON(endpoint) }
             print("\(endpoint.name) \(endpoint.ipv4)\(endpoint.ipv6.map { " \($0)" } ?? "") " +
                   "\(endpoint.interface) in \(endpoint.netns) via \(endpoint.gateway) on \(endpoint.network)")
@@ -243,24 +248,80 @@ struct Reload: ParsableCommand {
     }
 }
 
+// MARK: proxy
+
+extension PortBackend: ExpressibleByArgument {}
+
+struct ProxyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "proxy", abstract: "The userland proxy backend.", subcommands: [Serve.self])
+
+    struct Serve: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Serve every mapping whose backend is proxy (or auto's share), following state until SIGTERM or SIGINT, then drain.")
+        @OptionGroup var global: GlobalOptions
+        @Option(help: "Event loops (default: one per core).") var workers: Int?
+        @Option(help: "Serve Prometheus metrics at http://IP:PORT/metrics.") var metrics: String?
+        @Option(help: "Seconds open connections may take to finish after SIGTERM.") var drain: Double = 10
+
+        func run() throws {
+            try reportingErrors {
+                // Block the stop signals before any thread starts, so every thread inherits the
+                // mask and sigtimedwait below receives them.
+                var signals = sigset_t()
+                sigemptyset(&signals)
+                for signal in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&signals, signal) }
+                pthread_sigmask(SIG_BLOCK, &signals, nil)
+                let manager = try global.manager()
+                var options = ProxyServer.Options()
+                if let workers { options.workers = max(1, workers) }
+                let service = try ProxyService(manager: manager, options: options)
+                let endpoint = try metrics.map { text -> MetricsEndpoint in
+                    guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]) else {
+                        throw NetctlError.invalidAddress(text, reason: "--metrics needs IP:PORT, e.g. 127.0.0.1:9464")
+                    }
+                    return try MetricsEndpoint(address: String(text[..<colon].filter { $0 != "[" && $0 != "]" }), port: port)
+                }
+                try service.refresh(force: true)
+                fputs("netctl proxy: serving \(try manager.proxyRoutes().count) routes\n", stderr)
+                var tick = 0
+                var timeout = timespec(tv_sec: 0, tv_nsec: 250_000_000)
+                while true {
+                    if sigtimedwait(&signals, nil, &timeout) > 0 { break }
+                    do { try service.refresh() } catch { fputs("netctl proxy: \(error)\n", stderr) }
+                    tick += 1
+                    if tick % 4 == 0 {
+                        service.writeStats()
+                        endpoint?.update(service.metrics())
+                    }
+                }
+                fputs("netctl proxy: draining (up to \(drain) s)\n", stderr)
+                service.stop(drainSeconds: drain)
+            }
+        }
+    }
+}
+
 // MARK: port
 
 struct PortCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "port", abstract: "Publish container ports on the host, with Docker's -p syntax.",
-        subcommands: [Add.self, Remove.self, List.self, Parse.self])
+        subcommands: [Add.self, Remove.self, List.self, Stats.self, Parse.self])
 
     struct Add: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Publish ports of an endpoint (kernel DNAT).")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Endpoint name.") var endpoint: String
         @Argument(help: "Port specs, e.g. 8080:80 127.0.0.1::53/udp 8000-8010:80.") var specs: [String]
+        @Option(help: "What carries them: nft (kernel DNAT), proxy, or auto (kernel where it can, proxy for [::1] and IPv6 to IPv4).")
+        var backend: PortBackend = .nft
         @Flag(help: "Print the published ports as JSON.") var json = false
 
         func run() throws {
             try reportingErrors {
                 let mappings = try specs.flatMap { try PortMapping.parse($0) }
-                let published = try global.manager().publish(endpoint: endpoint, mappings)
+                let published = try global.manager().publish(endpoint: endpoint, mappings, backend: backend)
                 if json { return try printJSON(published) }
                 for port in published { print(port.description) }
             }
@@ -278,6 +339,27 @@ struct PortCommand: ParsableCommand {
             try reportingErrors {
                 let parsed = try specs.map { (text: $0, mappings: try PortMapping.parse($0)) }
                 for port in try global.manager().unpublish(endpoint: endpoint, parsed) { print(port.description) }
+            }
+        }
+    }
+
+    struct Stats: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Traffic per published port: the proxy's bytes and connections, and the kernel path's tracked flows.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Endpoint name.") var endpoint: String?
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            try reportingErrors {
+                let stats = try global.manager().portStats(endpoint: endpoint)
+                if json { return try printJSON(stats) }
+                printTable(["ENDPOINT", "PORT", "BACKEND", "KERNEL-FLOWS", "PROXY-CONN", "PROXY-ACTIVE", "BYTES-IN", "BYTES-OUT"],
+                           stats.map { s in
+                               [s.port.endpoint, s.port.description.split(separator: "\n").joined(separator: ", "), s.port.backend.rawValue,
+                                "\(s.kernelConnections)", s.proxy.map { "\($0.connections)" } ?? "-", s.proxy.map { "\($0.active)" } ?? "-",
+                                s.proxy.map { "\($0.bytesIn)" } ?? "-", s.proxy.map { "\($0.bytesOut)" } ?? "-"]
+                           })
             }
         }
     }

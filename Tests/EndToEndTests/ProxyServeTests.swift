@@ -1,0 +1,99 @@
+import Foundation
+import Glibc
+import Netlink
+import Testing
+
+@Suite("End to end: `netctl proxy serve` as a port backend", .enabled(if: Sandbox.isRoot, "needs root for namespaces"))
+struct ProxyServeTests {
+    /// Waits (bounded) until `body` holds.
+    func eventually(_ seconds: Double = 5, _ body: () throws -> Bool) rethrows -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if try body() { return true }
+            usleep(100_000)
+        }
+        return try body()
+    }
+
+    @Test("auto and proxy backends: [::1], IPv6 to an IPv4-only container, UDP, live changes, stats, metrics, drain on SIGTERM")
+    func serve() throws {
+        let world = try World()
+        let s = world.sandbox
+        try s.netctlOK("network", "create", "web", "--subnet", "10.90.0.0/24")
+        try s.netctlOK("attach", "web", "--new", "c1", "--name", "c1", "--backend", "auto", "-p", "[::1]:8080:80", "-p", "8081:80",
+                       "-p", "5300:53/udp")
+        let c1 = try world.container("c1")
+        let backend = try EchoBackend(in: c1)
+        let backendPort = backend.port
+        // The echo backend listens on its own port; map the container port through it.
+        try s.netctlOK("port", "rm", "c1")
+        try s.netctlOK("port", "add", "c1", "--backend", "auto", "[::1]:8080:\(backendPort)", "8081:\(backendPort)", "5300:\(backendPort)/udp")
+        let serve = try s.startNetctl(["proxy", "serve", "--metrics", "127.0.0.1:9464", "--drain", "2"])
+        defer { serve.kill(); _ = try? serve.wait(timeout: 10) }
+
+        func echo(_ address: String, _ port: UInt16, from namespace: NetworkNamespace? = nil) -> String? {
+            guard let fd = try? Client.connect(in: namespace ?? s.hostNamespace, to: address, port: port, timeout: 2) else { return nil }
+            defer { close(fd) }
+            guard Client.sendAll(fd, Array("hi \(address)".utf8)) else { return nil }
+            shutdown(fd, Int32(SHUT_WR))
+            return String(decoding: Client.readAll(fd).bytes, as: UTF8.self)
+        }
+        // [::1] (the kernel can't DNAT it) and [::] to an IPv4-only container come from the proxy;
+        // IPv4 stays on the kernel path.
+        #expect(eventually { echo("::1", 8080) == "hi ::1" })
+        #expect(echo(World.hostIP6, 8081, from: world.neighbour) == "hi \(World.hostIP6)")
+        #expect(echo(World.hostIP, 8081, from: world.neighbour) == "hi \(World.hostIP)")
+        let udp = try Traffic.udpSocket(in: world.neighbour, ipv6: true)
+        defer { close(udp.fd) }
+        try Traffic.sendUDP(udp.fd, to: World.hostIP6, port: 5300, Array("abc".utf8))
+        let reply = Traffic.receiveUDP(udp.fd)
+        #expect(reply?.payload == Array("cba".utf8) && reply?.from == World.hostIP6)
+
+        // A mapping added and one removed while serve runs: picked up without a restart.
+        try s.netctlOK("port", "add", "c1", "--backend", "proxy", "127.0.0.1:9090:\(backendPort)", "5301:\(backendPort)/udp")
+        #expect(eventually { echo("127.0.0.1", 9090) == "hi 127.0.0.1" })
+        try s.netctlOK("port", "rm", "c1", "[::1]:8080:\(backendPort)")
+        #expect(eventually { echo("::1", 8080) == nil })
+
+        // The 127.0.0.1 guard holds on the proxy path too: not from the LAN, not by crafted packets.
+        #expect(echo(World.hostIP, 9090, from: world.neighbour) == nil)
+        let quiet = try Traffic.udpSocket(in: c1, port: 5353)
+        defer { close(quiet.fd) }
+        try Traffic.craftedUDP(in: world.neighbour, interface: world.neighbourInterface, to: world.uplinkMAC,
+                               source: World.neighbourIP, destination: "127.0.0.1", port: 5301, payload: Array("attack".utf8))
+        #expect(Traffic.receiveUDP(quiet.fd) == nil)
+
+        // Counters: `port stats` (from the stats file) and the Prometheus endpoint.
+        #expect(try eventually {
+            let stats = try s.json("port", "stats", "c1") as! [[String: Any]]
+            let proxied = stats.first { ($0["port"] as? [String: Any])?["hostPort"] as? Int == 9090 }
+            return ((proxied?["proxy"] as? [String: Any])?["connections"] as? Int ?? 0) >= 1
+        })
+        let fd = try Client.connect(in: s.hostNamespace, to: "127.0.0.1", port: 9464)
+        defer { close(fd) }
+        #expect(Client.sendAll(fd, Array("GET /metrics HTTP/1.0\r\n\r\n".utf8)))
+        let page = String(decoding: Client.readAll(fd).bytes, as: UTF8.self)
+        #expect(page.hasPrefix("HTTP/1.1 200 OK"))
+        #expect(page.contains("netctl_proxy_connections_total{endpoint=\"c1\",proto=\"tcp\",host_ip=\"127.0.0.1\",host_port=\"9090\"}"))
+
+        // SIGTERM: drains, exits 0, leaves nothing listening.
+        serve.kill(SIGTERM)
+        #expect(try serve.wait(timeout: 10) == 0)
+        #expect(echo("127.0.0.1", 9090) == nil)
+    }
+
+    @Test("a port some program holds is refused at publish time, with the proxy backend too")
+    func takenPort() throws {
+        let world = try World()
+        let s = world.sandbox
+        try s.netctlOK("network", "create", "web", "--subnet", "10.90.0.0/24")
+        try s.netctlOK("attach", "web", "--new", "c1", "--name", "c1")
+        let holder = try Traffic.listen(in: s.hostNamespace, port: 9095)
+        defer { close(holder.fd) }
+        let result = try s.netctl("port", "add", "c1", "--backend", "proxy", "9095:80")
+        #expect(result.status == 1 && result.stderr.contains("host port 9095/tcp is in use by another program"))
+        #expect(try s.netctlOK("port", "ls").stdout.isEmpty)
+        let sctp = try s.netctl("port", "add", "c1", "--backend", "proxy", "9096:80/sctp")
+        #expect(sctp.status == 1 && sctp.stderr.contains("the proxy relays TCP and UDP only"))
+    }
+}
