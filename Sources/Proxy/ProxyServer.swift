@@ -59,6 +59,7 @@ public final class ProxyServer {
     /// listen (its port is taken, its address isn't local), nothing changes and the error
     /// says which.
     public func update(_ wanted: [ProxyRoute]) throws {
+        guard !stopped else { throw ProxyError("the proxy has been stopped; make a new one") }
         let wantedSet = Set(wanted)
         var opened: [(ProxyRoute, [Int32])] = []
         do {
@@ -77,6 +78,17 @@ public final class ProxyServer {
             let counters = workers.map { _ in Counters() }
             for (i, worker) in workers.enumerated() { worker.post(.add(fd: fds[i], route: route, counters: counters[i])) }
             routes[route] = counters
+        }
+        // Return only once every worker has applied the change: a removed route accepts
+        // nothing after this call, and an added one is being served.
+        let done = eventfd(0, Int32(EFD_CLOEXEC))
+        guard done >= 0 else { return }
+        defer { close(done) }
+        workers.forEach { $0.post(.barrier(done)) }
+        var seen: UInt64 = 0
+        while seen < UInt64(workers.count) {
+            var count: UInt64 = 0
+            if read(done, &count, 8) == 8 { seen += count } else if errno != EINTR { break }
         }
     }
 

@@ -11,6 +11,8 @@ final class Worker {
         case remove(ProxyRoute)
         /// Stop accepting; finish open connections until the deadline, then close them.
         case drain(deadline: UInt64)
+        /// Signals the eventfd once everything posted before it is applied.
+        case barrier(Int32)
     }
 
     /// Epoll tokens: the kind in the top byte, an index below.
@@ -145,6 +147,9 @@ final class Worker {
                     close(listeners[slot]!.fd)
                     listeners[slot] = nil
                 }
+            case .barrier(let fd):
+                var one: UInt64 = 1
+                _ = write(fd, &one, 8)
             case .drain(let deadline):
                 for slot in listeners.indices {
                     if let listener = listeners[slot] { close(listener.fd) }
