@@ -30,6 +30,8 @@ public final class ProxyServer {
     private let workers: [Worker]
     private var threads: [pthread_t] = []
     private var routes: [ProxyRoute: [Counters]] = [:]
+    /// The one listening socket of each TCP route (closed here, once no worker watches it).
+    private var shared: [ProxyRoute: Int32] = [:]
     private var stopped = false
 
     public init(options: Options = Options()) throws {
@@ -70,15 +72,21 @@ public final class ProxyServer {
             for (_, fds) in opened { fds.forEach { close($0) } }
             throw error
         }
+        var unwatched: [Int32] = []
         for route in routes.keys where !wantedSet.contains(route) {
             workers.forEach { $0.post(.remove(route)) }
             routes[route] = nil
+            if let fd = shared.removeValue(forKey: route) { unwatched.append(fd) }
         }
         for (route, fds) in opened {
             let counters = workers.map { _ in Counters() }
-            for (i, worker) in workers.enumerated() { worker.post(.add(fd: fds[i], route: route, counters: counters[i])) }
+            for (i, worker) in workers.enumerated() {
+                worker.post(.add(fd: route.proto == .tcp ? fds[0] : fds[i], route: route, counters: counters[i]))
+            }
             routes[route] = counters
+            if route.proto == .tcp { shared[route] = fds[0] }
         }
+        defer { unwatched.forEach { close($0) } }  // after the barrier below
         // Return only once every worker has applied the change: a removed route accepts
         // nothing after this call, and an added one is being served.
         let done = eventfd(0, Int32(EFD_CLOEXEC))
@@ -109,13 +117,16 @@ public final class ProxyServer {
         let deadline = monotonicNanoseconds() + UInt64(max(0, drainSeconds) * 1e9)
         workers.forEach { $0.post(.drain(deadline: deadline)) }
         for thread in threads { pthread_join(thread, nil) }
+        shared.values.forEach { close($0) }
+        shared = [:]
     }
 
-    /// One listening socket per worker, sharing the port with SO_REUSEPORT.
+    /// TCP: one listening socket, shared by the workers. UDP: one per worker, sharing the
+    /// port with SO_REUSEPORT.
     private func listenSockets(_ route: ProxyRoute) throws -> [Int32] {
         var fds: [Int32] = []
         do {
-            for _ in workers { fds.append(try listenSocket(route)) }
+            for _ in 0..<(route.proto == .tcp ? 1 : workers.count) { fds.append(try listenSocket(route)) }
         } catch {
             fds.forEach { close($0) }
             throw error
@@ -129,7 +140,7 @@ public final class ProxyServer {
         guard fd >= 0 else { throw ProxyError.errno("opening a socket for \(route.proto.rawValue) \(route.listen)", errno) }
         var one: Int32 = 1
         let size = socklen_t(MemoryLayout<Int32>.size)
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, size)
+        if route.proto == .udp { setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, size) }
         if route.proto == .tcp { setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, size) }
         if !route.listen.ip.isIPv4 { setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, size) }
         if route.proto == .udp && route.listen.isWildcard { _ = cshim_enable_pktinfo(fd, route.listen.ip.isIPv4 ? 0 : 1) }

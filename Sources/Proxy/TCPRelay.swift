@@ -102,7 +102,15 @@ extension Worker {
             }
             return
         }
-        pump(slot)
+        // Only the direction the event concerns: readable (or hung up) means data to move
+        // from this side; writable matters only while bytes wait for this side. Writable
+        // edges come with every ACK, so pumping everything on each would spend four
+        // splice calls per ACK for nothing.
+        let readable = events & (EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0
+        let writable = events & EPOLLOUT.rawValue != 0
+        let into = backend ? connections[slot].up : connections[slot].down
+        pump(slot, up: backend ? (writable && into.pending > 0) : readable,
+             down: backend ? readable : (writable && into.pending > 0))
     }
 
     private func established(_ slot: Int) {
@@ -126,18 +134,22 @@ extension Worker {
 
     /// Moves what can move in both directions; passes EOFs and resets on; closes the
     /// connection when both directions are done.
-    private func pump(_ slot: Int) {
+    private func pump(_ slot: Int, up: Bool = true, down: Bool = true) {
         let client = connections[slot].client, backend = connections[slot].backend
         let counters = connections[slot].counters
-        switch pump(&connections[slot].up, from: client, to: backend) {
-        case .moved(let bytes): if bytes > 0 { counters?.add(Counters.bytesIn, UInt64(bytes)) }
-        case .sourceFailed: return reset(slot, toBackend: true)
-        case .destinationFailed: return reset(slot, toBackend: false)
+        if up {
+            switch pump(&connections[slot].up, from: client, to: backend) {
+            case .moved(let bytes): if bytes > 0 { counters?.add(Counters.bytesIn, UInt64(bytes)) }
+            case .sourceFailed: return reset(slot, toBackend: true)
+            case .destinationFailed: return reset(slot, toBackend: false)
+            }
         }
-        switch pump(&connections[slot].down, from: backend, to: client) {
-        case .moved(let bytes): if bytes > 0 { counters?.add(Counters.bytesOut, UInt64(bytes)) }
-        case .sourceFailed: return reset(slot, toBackend: false)
-        case .destinationFailed: return reset(slot, toBackend: true)
+        if down {
+            switch pump(&connections[slot].down, from: backend, to: client) {
+            case .moved(let bytes): if bytes > 0 { counters?.add(Counters.bytesOut, UInt64(bytes)) }
+            case .sourceFailed: return reset(slot, toBackend: false)
+            case .destinationFailed: return reset(slot, toBackend: true)
+            }
         }
         if connections[slot].up.shut && connections[slot].down.shut { finish(slot) }
     }

@@ -272,6 +272,13 @@ struct ProxyCommand: ParsableCommand {
                 sigemptyset(&signals)
                 for signal in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&signals, signal) }
                 pthread_sigmask(SIG_BLOCK, &signals, nil)
+                // Every TCP route holds a descriptor and every connection two or more: take
+                // the whole allowance the administrator granted.
+                var limit = rlimit()
+                if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 && limit.rlim_cur < limit.rlim_max {
+                    limit.rlim_cur = limit.rlim_max
+                    setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+                }
                 let manager = try global.manager()
                 var options = ProxyServer.Options()
                 if let workers { options.workers = max(1, workers) }
