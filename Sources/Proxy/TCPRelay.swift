@@ -13,6 +13,8 @@ struct Connection {
         var ended = false
         /// EOF passed on with shutdown(SHUT_WR).
         var shut = false
+        /// Moving by splice; until a read fills the copy buffer, small reads are copied.
+        var splicing = false
     }
 
     var inUse = false
@@ -23,6 +25,8 @@ struct Connection {
     var counters: Counters?
     var proxyProtocol = false
     var establishing = false
+    /// The client sent something before the backend answered (its edge was not acted on).
+    var clientWaiting = false
     var deadline: UInt64 = 0
     var up = Direction()    // client -> backend
     var down = Direction()  // backend -> client
@@ -83,20 +87,23 @@ extension Worker {
         listener.counters.add(Counters.connections)
         listener.counters.add(Counters.active)
         active += 1
-        if rc == 0 { established(slot) } else { connecting.insert(slot) }
+        if rc == 0 { connections[slot].clientWaiting = true; established(slot) } else { connecting.insert(slot) }
     }
 
     func connectionEvent(slot: Int, backend: Bool, events: UInt32) {
         guard slot < connections.count, connections[slot].inUse else { return }
         if connections[slot].establishing {
             // Client events wait: whatever the client sent is relayed once the backend answers.
-            guard backend else { return }
+            guard backend else {
+                connections[slot].clientWaiting = true
+                return
+            }
             var error: Int32 = 0
             var length = socklen_t(MemoryLayout<Int32>.size)
             getsockopt(connections[slot].backend, SOL_SOCKET, SO_ERROR, &error, &length)
             if error == 0 && events & (EPOLLERR.rawValue | EPOLLHUP.rawValue) == 0 {
                 connecting.remove(slot)
-                established(slot)
+                established(slot, backendReadable: events & EPOLLIN.rawValue != 0)
             } else if error != 0 || events & EPOLLERR.rawValue != 0 {
                 refuse(slot)
             }
@@ -113,12 +120,13 @@ extension Worker {
              down: backend ? readable : (writable && into.pending > 0))
     }
 
-    private func established(_ slot: Int) {
+    private func established(_ slot: Int, backendReadable: Bool = true) {
         connections[slot].establishing = false
         if connections[slot].proxyProtocol {
             guard sendProxyHeader(slot) else { return reset(slot, both: true) }
         }
-        pump(slot)
+        // Only what is known to be waiting: no splice calls that would just say EAGAIN.
+        pump(slot, up: connections[slot].clientWaiting, down: backendReadable)
     }
 
     /// The backend refused or never answered: the client gets a reset at once.
@@ -162,9 +170,32 @@ extension Worker {
     private func pump(_ d: inout Connection.Direction, from source: Int32, to destination: Int32) -> PumpResult {
         var moved = 0
         let capacity = options.pipeSize
+        let threshold = options.copyThreshold
         while true {
             var progress = false
-            if !d.ended && d.pending < capacity {
+            if !d.ended && d.pending == 0 && !d.splicing && threshold > 0 {
+                // Small transfers (requests, replies): one recv and one send beat two splices
+                // through a pipe. A read that fills the buffer marks a bulk transfer, which
+                // splices from then on.
+                let n = recv(source, scratch, threshold, Int32(MSG_DONTWAIT))
+                if n > 0 {
+                    moved += n; progress = true
+                    if n == threshold { d.splicing = true }
+                    let sent = send(destination, scratch, n, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+                    if sent < 0 && errno != EAGAIN && errno != EINTR { return .destinationFailed }
+                    let done = max(0, sent)
+                    if done < n {
+                        // The rest waits in a pipe, as spliced bytes would (the pipe is empty).
+                        if d.pipe == nil { d.pipe = takePipe() }
+                        guard let pipe = d.pipe, write(pipe.write, scratch + done, n - done) == n - done else { return .destinationFailed }
+                        d.pending = n - done
+                    }
+                } else if n == 0 {
+                    d.ended = true; progress = true
+                } else if errno != EAGAIN && errno != EINTR {
+                    return .sourceFailed
+                }
+            } else if !d.ended && d.pending < capacity {
                 if d.pipe == nil { d.pipe = takePipe() }
                 guard let pipe = d.pipe else { return .sourceFailed }
                 let n = cshim_splice(source, pipe.write, capacity - d.pending, UInt32(CSHIM_SPLICE_F_MOVE | CSHIM_SPLICE_F_NONBLOCK))

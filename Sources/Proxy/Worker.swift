@@ -50,6 +50,8 @@ final class Worker {
     /// connection can be taken and closed instead of spinning or hanging.
     var reserve: Int32
     var drainDeadline: UInt64?
+    /// The copy path's buffer (see `Options.copyThreshold`).
+    let scratch: UnsafeMutableRawPointer
     var active = 0
 
     init(options: ProxyServer.Options) throws {
@@ -60,11 +62,13 @@ final class Worker {
         pthread_mutex_init(&lock, nil)
         reserve = open("/dev/null", O_RDONLY | O_CLOEXEC)
         udp = UDPBuffers(batch: options.udpBatch)
+        scratch = UnsafeMutableRawPointer.allocate(byteCount: max(1, options.copyThreshold), alignment: 16)
         watch(wake, Worker.token(.wake, 0), EPOLLIN.rawValue)
     }
 
     deinit {
         close(epoll); close(wake)
+        scratch.deallocate()
         if reserve >= 0 { close(reserve) }
         for pipe in pipes { close(pipe.read); close(pipe.write) }
         pthread_mutex_destroy(&lock)

@@ -263,6 +263,8 @@ struct ProxyCommand: ParsableCommand {
         @Option(help: "Event loops (default: one per core).") var workers: Int?
         @Option(help: "Serve Prometheus metrics at http://IP:PORT/metrics.") var metrics: String?
         @Option(help: "Seconds open connections may take to finish after SIGTERM.") var drain: Double = 10
+        @Option(help: "Reads up to this many bytes are copied, bigger transfers spliced (0: always splice).")
+        var copyThreshold: Int = 16384
 
         func run() throws {
             try reportingErrors {
@@ -282,6 +284,7 @@ struct ProxyCommand: ParsableCommand {
                 let manager = try global.manager()
                 var options = ProxyServer.Options()
                 if let workers { options.workers = max(1, workers) }
+                options.copyThreshold = max(0, copyThreshold)
                 let service = try ProxyService(manager: manager, options: options)
                 let endpoint = try metrics.map { text -> MetricsEndpoint in
                     guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]) else {

@@ -136,7 +136,7 @@ struct ProxyRelayTests {
         let proxy: ProxyServer
         let host: NetworkNamespace
 
-        init(ipv6Network: Bool = false) throws {
+        init(ipv6Network: Bool = false, copyThreshold: Int = 16384) throws {
             world = try World()
             host = world.sandbox.hostNamespace
             var create = ["network", "create", "px", "--subnet", "10.95.0.0/24"]
@@ -145,7 +145,9 @@ struct ProxyRelayTests {
             try world.sandbox.netctlOK("attach", "px", "--new", "c1", "--name", "c1")
             backend = try EchoBackend(in: try world.container("c1"))
             // Made on a thread in the sandbox: its workers start there and inherit the namespace.
-            proxy = try world.sandbox.hostNamespace.run { try ProxyServer(options: .init(workers: 2, connectTimeoutSeconds: 1)) }
+            proxy = try world.sandbox.hostNamespace.run {
+                try ProxyServer(options: .init(workers: 2, connectTimeoutSeconds: 1, copyThreshold: copyThreshold))
+            }
         }
 
         func serve(_ routes: [ProxyRoute]) throws { try host.run { try proxy.update(routes) } }
@@ -159,9 +161,10 @@ struct ProxyRelayTests {
                    proxyProtocol: proxyProtocol)
     }
 
-    @Test("a 16 MiB transfer arrives whole and in order both ways; the client's half-close is passed on")
-    func bulkAndHalfClose() throws {
-        let s = try Setup()
+    @Test("a 16 MiB transfer arrives whole and in order both ways; the client's half-close is passed on",
+          arguments: [16384, 0])  // copy first then splice, and splice only
+    func bulkAndHalfClose(copyThreshold: Int) throws {
+        let s = try Setup(copyThreshold: copyThreshold)
         try s.serve([ProxyRelayTests.route(listen: "0.0.0.0", 18000, s.backend.port)])
         // Pseudo-random bytes (an xorshift stream): any loss or reordering shows.
         var state: UInt64 = 0x9e37_79b9_7f4a_7c15 ^ UInt64.random(in: 1...UInt64.max)
