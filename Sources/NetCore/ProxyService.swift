@@ -97,25 +97,10 @@ public final class ProxyService {
         guard force || now != version || !failing.isEmpty else { return }
         version = now
         let wanted = try manager.proxyRoutes()
-        do {
-            try server.update(Array(wanted.keys))
-            failing = [:]
-        } catch {
-            // One taken port must not keep the others down: add what can listen, one by one.
-            var served = Array(server.currentRoutes.filter { wanted[$0] != nil })
-            try server.update(served)
-            var failed: [ProxyRoute: String] = [:]
-            for route in wanted.keys where !served.contains(route) {
-                do {
-                    try server.update(served + [route])
-                    served.append(route)
-                } catch {
-                    failed[route] = "\(error)"
-                }
-            }
-            for (route, reason) in failed where failing[route] == nil { logger.warning("not serving \(route): \(reason)") }
-            failing = failed
-        }
+        // One taken port must not keep the others down: serve what can listen.
+        let failed = try server.update(Array(wanted.keys), partial: true).mapValues(\.description)
+        for (route, reason) in failed where failing[route] == nil { logger.warning("not serving \(route): \(reason)") }
+        failing = failed
         routes = wanted
     }
 

@@ -66,16 +66,26 @@ public final class ProxyServer {
     /// listen (its port is taken, its address isn't local), nothing changes and the error
     /// says which.
     public func update(_ wanted: [ProxyRoute]) throws {
+        _ = try update(wanted, partial: false)
+    }
+
+    /// Like `update`, but routes that can't listen are left out (and returned with why)
+    /// while the others are served: one taken port must not keep the rest down.
+    @discardableResult
+    public func update(_ wanted: [ProxyRoute], partial: Bool) throws -> [ProxyRoute: ProxyError] {
         guard !stopped else { throw ProxyError("the proxy has been stopped; make a new one") }
         let wantedSet = Set(wanted)
-        var opened: [(ProxyRoute, [Int32])] = []
-        do {
-            for route in wanted where routes[route] == nil && !opened.contains(where: { $0.0 == route }) {
-                opened.append((route, try listenSockets(route)))
+        var opened: [ProxyRoute: [Int32]] = [:]
+        var failed: [ProxyRoute: ProxyError] = [:]
+        for route in wanted where routes[route] == nil && opened[route] == nil && failed[route] == nil {
+            do {
+                opened[route] = try listenSockets(route)
+            } catch let error as ProxyError where partial {
+                failed[route] = error
+            } catch {
+                for fds in opened.values { fds.forEach { close($0) } }
+                throw error
             }
-        } catch {
-            for (_, fds) in opened { fds.forEach { close($0) } }
-            throw error
         }
         var unwatched: [Int32] = []
         for route in routes.keys where !wantedSet.contains(route) {
@@ -95,7 +105,7 @@ public final class ProxyServer {
         // Return only once every worker has applied the change: a removed route accepts
         // nothing after this call, and an added one is being served.
         let done = eventfd(0, Int32(EFD_CLOEXEC))
-        guard done >= 0 else { return }
+        guard done >= 0 else { return failed }
         defer { close(done) }
         workers.forEach { $0.post(.barrier(done)) }
         var seen: UInt64 = 0
@@ -103,6 +113,7 @@ public final class ProxyServer {
             var count: UInt64 = 0
             if read(done, &count, 8) == 8 { seen += count } else if errno != EINTR { break }
         }
+        return failed
     }
 
     /// Bytes, connections and flows per route, summed over the workers.

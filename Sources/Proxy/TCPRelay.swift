@@ -116,8 +116,9 @@ extension Worker {
         let readable = events & (EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0
         let writable = events & EPOLLOUT.rawValue != 0
         let into = backend ? connections[slot].up : connections[slot].down
+        let hangup = events & (EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0
         pump(slot, up: backend ? (writable && into.pending > 0) : readable,
-             down: backend ? readable : (writable && into.pending > 0))
+             down: backend ? readable : (writable && into.pending > 0), hangup: hangup)
     }
 
     private func established(_ slot: Int, backendReadable: Bool = true) {
@@ -142,18 +143,18 @@ extension Worker {
 
     /// Moves what can move in both directions; passes EOFs and resets on; closes the
     /// connection when both directions are done.
-    private func pump(_ slot: Int, up: Bool = true, down: Bool = true) {
+    private func pump(_ slot: Int, up: Bool = true, down: Bool = true, hangup: Bool = true) {
         let client = connections[slot].client, backend = connections[slot].backend
         let counters = connections[slot].counters
         if up {
-            switch pump(&connections[slot].up, from: client, to: backend) {
+            switch pump(&connections[slot].up, from: client, to: backend, hangup: hangup, otherShut: connections[slot].down.shut) {
             case .moved(let bytes): if bytes > 0 { counters?.add(Counters.bytesIn, UInt64(bytes)) }
             case .sourceFailed: return reset(slot, toBackend: true)
             case .destinationFailed: return reset(slot, toBackend: false)
             }
         }
         if down {
-            switch pump(&connections[slot].down, from: backend, to: client) {
+            switch pump(&connections[slot].down, from: backend, to: client, hangup: hangup, otherShut: connections[slot].up.shut) {
             case .moved(let bytes): if bytes > 0 { counters?.add(Counters.bytesOut, UInt64(bytes)) }
             case .sourceFailed: return reset(slot, toBackend: false)
             case .destinationFailed: return reset(slot, toBackend: true)
@@ -167,20 +168,28 @@ extension Worker {
     /// Splices source -> pipe -> destination until neither step makes progress. Bulk bytes
     /// never enter user space. Backpressure: with the pipe full and the destination not
     /// writable, the source is left unread until EPOLLOUT on the destination.
-    private func pump(_ d: inout Connection.Direction, from source: Int32, to destination: Int32) -> PumpResult {
+    /// `hangup`: the event said the peer may have closed, so read on to EOF even after a
+    /// short read (otherwise a short read means the socket is empty, and the next byte or
+    /// FIN brings a new edge). `otherShut`: the other direction is done, so this one's EOF
+    /// closes the connection and needs no shutdown(2) of its own.
+    private func pump(_ d: inout Connection.Direction, from source: Int32, to destination: Int32,
+                      hangup: Bool = true, otherShut: Bool = false) -> PumpResult {
         var moved = 0
         let capacity = options.pipeSize
         let threshold = options.copyThreshold
+        var drained = false
         while true {
             var progress = false
-            if !d.ended && d.pending == 0 && !d.splicing && threshold > 0 {
+            if drained {
+                // Nothing more to read now; only the pipe may still hold bytes.
+            } else if !d.ended && d.pending == 0 && !d.splicing && threshold > 0 {
                 // Small transfers (requests, replies): one recv and one send beat two splices
                 // through a pipe. A read that fills the buffer marks a bulk transfer, which
                 // splices from then on.
                 let n = recv(source, scratch, threshold, Int32(MSG_DONTWAIT))
                 if n > 0 {
                     moved += n; progress = true
-                    if n == threshold { d.splicing = true }
+                    if n == threshold { d.splicing = true } else if !hangup { drained = true }
                     let sent = send(destination, scratch, n, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
                     if sent < 0 && errno != EAGAIN && errno != EINTR { return .destinationFailed }
                     let done = max(0, sent)
@@ -198,8 +207,11 @@ extension Worker {
             } else if !d.ended && d.pending < capacity {
                 if d.pipe == nil { d.pipe = takePipe() }
                 guard let pipe = d.pipe else { return .sourceFailed }
-                let n = cshim_splice(source, pipe.write, capacity - d.pending, UInt32(CSHIM_SPLICE_F_MOVE | CSHIM_SPLICE_F_NONBLOCK))
+                let room = capacity - d.pending
+                let n = cshim_splice(source, pipe.write, room, UInt32(CSHIM_SPLICE_F_MOVE | CSHIM_SPLICE_F_NONBLOCK))
                 if n > 0 {
+                    // (A short splice doesn't prove the socket empty: the pipe may have run
+                    // out of slots first. So no `drained` here.)
                     d.pending += n; moved += n; progress = true
                 } else if n == 0 {
                     d.ended = true; progress = true
@@ -222,7 +234,7 @@ extension Worker {
             d.pipe = nil
         }
         if d.ended && d.pending == 0 && !d.shut {
-            shutdown(destination, Int32(SHUT_WR))
+            if !otherShut { shutdown(destination, Int32(SHUT_WR)) }  // else close(2) sends the FIN
             d.shut = true
         }
         return .moved(moved)
