@@ -39,14 +39,18 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// Decodes an AF_INET/AF_INET6 sockaddr (an IPv4-mapped IPv6 address stays IPv6).
+    /// Allocation-free: the UDP relay decodes one per datagram.
     init?(_ storage: sockaddr_storage) {
-        let raw = withUnsafeBytes(of: storage) { Array($0) }
-        let port = UInt16(raw[2]) << 8 | UInt16(raw[3])
-        switch Int32(storage.ss_family) {
-        case AF_INET: guard let ip = IPAddress(bytes: Array(raw[4..<8])) else { return nil }; self.init(ip, port)
-        case AF_INET6: guard let ip = IPAddress(bytes: Array(raw[8..<24])) else { return nil }; self.init(ip, port)
-        default: return nil
+        let decoded: (IPAddress, UInt16)? = withUnsafeBytes(of: storage) { raw in
+            let port = UInt16(raw[2]) << 8 | UInt16(raw[3])
+            switch Int32(storage.ss_family) {
+            case AF_INET: return (.v4(UInt32(bigEndian: raw.loadUnaligned(fromByteOffset: 4, as: UInt32.self))), port)
+            case AF_INET6: return (.v6(UInt128(bigEndian: raw.loadUnaligned(fromByteOffset: 8, as: UInt128.self))), port)
+            default: return nil
+            }
         }
+        guard let decoded else { return nil }
+        self.init(decoded.0, decoded.1)
     }
 
     func withSockaddr<T>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> T) -> T {

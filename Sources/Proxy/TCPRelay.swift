@@ -72,7 +72,8 @@ extension Worker {
         var one: Int32 = 1
         setsockopt(client, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         setsockopt(backend, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-        let rc = route.backend.withSockaddr { connect(backend, $0, $1) }
+        var target = listener.backend
+        let rc = withUnsafePointer(to: &target) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(backend, $0, listener.backendLength) } }
         if rc != 0 && errno != EINPROGRESS {
             listener.counters.add(Counters.failures)
             close(backend)

@@ -120,7 +120,8 @@ extension Worker {
         if flowIndex.count >= options.maxFlows { evictOldestFlow() }
         let fd = socket(listener.route.backend.family, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return nil }
-        guard listener.route.backend.withSockaddr({ connect(fd, $0, $1) }) == 0 else {
+        var target = listener.backend
+        guard withUnsafePointer(to: &target, { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, listener.backendLength) } }) == 0 else {
             close(fd)
             return nil
         }

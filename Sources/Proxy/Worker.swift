@@ -32,6 +32,9 @@ final class Worker {
         var fd: Int32
         var route: ProxyRoute
         var counters: Counters
+        /// The backend's sockaddr, encoded once, not per connection.
+        var backend: sockaddr_storage
+        var backendLength: socklen_t
         /// TCP listeners are shared by the workers and closed by the server; UDP ones are
         /// this worker's own.
         var owned: Bool { route.proto == .udp }
@@ -145,7 +148,8 @@ final class Worker {
             switch command {
             case .add(let fd, let route, let counters):
                 let slot = listeners.firstIndex(where: { $0 == nil }) ?? { listeners.append(nil); return listeners.count - 1 }()
-                listeners[slot] = Listener(fd: fd, route: route, counters: counters)
+                listeners[slot] = Listener(fd: fd, route: route, counters: counters,
+                                           backend: route.backend.storage, backendLength: route.backend.length)
                 if route.proto == .tcp {
                     watch(fd, Worker.token(.listener, slot), Worker.edgeIn | EPOLLEXCLUSIVE.rawValue)
                 } else {
