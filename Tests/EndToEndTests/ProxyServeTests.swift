@@ -97,3 +97,69 @@ struct ProxyServeTests {
         #expect(sctp.status == 1 && sctp.stderr.contains("the proxy relays TCP and UDP only"))
     }
 }
+
+@Suite("End to end: the proxy out of file descriptors", .enabled(if: Sandbox.isRoot, "needs root for namespaces"))
+struct ProxyDescriptorTests {
+    /// CPU time (user + system, clock ticks) a process has used.
+    func cpuTicks(_ pid: Int32) -> Int {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return 0 }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return (Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0)  // fields 14 and 15
+    }
+
+    @Test("with no descriptors left the loop neither spins nor hangs clients, and recovers")
+    func exhausted() throws {
+        let world = try World()
+        let s = world.sandbox
+        try s.netctlOK("network", "create", "web", "--subnet", "10.90.0.0/24")
+        try s.netctlOK("attach", "web", "--new", "c1", "--name", "c1")
+        let backend = try EchoBackend(in: try world.container("c1"))
+        try s.netctlOK("port", "add", "c1", "--backend", "proxy", "127.0.0.1:9200:\(backend.port)")
+        // A proxy allowed 64 descriptors: a few dozen connections exhaust it.
+        let serve = try Child.spawn(["/usr/bin/nsenter", "--target", "\(s.holder.pid)", "--net", "--mount", "--",
+                                     "/usr/bin/prlimit", "--nofile=64:64", Sandbox.netctl, "proxy", "serve", "--drain", "0"],
+                                    environment: ["NETCTL_STATE_DIR": s.stateDirectory])
+        defer { serve.kill(); _ = try? serve.wait(timeout: 10) }
+        var ready = false
+        for _ in 0..<50 where !ready {
+            if let fd = try? Client.connect(in: s.hostNamespace, to: "127.0.0.1", port: 9200, timeout: 1) {
+                close(fd); ready = true
+            } else { usleep(100_000) }
+        }
+        #expect(ready)
+
+        // 100 clients that stay open: the first ones are relayed, the rest can't be.
+        var clients: [Int32] = []
+        defer { clients.forEach { close($0) } }
+        for _ in 0..<100 {
+            if let fd = try? Client.connect(in: s.hostNamespace, to: "127.0.0.1", port: 9200, timeout: 2) { clients.append(fd) }
+        }
+        #expect(clients.count == 100)  // the kernel accepts them into the backlog either way
+        usleep(300_000)
+        let before = cpuTicks(serve.pid)
+        sleep(1)
+        let used = cpuTicks(serve.pid) - before
+        #expect(used < 30, "the proxy used \(used) ticks of CPU in one idle second: it is spinning")
+        // Each client either gets its echo or a prompt close, never a hang.
+        var echoed = 0, closed = 0
+        for fd in clients {
+            var tv = timeval(tv_sec: 3, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            _ = Client.sendAll(fd, Array("x".utf8))
+            var byte: UInt8 = 0
+            let n = recv(fd, &byte, 1, 0)
+            if n == 1 { echoed += 1 } else if n == 0 || errno == ECONNRESET { closed += 1 }
+        }
+        #expect(echoed > 0 && closed > 0 && echoed + closed == clients.count, "echoed \(echoed), closed \(closed)")
+        // Descriptors back: new connections are relayed again.
+        clients.forEach { close($0) }
+        clients = []
+        usleep(500_000)
+        let again = try Client.connect(in: s.hostNamespace, to: "127.0.0.1", port: 9200)
+        defer { close(again) }
+        #expect(Client.sendAll(again, Array("back".utf8)))
+        shutdown(again, Int32(SHUT_WR))
+        #expect(String(decoding: Client.readAll(again).bytes, as: UTF8.self) == "back")
+    }
+}
