@@ -14,7 +14,8 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     public var description: String { ip.isIPv4 ? "\(ip):\(port)" : "[\(ip)]:\(port)" }
 
     var family: Int32 { ip.isIPv4 ? AF_INET : AF_INET6 }
-    var isWildcard: Bool { ip == IPAddress("0.0.0.0") || ip == IPAddress("::") }
+    /// 0.0.0.0 or ::, compared as numbers (this is asked per datagram: no text parsing).
+    var isWildcard: Bool { ip == .v4(0) || ip == .v6(0) }
     var length: socklen_t { socklen_t(ip.isIPv4 ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size) }
 
     var storage: sockaddr_storage {
