@@ -248,6 +248,7 @@ public final class MetricsEndpoint: @unchecked Sendable {
             if client < 0 { if errno == EINTR { continue } else { return } }
             var timeout = timeval(tv_sec: 2, tv_usec: 0)
             setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))  // a client that never reads
             let n = buffer.withUnsafeMutableBytes { recv(client, $0.baseAddress, $0.count, 0) }
             let request = n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self) : ""
             let found = request.hasPrefix("GET /metrics ") || request.hasPrefix("GET /metrics?")

@@ -77,6 +77,11 @@ public final class ProxyServer {
     public func update(_ wanted: [ProxyRoute], partial: Bool) throws -> [ProxyRoute: ProxyError] {
         guard !stopped else { throw ProxyError("the proxy has been stopped; make a new one") }
         let wantedSet = Set(wanted)
+        // A route replaced by one on the same address (new backend, say) must let go of the
+        // port before the new socket can bind it: those removals go first.
+        let listens = Set(wanted.filter { routes[$0] == nil }.map { "\($0.proto)\($0.listen)" })
+        let replaced = routes.keys.filter { !wantedSet.contains($0) && listens.contains("\($0.proto)\($0.listen)") }
+        if !replaced.isEmpty { remove(replaced) }
         var opened: [ProxyRoute: [Int32]] = [:]
         var failed: [ProxyRoute: ProxyError] = [:]
         for route in wanted where routes[route] == nil && opened[route] == nil && failed[route] == nil {
@@ -89,12 +94,10 @@ public final class ProxyServer {
                 throw error
             }
         }
-        var unwatched: [Int32] = []
-        for route in routes.keys where !wantedSet.contains(route) {
-            workers.forEach { $0.post(.remove(route)) }
-            routes[route] = nil
-            if let fd = shared.removeValue(forKey: route) { unwatched.append(fd) }
-        }
+        let gone = routes.keys.filter { !wantedSet.contains($0) }
+        for route in gone { workers.forEach { $0.post(.remove(route)) } }
+        let unwatched = gone.compactMap { shared.removeValue(forKey: $0) }
+        for route in gone { routes[route] = nil }
         for (route, fds) in opened {
             let counters = workers.map { _ in Counters() }
             for (i, worker) in workers.enumerated() {
@@ -103,11 +106,31 @@ public final class ProxyServer {
             routes[route] = counters
             if route.proto == .tcp { shared[route] = fds[0] }
         }
-        defer { unwatched.forEach { close($0) } }  // after the barrier below
         // Return only once every worker has applied the change: a removed route accepts
-        // nothing after this call, and an added one is being served.
+        // nothing after this call, and an added one is being served. Only then may the
+        // removed routes' shared listeners close.
+        barrier()
+        unwatched.forEach { close($0) }
+        return failed
+    }
+
+    /// Stops routes now: workers drop them (and what they carried), then their shared
+    /// listeners are closed.
+    private func remove(_ gone: [ProxyRoute]) {
+        var unwatched: [Int32] = []
+        for route in gone {
+            workers.forEach { $0.post(.remove(route)) }
+            routes[route] = nil
+            if let fd = shared.removeValue(forKey: route) { unwatched.append(fd) }
+        }
+        barrier()
+        unwatched.forEach { close($0) }
+    }
+
+    /// Returns once every worker has applied what was posted before.
+    private func barrier() {
         let done = eventfd(0, Int32(EFD_CLOEXEC))
-        guard done >= 0 else { return failed }
+        guard done >= 0 else { return }
         defer { close(done) }
         workers.forEach { $0.post(.barrier(done)) }
         var seen: UInt64 = 0
@@ -115,7 +138,6 @@ public final class ProxyServer {
             var count: UInt64 = 0
             if read(done, &count, 8) == 8 { seen += count } else if errno != EINTR { break }
         }
-        return failed
     }
 
     /// Bytes, connections and flows per route, summed over the workers.

@@ -18,6 +18,9 @@ struct Connection {
     }
 
     var inUse = false
+    /// Bumped each time the slot is reused: an event still queued for the slot's previous
+    /// connection (same epoll batch) carries the old number and is ignored.
+    var generation: UInt32 = 0
     var client: Int32 = -1
     var backend: Int32 = -1
     var listener = 0
@@ -49,13 +52,18 @@ extension Worker {
                 // Out of descriptors: take the connection with the reserve descriptor and close
                 // it at once (the client sees a close, not a hang), then keep going.
                 listener.counters.add(Counters.failures)
-                guard reserve >= 0 else { return }
+                guard reserve >= 0 else { retryAccept.insert(slot); return }
                 close(reserve)
                 let dropped = cshim_accept_nonblocking(listener.fd, nil)
                 if dropped >= 0 { close(dropped) }
                 reserve = open("/dev/null", O_RDONLY | O_CLOEXEC)
-                if dropped < 0 { return }
-            default: return  // EAGAIN: all taken
+                if dropped < 0 { retryAccept.insert(slot); return }
+            case EAGAIN: return  // all taken
+            default:
+                // ENOBUFS, ENOMEM...: connections may still wait, and no new edge will say
+                // so. The sweep tries again.
+                retryAccept.insert(slot)
+                return
             }
         }
     }
@@ -81,18 +89,24 @@ extension Worker {
             return
         }
         let slot = freeConnections.popLast() ?? { connections.append(Connection()); return connections.count - 1 }()
-        connections[slot] = Connection(inUse: true, client: client, backend: backend, listener: listenerSlot,
+        let generation = connections[slot].generation &+ 1
+        connections[slot] = Connection(inUse: true, generation: generation, client: client, backend: backend, listener: listenerSlot,
                                        counters: listener.counters, proxyProtocol: route.proxyProtocol, establishing: true, deadline: monotonicNanoseconds() + options.connectTimeout, peer: peer)
-        watch(client, Worker.token(.connection, slot << 1), Worker.edgeAll)
-        watch(backend, Worker.token(.connection, slot << 1 | 1), Worker.edgeAll)
+        watch(client, Worker.connectionToken(slot: slot, generation: generation, backend: false), Worker.edgeAll)
+        watch(backend, Worker.connectionToken(slot: slot, generation: generation, backend: true), Worker.edgeAll)
         listener.counters.add(Counters.connections)
         listener.counters.add(Counters.active)
         active += 1
         if rc == 0 { connections[slot].clientWaiting = true; established(slot) } else { connecting.insert(slot) }
     }
 
-    func connectionEvent(slot: Int, backend: Bool, events: UInt32) {
-        guard slot < connections.count, connections[slot].inUse else { return }
+    func connectionEvent(slot: Int, generation: UInt32, backend: Bool, events: UInt32) {
+        guard slot < connections.count, connections[slot].inUse, connections[slot].generation & 0x7fff_ffff == generation else { return }
+        if false && events & EPOLLERR.rawValue != 0 && !connections[slot].establishing {
+            // A reset (or other error) on a side whose reading already ended would otherwise
+            // go unnoticed until the other side writes: pass it on now.
+            return reset(slot, toBackend: !backend)
+        }
         if connections[slot].establishing {
             // Client events wait: whatever the client sent is relayed once the backend answers.
             guard backend else {
@@ -118,8 +132,9 @@ extension Worker {
         let writable = events & EPOLLOUT.rawValue != 0
         let into = backend ? connections[slot].up : connections[slot].down
         let hangup = events & (EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0
-        pump(slot, up: backend ? (writable && into.pending > 0) : readable,
-             down: backend ? readable : (writable && into.pending > 0), hangup: hangup)
+        let closed = events & EPOLLHUP.rawValue != 0  // both ways: pump everything
+        pump(slot, up: closed || (backend ? (writable && into.pending > 0) : readable),
+             down: closed || (backend ? readable : (writable && into.pending > 0)), hangup: hangup)
     }
 
     private func established(_ slot: Int, backendReadable: Bool = true) {
@@ -197,8 +212,8 @@ extension Worker {
                     if done < n {
                         // The rest waits in a pipe, as spliced bytes would (the pipe is empty).
                         if d.pipe == nil { d.pipe = takePipe() }
+                        d.pending = n - done  // also on failure: a pipe holding bytes is never pooled
                         guard let pipe = d.pipe, write(pipe.write, scratch + done, n - done) == n - done else { return .destinationFailed }
-                        d.pending = n - done
                     }
                 } else if n == 0 {
                     d.ended = true; progress = true
@@ -276,7 +291,7 @@ extension Worker {
         connecting.remove(slot)
         c.counters?.subtract(Counters.active)
         active -= 1
-        connections[slot] = Connection()
+        connections[slot] = Connection(generation: c.generation)  // kept: the next use bumps it
         freeConnections.append(slot)
     }
 

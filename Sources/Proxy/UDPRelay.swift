@@ -116,8 +116,13 @@ extension Worker {
         var local = sockaddr_storage()
         let hasLocal = listener.route.listen.isWildcard && cshim_pktinfo_destination(&udp.messages[i].msg_hdr, &local) == 1
         let key = FlowKey(listener: listenerSlot, client: client, local: hasLocal ? SocketAddress(local)?.ip : nil)
-        if let existing = flowIndex[key] { return existing }
-        if flowIndex.count >= options.maxFlows { evictOldestFlow() }
+        if let existing = flowIndex[key] {
+            flows[existing].lastActive = now  // now, not after the send: this batch uses it
+            return existing
+        }
+        // Full: the least recently used flow goes, unless it is in use by this very batch
+        // (its slot would be reused under datagrams already routed to it): then drop this one.
+        if flowIndex.count >= options.maxFlows && !evictOldestFlow(before: now) { return nil }
         let fd = socket(listener.route.backend.family, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return nil }
         var target = listener.backend
@@ -168,10 +173,12 @@ extension Worker {
         }
     }
 
-    private func evictOldestFlow() {
-        guard let oldest = flows.indices.filter({ flows[$0].inUse }).min(by: { flows[$0].lastActive < flows[$1].lastActive }) else { return }
+    private func evictOldestFlow(before now: UInt64) -> Bool {
+        guard let oldest = flows.indices.filter({ flows[$0].inUse }).min(by: { flows[$0].lastActive < flows[$1].lastActive }),
+              flows[oldest].lastActive < now else { return false }
         flows[oldest].counters?.add(Counters.failures)
         closeFlow(oldest)
+        return true
     }
 
     func closeFlow(_ slot: Int) {

@@ -22,6 +22,11 @@ final class Worker {
 
     static func token(_ kind: Kind, _ index: Int) -> UInt64 { kind.rawValue << 56 | UInt64(index) }
 
+    /// A connection's token: generation (31 bits), slot (24 bits), side (1 bit).
+    static func connectionToken(slot: Int, generation: UInt32, backend: Bool) -> UInt64 {
+        token(.connection, Int(generation & 0x7fff_ffff) << 25 | slot << 1 | (backend ? 1 : 0))
+    }
+
     let options: ProxyServer.Options
     let epoll: Int32
     let wake: Int32
@@ -53,6 +58,9 @@ final class Worker {
     /// connection can be taken and closed instead of spinning or hanging.
     var reserve: Int32
     var drainDeadline: UInt64?
+    /// Listeners whose accept loop stopped on an error other than EAGAIN: connections may be
+    /// waiting with no edge to come, so the sweep accepts again.
+    var retryAccept: Set<Int> = []
     /// The copy path's buffer (see `Options.copyThreshold`).
     let scratch: UnsafeMutableRawPointer
     var active = 0
@@ -118,7 +126,8 @@ final class Worker {
                 switch Kind(rawValue: token >> 56) {
                 case .wake: takeCommands()
                 case .listener: acceptAll(listener: index)
-                case .connection: connectionEvent(slot: index >> 1, backend: index & 1 == 1, events: flags)
+                case .connection:
+                    connectionEvent(slot: (index >> 1) & 0xff_ffff, generation: UInt32(index >> 25), backend: index & 1 == 1, events: flags)
                 case .udpListener: receiveFromClients(listener: index)
                 case .flow: receiveFromBackend(flow: index)
                 case nil: break
@@ -126,6 +135,9 @@ final class Worker {
             }
             let now = monotonicNanoseconds()
             if now >= nextSweep {
+                let retry = retryAccept
+                retryAccept = []
+                for slot in retry where listeners.indices.contains(slot) { acceptAll(listener: slot) }
                 sweepConnectTimeouts(now: now)
                 sweepIdleFlows(now: now)
                 nextSweep = now + 250_000_000

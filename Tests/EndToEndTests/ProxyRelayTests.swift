@@ -11,17 +11,23 @@ final class EchoBackend {
     let udp: Int32
     let port: UInt16
 
+    /// Set when the backend goes away: its threads then close their sockets themselves.
+    /// (Closing them under a blocked accept/recvfrom would let the number be reused by
+    /// another test's socket, which the thread would then read and write.)
+    private let stop = Flag()
+
     init(in namespace: NetworkNamespace, ipv6: Bool = false) throws {
         let listener = try Traffic.listen(in: namespace, ipv6: ipv6, port: 0)
         tcp = listener.fd
         port = listener.port
         Glibc.listen(tcp, 1024)  // room for every concurrent connection a test opens
         udp = try Traffic.udpSocket(in: namespace, ipv6: ipv6, port: port).fd
-        let (tcp, udp) = (self.tcp, self.udp)
+        let (tcp, udp, stop) = (self.tcp, self.udp, self.stop)
         Thread.detachNewThread {
             while true {
                 let fd = accept(tcp, nil, nil)
-                if fd < 0 { if errno == EAGAIN || errno == EINTR { continue } else { return } }
+                if stop.isSet { if fd >= 0 { close(fd) }; close(tcp); return }
+                if fd < 0 { if errno == EAGAIN || errno == EINTR { continue } else { close(tcp); return } }
                 Thread.detachNewThread { EchoBackend.echo(fd) }
             }
         }
@@ -33,10 +39,13 @@ final class EchoBackend {
                 let n = buffer.withUnsafeMutableBytes { raw in
                     withUnsafeMutablePointer(to: &peer) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(udp, raw.baseAddress, raw.count, 0, $0, &length) } }
                 }
-                if n < 0 { if errno == EAGAIN || errno == EINTR { continue } else { return } }
+                if stop.isSet { close(udp); return }
+                if n < 0 { if errno == EAGAIN || errno == EINTR { continue } else { close(udp); return } }
                 let reply = Array(buffer[0..<n].reversed())
                 _ = withUnsafePointer(to: &peer) { p in
-                    p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in reply.withUnsafeBytes { sendto(udp, $0.baseAddress, $0.count, 0, sa, length) } }
+                    p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
+                        reply.withUnsafeBytes { sendto(udp, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL), sa, length) }
+                    }
                 }
             }
         }
@@ -58,7 +67,11 @@ final class EchoBackend {
         shutdown(fd, Int32(SHUT_WR))
     }
 
-    deinit { shutdown(tcp, Int32(SHUT_RDWR)); close(tcp); shutdown(udp, Int32(SHUT_RDWR)); close(udp) }
+    deinit {
+        stop.set()
+        shutdown(tcp, Int32(SHUT_RDWR))  // wakes the blocked threads, which close the sockets
+        shutdown(udp, Int32(SHUT_RDWR))
+    }
 }
 
 /// A value handed between threads (the handover is ordered by a semaphore).
@@ -203,7 +216,8 @@ struct ProxyRelayTests {
         for (i, fd) in fds.enumerated() { #expect(Client.sendAll(fd, Array("message \(i)".utf8))); shutdown(fd, Int32(SHUT_WR)) }
         for (i, fd) in fds.enumerated() {
             let reply = Client.readAll(fd)
-            #expect(reply.error == 0 && String(decoding: reply.bytes, as: UTF8.self) == "message \(i)")
+            let text = String(decoding: reply.bytes, as: UTF8.self)
+            #expect(reply.error == 0 && text == "message \(i)", "connection \(i) got \(reply.bytes.count) bytes: \(text)")
         }
         #expect(s.proxy.stats().values.first?.connections == 200)
     }
@@ -346,5 +360,17 @@ struct ProxyRelayTests {
         #expect(error?.description.contains("0.0.0.0:18011/tcp: another program holds it") == true)
         #expect(s.proxy.currentRoutes == [b])
         #expect(throws: SandboxError.self) { try Client.connect(in: s.host, to: World.hostIP, port: 18012, timeout: 1) }
+
+        // The same listen address with another backend (a container that came back with a
+        // new address, say) replaces the route in place.
+        let other = try EchoBackend(in: try s.world.container("c1"))
+        let moved = ProxyRelayTests.route(listen: "0.0.0.0", 18010, other.port)
+        try s.serve([moved])
+        #expect(s.proxy.currentRoutes == [moved])
+        let fd = try Client.connect(in: s.host, to: World.hostIP, port: 18010)
+        defer { close(fd) }
+        #expect(Client.sendAll(fd, Array("moved".utf8)))
+        shutdown(fd, Int32(SHUT_WR))
+        #expect(Client.readAll(fd).bytes == Array("moved".utf8))
     }
 }
