@@ -19,14 +19,14 @@ public final class ProxyServer {
         public var maxFlows: Int
         public var udpBatch: Int
         /// Reads up to this size are copied through user space (recv + send); a read that
-        /// fills it switches the direction to splice. 0 = always splice, the default: in
-        /// tools/bench-throughput the copy path (16 KiB) did not beat splicing, on short
-        /// connections or keep-alive requests.
+        /// fills it switches the direction to splice. 0 = always splice. The default, 16 KiB,
+        /// is what tools/bench-throughput favoured in three runs of four (new connections/s
+        /// and p99; bulk transfers splice either way).
         public var copyThreshold: Int
 
         public init(workers: Int = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), pipeSize: Int = 1 << 20, sparePipes: Int = 64,
                     connectTimeoutSeconds: Double = 5, udpIdleTimeoutSeconds: Double = 90, maxFlows: Int = 4096, udpBatch: Int = 32,
-                    copyThreshold: Int = 0) {
+                    copyThreshold: Int = 16384) {
             self.workers = max(1, workers); self.pipeSize = pipeSize; self.sparePipes = sparePipes
             self.copyThreshold = max(0, copyThreshold)
             self.connectTimeout = UInt64(connectTimeoutSeconds * 1e9); self.udpIdleTimeout = UInt64(udpIdleTimeoutSeconds * 1e9)
@@ -77,14 +77,24 @@ public final class ProxyServer {
     public func update(_ wanted: [ProxyRoute], partial: Bool) throws -> [ProxyRoute: ProxyError] {
         guard !stopped else { throw ProxyError("the proxy has been stopped; make a new one") }
         let wantedSet = Set(wanted)
-        // A route replaced by one on the same address (new backend, say) must let go of the
-        // port before the new socket can bind it: those removals go first.
-        let listens = Set(wanted.filter { routes[$0] == nil }.map { "\($0.proto)\($0.listen)" })
-        let replaced = routes.keys.filter { !wantedSet.contains($0) && listens.contains("\($0.proto)\($0.listen)") }
-        if !replaced.isEmpty { remove(replaced) }
+        let gone = routes.keys.filter { !wantedSet.contains($0) }
+        // A TCP route replaced on the same address (a new backend, say) hands its listening
+        // socket to the new route: no moment without a listener, no rebind.
+        var reuse: [ProxyRoute: Int32] = [:]
+        var handedOver: Set<Int32> = []
+        for route in wanted where routes[route] == nil && route.proto == .tcp && reuse[route] == nil {
+            if let old = gone.first(where: { $0.proto == .tcp && $0.listen == route.listen }), let fd = shared[old], !handedOver.contains(fd) {
+                reuse[route] = fd
+                handedOver.insert(fd)
+            }
+        }
+        // UDP sockets belong to the workers: a replaced UDP route lets go of its port first.
+        let udpListens = Set(wanted.filter { routes[$0] == nil && $0.proto == .udp }.map(\.listen))
+        let replacedUDP = gone.filter { $0.proto == .udp && udpListens.contains($0.listen) }
+        if !replacedUDP.isEmpty { remove(replacedUDP) }
         var opened: [ProxyRoute: [Int32]] = [:]
         var failed: [ProxyRoute: ProxyError] = [:]
-        for route in wanted where routes[route] == nil && opened[route] == nil && failed[route] == nil {
+        for route in wanted where routes[route] == nil && reuse[route] == nil && opened[route] == nil && failed[route] == nil {
             do {
                 opened[route] = try listenSockets(route)
             } catch let error as ProxyError where partial {
@@ -94,10 +104,11 @@ public final class ProxyServer {
                 throw error
             }
         }
-        let gone = routes.keys.filter { !wantedSet.contains($0) }
-        for route in gone { workers.forEach { $0.post(.remove(route)) } }
-        let unwatched = gone.compactMap { shared.removeValue(forKey: $0) }
-        for route in gone { routes[route] = nil }
+        let leaving = routes.keys.filter { !wantedSet.contains($0) }
+        for route in leaving { workers.forEach { $0.post(.remove(route)) } }
+        let unwatched = leaving.compactMap { shared.removeValue(forKey: $0) }.filter { !handedOver.contains($0) }
+        for route in leaving { routes[route] = nil }
+        for (route, fd) in reuse { opened[route] = [fd] }
         for (route, fds) in opened {
             let counters = workers.map { _ in Counters() }
             for (i, worker) in workers.enumerated() {

@@ -263,8 +263,8 @@ struct ProxyCommand: ParsableCommand {
         @Option(help: "Event loops (default: one per core).") var workers: Int?
         @Option(help: "Serve Prometheus metrics at http://IP:PORT/metrics.") var metrics: String?
         @Option(help: "Seconds open connections may take to finish after SIGTERM.") var drain: Double = 10
-        @Option(help: "Copy reads up to this many bytes through user space, splice bigger transfers (default 0: always splice).")
-        var copyThreshold: Int = 0
+        @Option(help: "Copy reads up to this many bytes through user space, splice bigger transfers (0: always splice).")
+        var copyThreshold: Int = 16384
 
         func run() throws {
             try reportingErrors {

@@ -149,7 +149,7 @@ struct ProxyRelayTests {
         let proxy: ProxyServer
         let host: NetworkNamespace
 
-        init(ipv6Network: Bool = false, copyThreshold: Int = 0) throws {
+        init(ipv6Network: Bool = false, copyThreshold: Int = 16384) throws {
             world = try World()
             host = world.sandbox.hostNamespace
             var create = ["network", "create", "px", "--subnet", "10.95.0.0/24"]
@@ -175,7 +175,7 @@ struct ProxyRelayTests {
     }
 
     @Test("a 16 MiB transfer arrives whole and in order both ways; the client's half-close is passed on",
-          arguments: [0, 16384])  // splice only (the default), and copy first then splice
+          arguments: [16384, 0])  // copy first then splice (the default), and splice only
     func bulkAndHalfClose(copyThreshold: Int) throws {
         let s = try Setup(copyThreshold: copyThreshold)
         try s.serve([ProxyRelayTests.route(listen: "0.0.0.0", 18000, s.backend.port)])
