@@ -169,26 +169,6 @@ public struct NftBatch {
         append(NFT_MSG_NEWSET, flags: NftBatch.create) { nftnl_set_nlmsg_build_payload($0, set) }
     }
 
-    /// Deletes every rule of a chain (DELRULE naming no rule).
-    public mutating func flushChain(table: String, chain name: String) {
-        let rule = nftnl_rule_alloc()!
-        defer { nftnl_rule_free(rule) }
-        nftnl_rule_set_u32(rule, UInt16(NFTNL_RULE_FAMILY.rawValue), UInt32(family))
-        nftnl_rule_set_str(rule, UInt16(NFTNL_RULE_TABLE.rawValue), table)
-        nftnl_rule_set_str(rule, UInt16(NFTNL_RULE_CHAIN.rawValue), name)
-        append(NFT_MSG_DELRULE, flags: UInt16(NLM_F_ACK)) { nftnl_rule_nlmsg_build_payload($0, rule) }
-    }
-
-    /// Deletes every element of a set or map (DELSETELEM naming no element).
-    public mutating func flushSet(table: String, set name: String) {
-        let set = nftnl_set_alloc()!
-        defer { nftnl_set_free(set) }
-        nftnl_set_set_u32(set, UInt16(NFTNL_SET_FAMILY.rawValue), UInt32(family))
-        nftnl_set_set_str(set, UInt16(NFTNL_SET_TABLE.rawValue), table)
-        nftnl_set_set_str(set, UInt16(NFTNL_SET_NAME.rawValue), name)
-        append(NFT_MSG_DELSETELEM, flags: UInt16(NLM_F_ACK)) { nftnl_set_elems_nlmsg_build_payload($0, set) }
-    }
-
     public mutating func addRule(table: String, chain: String, _ expressions: [NftExpression]) {
         let rule = nftnl_rule_alloc()!
         defer { nftnl_rule_free(rule) }

@@ -92,30 +92,18 @@ public enum PublishRuleset {
         var batch = NftBatch()
         batch.addTable(table)     // create-if-missing, so that the delete below cannot fail
         batch.deleteTable(table)
-        appendRules(networks: networks, to: &batch, fresh: true)
+        appendRules(networks: networks, to: &batch)
         add(mappings, to: &batch)
         return batch
     }
 
-    /// Rewrites the rules and the bridge set for a new list of networks, leaving every map
-    /// element alone (the table must exist; on ENOENT, rebuild).
-    public static func syncNetworks(_ networks: [BridgeNetwork]) -> NftBatch {
-        var batch = NftBatch()
-        appendRules(networks: networks, to: &batch, fresh: false)
-        return batch
-    }
-
-    private static func appendRules(networks: [BridgeNetwork], to batch: inout NftBatch, fresh: Bool) {
+    private static func appendRules(networks: [BridgeNetwork], to batch: inout NftBatch) {
         batch.addTable(table)
         for map in Map.allCases {
             batch.addMap(table: table, name: map.rawValue, id: map.id, key: map.key, data: map.data)
         }
         batch.addMap(table: table, name: bridgesSet, id: bridgesSetID, key: .ifname, data: nil)
         for chain in chains { batch.addChain(table: table, name: chain.name, hook: chain.hook) }
-        if !fresh {
-            for chain in chains { batch.flushChain(table: table, chain: chain.name) }
-            batch.flushSet(table: table, set: bridgesSet)
-        }
         let ipv4: NftExpression = .compare(register: NftExpression.reg1, op: eq, data: [UInt8(NFPROTO_IPV4)])
         let nfproto: NftExpression = .meta(key: UInt32(NFT_META_NFPROTO.rawValue), into: NftExpression.reg1)
         let dnatted: [NftExpression] = [

@@ -1,6 +1,7 @@
 import Firewall
 import Glibc
 import Netlink
+import Proxy
 
 /// What carries a published port's traffic.
 public enum PortBackend: String, Codable, Sendable, CaseIterable {
@@ -97,13 +98,13 @@ enum HostScope: Equatable {
         }
     }
 
-    /// The sockets a bind probe tries: (address, IPv6?).
-    var probeAddresses: [(String, Bool)] {
+    /// The addresses a bind probe tries (port 0, set per probe).
+    var probeAddresses: [IPAddress] {
         switch self {
-        case .all: return [("0.0.0.0", false), ("::", true)]
-        case .allIPv4: return [("0.0.0.0", false)]
-        case .allIPv6: return [("::", true)]
-        case .address(let ip): return [("\(ip)", !ip.isIPv4)]
+        case .all: return [.v4(0), .v6(0)]
+        case .allIPv4: return [.v4(0)]
+        case .allIPv6: return [.v6(0)]
+        case .address(let ip): return [ip]
         }
     }
 }
@@ -134,36 +135,21 @@ enum HostPorts {
     /// Tries to bind hostIP:port for the protocol, which is what the published port would
     /// need if a program served it: EADDRINUSE means some program holds it.
     static func probe(_ scope: HostScope, port: UInt16, proto: PortMapping.Proto) -> Probe {
-        for (address, ipv6) in scope.probeAddresses {
-            let family = ipv6 ? AF_INET6 : AF_INET
+        for address in scope.probeAddresses {
+            let ipv6 = !address.isIPv4
             let (type, number): (Int32, Int32) = switch proto {
             case .tcp: (Int32(SOCK_STREAM.rawValue), Int32(IPPROTO_TCP))
             case .udp: (Int32(SOCK_DGRAM.rawValue), Int32(IPPROTO_UDP))
             case .sctp: (Int32(SOCK_STREAM.rawValue), Int32(IPPROTO_SCTP))
             }
-            let fd = socket(family, type | Int32(SOCK_CLOEXEC.rawValue), number)
+            let fd = socket(ipv6 ? AF_INET6 : AF_INET, type | Int32(SOCK_CLOEXEC.rawValue), number)
             guard fd >= 0 else { continue }  // no IPv6 or no SCTP here: nothing can hold it
             defer { close(fd) }
             var one: Int32 = 1
             // TCP: only listeners (not TIME_WAIT leftovers) should count as holders.
             if proto == .tcp { setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size)) }
             if ipv6 { setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(MemoryLayout<Int32>.size)) }
-            let rc: Int32
-            if ipv6 {
-                var sa = sockaddr_in6()
-                sa.sin6_family = sa_family_t(AF_INET6)
-                sa.sin6_port = port.bigEndian
-                _ = inet_pton(AF_INET6, address, &sa.sin6_addr)
-                rc = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }
-            } else {
-                var sa = sockaddr_in()
-                sa.sin_family = sa_family_t(AF_INET)
-                sa.sin_port = port.bigEndian
-                _ = inet_pton(AF_INET, address, &sa.sin_addr)
-                rc = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-            }
+            let rc = SocketAddress(address, port).withSockaddr { bind(fd, $0, $1) }
             if rc != 0 {
                 switch errno {
                 case EADDRINUSE: return .inUse

@@ -210,14 +210,7 @@ public final class MetricsEndpoint: @unchecked Sendable {
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
         let target = SocketAddress(ip, port)
-        var storage = sockaddr_storage()
-        withUnsafeMutableBytes(of: &storage) { raw in
-            raw[0] = UInt8(ip.isIPv4 ? AF_INET : AF_INET6)
-            raw[2] = UInt8(port >> 8); raw[3] = UInt8(port & 0xff)
-            raw.baseAddress!.advanced(by: ip.isIPv4 ? 4 : 8).copyMemory(from: ip.bytes, byteCount: ip.bytes.count)
-        }
-        let length = socklen_t(ip.isIPv4 ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size)
-        let bound = withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+        let bound = target.withSockaddr { bind(fd, $0, $1) }
         guard bound == 0, listen(fd, 16) == 0 else {
             let code = errno
             close(fd)

@@ -54,7 +54,8 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         self.init(decoded.0, decoded.1)
     }
 
-    func withSockaddr<T>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> T) -> T {
+    /// Calls `body` with this address as a sockaddr and its length (bind, connect...).
+    public func withSockaddr<T>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> T) -> T {
         var s = storage
         return withUnsafePointer(to: &s) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, length) } }
     }

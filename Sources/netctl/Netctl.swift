@@ -5,6 +5,7 @@ import FoundationEssentials
 import Glibc
 import Logging
 import NetCore
+import Netlink
 import Proxy
 
 @main
@@ -281,17 +282,20 @@ struct ProxyCommand: ParsableCommand {
                     limit.rlim_cur = limit.rlim_max
                     setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
                 }
+                // Bad input fails before anything starts.
+                let metricsAddress = try metrics.map { text -> (String, UInt16) in
+                    guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]),
+                          IPAddress(String(text[..<colon].filter { $0 != "[" && $0 != "]" })) != nil else {
+                        throw NetctlError.invalidAddress(text, reason: "--metrics needs IP:PORT, e.g. 127.0.0.1:9464 or [::1]:9464")
+                    }
+                    return (String(text[..<colon].filter { $0 != "[" && $0 != "]" }), port)
+                }
                 let manager = try global.manager()
                 var options = ProxyServer.Options()
                 if let workers { options.workers = max(1, workers) }
                 options.copyThreshold = max(0, copyThreshold)
                 let service = try ProxyService(manager: manager, options: options)
-                let endpoint = try metrics.map { text -> MetricsEndpoint in
-                    guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]) else {
-                        throw NetctlError.invalidAddress(text, reason: "--metrics needs IP:PORT, e.g. 127.0.0.1:9464")
-                    }
-                    return try MetricsEndpoint(address: String(text[..<colon].filter { $0 != "[" && $0 != "]" }), port: port)
-                }
+                let endpoint = try metricsAddress.map { try MetricsEndpoint(address: $0.0, port: $0.1) }
                 try service.refresh(force: true)
                 fputs("netctl proxy: serving \(try manager.proxyRoutes().count) routes\n", stderr)
                 var tick = 0

@@ -89,10 +89,7 @@ enum Client {
             var tv = timeval(tv_sec: timeout, tv_usec: 0)
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
             setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-            let target = SocketAddress(IPAddress(address)!, port)
-            var storage = target.storageForTests
-            let length = socklen_t(ipv6 ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size)
-            let rc = withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, length) } }
+            let rc = SocketAddress(IPAddress(address)!, port).withSockaddr { Glibc.connect(fd, $0, $1) }
             guard rc == 0 else {
                 let message = String(cString: strerror(errno))
                 close(fd)
@@ -123,19 +120,6 @@ enum Client {
             out += buffer[0..<n]
         }
         return (out, 0)
-    }
-}
-
-extension SocketAddress {
-    var storageForTests: sockaddr_storage {
-        var storage = sockaddr_storage()
-        let bytes = ip.bytes
-        withUnsafeMutableBytes(of: &storage) { raw in
-            raw[0] = UInt8(ip.isIPv4 ? AF_INET : AF_INET6)
-            raw[2] = UInt8(port >> 8); raw[3] = UInt8(port & 0xff)
-            raw.baseAddress!.advanced(by: ip.isIPv4 ? 4 : 8).copyMemory(from: bytes, byteCount: bytes.count)
-        }
-        return storage
     }
 }
 
