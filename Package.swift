@@ -1,7 +1,7 @@
 // swift-tools-version:6.1
 import PackageDescription
 
-// Arrows point one way: C interop -> Netlink / Firewall / Proxy -> NetCore -> netctl.
+// Arrows point one way: C interop -> Netlink / Firewall / Proxy / Images -> NetCore -> Runtime -> netctl.
 let package = Package(
     name: "netctl",
     products: [
@@ -9,6 +9,8 @@ let package = Package(
         .library(name: "Netlink", targets: ["Netlink"]),
         .library(name: "Firewall", targets: ["Firewall"]),
         .library(name: "Proxy", targets: ["Proxy"]),
+        .library(name: "Images", targets: ["Images"]),
+        .library(name: "Runtime", targets: ["Runtime"]),
         .executable(name: "netctl", targets: ["netctl"]),
     ],
     dependencies: [
@@ -30,12 +32,21 @@ let package = Package(
         .target(name: "Firewall", dependencies: ["CNftables", "Netlink"]),
         // The userland relay: epoll loops, splice for TCP, batched UDP.
         .target(name: "Proxy", dependencies: ["CShim", "Netlink"]),
+        .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        // OCI images and `docker save` archives: verification, safe unpacking, the layer cache.
+        .target(name: "Images", dependencies: ["CShim", "CCrypto", "CZlib"]),
         .target(name: "NetCore", dependencies: [
             "Netlink", "Firewall", "Proxy", "CSQLite",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Runs images with runc on netctl networking: bundles, the monitor, container state.
+        .target(name: "Runtime", dependencies: [
+            "Images", "NetCore", "CShim",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .executableTarget(name: "netctl", dependencies: [
-            "NetCore", "Netlink", "Proxy",
+            "NetCore", "Netlink", "Proxy", "Runtime", "Images",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -43,7 +54,10 @@ let package = Package(
         .testTarget(name: "FirewallTests", dependencies: ["Firewall", "Netlink"]),
         .testTarget(name: "NetCoreTests", dependencies: ["NetCore"]),
         .testTarget(name: "ProxyTests", dependencies: ["Proxy", "Netlink", "CShim"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["NetCore", "Netlink", "Firewall", "Proxy", "CShim"],
+        // Builds tar archives and OCI images for tests (crafted and hostile ones included).
+        .target(name: "TestSupport", dependencies: ["Images", "CZlib"], path: "Tests/TestSupport"),
+        .testTarget(name: "ImagesTests", dependencies: ["Images", "TestSupport"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["NetCore", "Netlink", "Firewall", "Proxy", "CShim", "TestSupport"],
                     exclude: ["golden"]),  // read by path, see DNATTests
     ],
     swiftLanguageModes: [.v5]

@@ -13,6 +13,11 @@
 #include <fcntl.h>
 #include <string.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <linux/openat2.h>
+#include <sys/xattr.h>
 
 int cshim_setns(int fd, int nstype) { return setns(fd, nstype) == 0 ? 0 : -errno; }
 
@@ -154,4 +159,41 @@ int cshim_thread_start(pthread_t *thread, void (*fn)(void *), void *ctx) {
     int rc = pthread_create(thread, NULL, owned_call_main, call);
     if (rc != 0) { free(call); return -rc; }
     return 0;
+}
+
+int cshim_open_beneath(int dirfd, const char *path, int flags, unsigned int mode) {
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = (unsigned long long)(flags | O_CLOEXEC | O_NOFOLLOW);
+    how.mode = (flags & O_CREAT) ? mode : 0;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+    return fd < 0 ? -errno : (int)fd;
+}
+
+int cshim_mknod_whiteout(int dirfd, const char *name) {
+    return mknodat(dirfd, name, S_IFCHR | 0000, makedev(0, 0)) == 0 ? 0 : -errno;
+}
+
+int cshim_is_whiteout(unsigned int mode, unsigned long rdev) {
+    return S_ISCHR(mode) && major(rdev) == 0 && minor(rdev) == 0;
+}
+
+int cshim_mount_overlay(const char *target, const char *options) {
+    return mount("overlay", target, "overlay", 0, options) == 0 ? 0 : -errno;
+}
+
+int cshim_set_child_subreaper(void) {
+    return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0 ? 0 : -errno;
+}
+
+int cshim_set_opaque(int fd) {
+    return fsetxattr(fd, "trusted.overlay.opaque", "y", 1, 0) == 0 ? 0 : -errno;
+}
+
+int cshim_is_opaque(int fd) {
+    char value[4];
+    ssize_t n = fgetxattr(fd, "trusted.overlay.opaque", value, sizeof value);
+    if (n < 0) return (errno == ENODATA || errno == ENOTSUP) ? 0 : -errno;
+    return n == 1 && value[0] == 'y';
 }

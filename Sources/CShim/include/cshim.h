@@ -73,4 +73,25 @@ enum { CSHIM_PKTINFO_SPACE = 64 };
 /// Starts fn(ctx) on a new joinable thread; 0 or -errno.
 int cshim_thread_start(pthread_t *thread, void (*fn)(void *), void *ctx);
 
+// MARK: Images and containers.
+
+/// Opens `path` below `dirfd` without following any symlink or leaving `dirfd`'s tree
+/// (openat2 with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS): a layer entry can never write
+/// outside the root it is unpacked into. The fd or -errno.
+int cshim_open_beneath(int dirfd, const char *path, int flags, unsigned int mode);
+/// An overlay whiteout (character device 0/0) named `name` in `dirfd`; 0 or -errno.
+int cshim_mknod_whiteout(int dirfd, const char *name);
+/// 1 if `mode`/`rdev` describe an overlay whiteout.
+int cshim_is_whiteout(unsigned int mode, unsigned long rdev);
+/// Sets the overlay "opaque" mark on a directory (trusted.overlay.opaque=y); 0 or -errno.
+int cshim_set_opaque(int fd);
+/// 1 if the directory carries the opaque mark, 0 if not, -errno on error.
+int cshim_is_opaque(int fd);
+/// Mounts an overlay at `target`; 0 or -errno.
+int cshim_mount_overlay(const char *target, const char *options);
+/// Makes the caller a child subreaper: orphans below it are reparented to it; 0 or -errno.
+int cshim_set_child_subreaper(void);
+/// POSIX_SPAWN_SETSID (a GNU flag, hidden without _GNU_SOURCE).
+enum { CSHIM_POSIX_SPAWN_SETSID = 0x80 };
+
 #endif
