@@ -42,7 +42,7 @@ let package = Package(
         ]),
         // Runs images with runc on netctl networking: bundles, the monitor, container state.
         .target(name: "Runtime", dependencies: [
-            "Images", "NetCore", "CShim",
+            "Images", "NetCore", "Proxy", "CShim",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "netctl", dependencies: [

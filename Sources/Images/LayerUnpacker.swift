@@ -188,8 +188,8 @@ struct LayerUnpacker {
     }
 }
 
-/// Removes `name` below `parent`, recursively, never following symlinks.
-func removeTree(_ parent: Int32, _ name: String) throws {
+/// Removes `name` below the directory `parent`, recursively, never following symlinks.
+public func removeTree(_ parent: Int32, _ name: String) throws {
     if unlinkat(parent, name, 0) == 0 || errno == ENOENT { return }
     guard errno == EISDIR else { throw ImageError.io(what: "cannot remove \(name)", errno: errno) }
     let fd = cshim_open_beneath(parent, name, O_DIRECTORY | O_RDONLY, 0)

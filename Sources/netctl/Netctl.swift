@@ -7,6 +7,8 @@ import Logging
 import NetCore
 import Netlink
 import Proxy
+import Images
+import Runtime
 
 @main
 struct Netctl: ParsableCommand {
@@ -14,7 +16,7 @@ struct Netctl: ParsableCommand {
         commandName: "netctl",
         abstract: "Container networking: bridges, veth pairs, addresses and routes over netlink.",
         subcommands: [NetworkCommand.self, Attach.self, Detach.self, Endpoints.self, PortCommand.self, ProxyCommand.self,
-                      Reload.self, GC.self])
+                      Reload.self, GC.self, Run.self, PS.self, Logs.self, Stop.self, Rm.self, Monitor.self])
 }
 
 /// Options every command takes.
@@ -27,12 +29,24 @@ struct GlobalOptions: ParsableArguments {
 
     /// Opens the library with these options; everything a command does is a call on it.
     func manager() throws -> NetworkManager {
+        setUpLogging()
+        return try NetworkManager(stateDirectory: stateDir ?? NetworkManager.defaultStateDirectory)
+    }
+}
+
+nonisolated(unsafe) private var loggingReady = false
+
+extension GlobalOptions {
+    /// Logging goes to stderr; the system allows setting it up once per process.
+    func setUpLogging() {
+        guard !loggingReady else { return }
+        loggingReady = true
+        let level: Logger.Level = debug ? .debug : .warning
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = debug ? .debug : .warning
+            handler.logLevel = level
             return handler
         }
-        return try NetworkManager(stateDirectory: stateDir ?? NetworkManager.defaultStateDirectory)
     }
 }
 
@@ -43,6 +57,12 @@ func reportingErrors(_ body: () throws -> Void) throws {
     } catch let error as NetctlError {
         fputs("netctl: error: \(error)\n", stderr)
         throw ExitCode(1)
+    } catch let error as RuntimeError {
+        fputs("netctl: error: \(error)\n", stderr)
+        throw ExitCode(125)  // as `docker run` does for its own failures
+    } catch let error as ImageError {
+        fputs("netctl: error: \(error)\n", stderr)
+        throw ExitCode(125)
     }
 }
 
@@ -227,8 +247,11 @@ struct GC: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
+            // Containers whose monitor died first: their release detaches their endpoints.
+            let containers = try global.containers().gc()
             let report = try global.manager().gc()
             if json { return try printJSON(report) }
+            if !containers.isEmpty { print("cleaned up containers: \(containers.joined(separator: ", "))") }
             print("removed endpoints: \(report.removedEndpoints.count), links: \(report.removedLinks.count), " +
                   "namespaces: \(report.removedNamespaces.count), map elements: \(report.removedMappings.count); " +
                   "restored bridges: \(report.restoredBridges.count), map elements: \(report.restoredMappings.count)")

@@ -1,0 +1,428 @@
+import CShim
+import FoundationEssentials
+import Glibc
+import Images
+import Logging
+import NetCore
+import Proxy
+
+/// What `netctl run` asks for.
+public struct RunRequest: Sendable {
+    public var image: String
+    public var name: String?
+    /// Replaces the image's Cmd (the Entrypoint stays).
+    public var command: [String]
+    /// `KEY=VALUE`, or `KEY` to copy it from this process's environment.
+    public var environment: [String]
+    /// Docker `-p` specs.
+    public var ports: [String]
+    /// `-P`: every exposed port on a free host port.
+    public var publishAll: Bool
+    public var network: String?
+    public var detach: Bool
+    public var autoRemove: Bool
+    public var portBackend: PortBackend
+
+    public init(image: String, name: String? = nil, command: [String] = [], environment: [String] = [], ports: [String] = [],
+                publishAll: Bool = false, network: String? = nil, detach: Bool = false, autoRemove: Bool = false,
+                portBackend: PortBackend = .auto) {
+        self.image = image; self.name = name; self.command = command; self.environment = environment; self.ports = ports
+        self.publishAll = publishAll; self.network = network; self.detach = detach; self.autoRemove = autoRemove
+        self.portBackend = portBackend
+    }
+}
+
+/// Runs images with runc on netctl networking, the way `docker run` does: the image is
+/// verified and unpacked once, each container gets its own root filesystem and a network
+/// endpoint (with its published ports), and a monitor process owns the container's
+/// lifetime: it starts it, reaps it, and removes its endpoint, ports and mounts when it
+/// exits, however it exits. `gc` cleans up after a monitor that was killed.
+public final class ContainerManager {
+    public let stateDirectory: String
+    let store: ContainerStore
+    let images: ImageStore
+    let logger: Logger
+    /// The program run as `<monitorExecutable> _monitor --state-dir DIR ID`; it must call
+    /// `runMonitor(id:readyFD:)`. Defaults to the running executable (netctl has that command).
+    public var monitorExecutable: String
+
+    public init(stateDirectory: String = NetworkManager.defaultStateDirectory, monitorExecutable: String? = nil,
+                logger: Logger = Logger(label: "netctl-runtime")) throws {
+        self.stateDirectory = stateDirectory
+        self.logger = logger
+        if mkdir(stateDirectory, 0o700) != 0 && errno != EEXIST {
+            throw RuntimeError.io(what: "cannot create \(stateDirectory)", errno: errno)
+        }
+        store = try ContainerStore(directory: stateDirectory + "/containers")
+        images = try ImageStore(directory: stateDirectory + "/images")
+        self.monitorExecutable = monitorExecutable ?? ContainerManager.ownExecutable()
+    }
+
+    private var runcRoot: String { stateDirectory + "/runc" }
+    private func directory(_ record: ContainerRecord) -> String { store.path(record.id) }
+
+    // MARK: run
+
+    /// Starts a container. Detached: returns once it runs. Attached: returns when it has
+    /// exited (its record carries the exit code). Bad input or a failure while starting
+    /// leaves nothing behind.
+    public func run(_ request: RunRequest) throws -> ContainerRecord {
+        let runc = try Runc.locate(root: runcRoot)
+        var mappings = try request.ports.flatMap { try PortMapping.parse($0) }
+        let environment = try request.environment.map { entry -> String in
+            if entry.contains("=") { guard !entry.hasPrefix("=") else { throw RuntimeError.invalidEnvironment(entry) }; return entry }
+            guard !entry.isEmpty else { throw RuntimeError.invalidEnvironment(entry) }
+            return getenv(entry).map { entry + "=" + String(cString: $0) } ?? ""
+        }.filter { !$0.isEmpty }
+        let id = ContainerManager.randomID()
+        let name = request.name ?? String(id.prefix(12))
+        try ContainerManager.validate(name: name)
+
+        let image = try images.load(request.image)
+        let config = image.config.config ?? .init()
+        if request.publishAll {
+            for exposed in (config.ExposedPorts ?? [:]).keys.sorted() {
+                mappings += try PortMapping.parse(exposed.contains("/") ? exposed : exposed + "/tcp")
+            }
+        }
+        let args = (config.Entrypoint ?? []) + (request.command.isEmpty ? (config.Cmd ?? []) : request.command)
+        guard !args.isEmpty else { throw RuntimeError.noCommand(image: request.image) }
+
+        var record = ContainerRecord(
+            id: id, name: name, image: request.image, imageID: image.id.description, command: args, created: Date(),
+            network: request.network, ports: request.ports + (request.publishAll ? ["(all exposed)"] : []),
+            autoRemove: request.autoRemove, detached: request.detach, state: .created,
+            monitorPID: getpid(), monitorStart: Processes.startTime(getpid()))
+        let dir = directory(record)
+        try store.locked {
+            if let other = store.all().first(where: { $0.name == name }) { throw RuntimeError.nameInUse(name: name, id: other.id) }
+            guard mkdir(dir, 0o700) == 0 else { throw RuntimeError.io(what: "cannot create \(dir)", errno: errno) }
+            try store.save(record)
+        }
+        do {
+            record.rootfsMode = try RootFilesystem.create(layers: image.layerDirectories, in: dir).rawValue
+            let user = try resolveUser(config.User, rootfs: dir + "/rootfs")
+            let network = try NetworkManager(stateDirectory: stateDirectory)
+            let endpoint = try network.attach(AttachRequest(
+                network: request.network, target: .new(record.namespaceName), name: name, ports: mappings,
+                portBackend: request.portBackend))
+            record.network = endpoint.network
+            let hostname = record.shortID
+            let address = String(endpoint.ipv4.split(separator: "/")[0])
+            try writeFile(dir + "/hostname", hostname + "\n")
+            try writeFile(dir + "/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\(address)\t\(hostname) \(name)\n")
+            try writeFile(dir + "/resolv.conf", ContainerManager.resolvConf())
+            var env = (config.Env ?? []).filter { !$0.hasPrefix("HOSTNAME=") }
+            if !env.contains(where: { $0.hasPrefix("PATH=") }) { env.insert("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", at: 0) }
+            env.append("HOSTNAME=" + hostname)
+            for entry in environment {
+                let key = entry.prefix(while: { $0 != "=" })
+                env.removeAll { $0.prefix(while: { $0 != "=" }) == key }
+                env.append(entry)
+            }
+            let cwd = config.WorkingDir.flatMap { $0.isEmpty ? nil : $0 } ?? "/"
+            try RuntimeSpec(args: args, env: env, cwd: cwd, user: user, hostname: hostname, netns: endpoint.netns, containerID: id,
+                            etcFiles: ["/etc/hostname": dir + "/hostname", "/etc/hosts": dir + "/hosts", "/etc/resolv.conf": dir + "/resolv.conf"])
+                .write(to: dir + "/config.json")
+            try store.save(record)
+        } catch {
+            discard(record)
+            throw error
+        }
+        if !request.detach {
+            let code = monitor(record.id, readyFD: -1, runc: runc)
+            if code == 125, store.load(record.id) == nil, let failure = lastStartFailure { throw failure }
+            return store.load(record.id) ?? { var r = record; r.state = .exited; r.exitCode = code; return r }()
+        }
+        return try startMonitor(record)
+    }
+
+    /// Starts the monitor in its own session and waits until it reports the container
+    /// running, or why it is not.
+    private func startMonitor(_ record: ContainerRecord) throws -> ContainerRecord {
+        var pipe: [Int32] = [0, 0]
+        guard cshim_pipe2(&pipe, O_CLOEXEC) == 0 else { throw RuntimeError.io(what: "pipe", errno: errno) }
+        let monitorLog = open(directory(record) + "/monitor.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        defer { if monitorLog >= 0 { close(monitorLog) } }
+        let pid: pid_t
+        do {
+            pid = try Processes.spawn([monitorExecutable, "_monitor", "--state-dir", stateDirectory, record.id],
+                                      fds: [0: -1, 1: -1, 2: monitorLog, 3: pipe[1]], newSession: true)
+        } catch {
+            close(pipe[0]); close(pipe[1])
+            discard(record)
+            throw error
+        }
+        close(pipe[1])
+        var reply = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = read(pipe[0], &buffer, buffer.count)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            reply += buffer[0..<n]
+        }
+        close(pipe[0])
+        let text = String(decoding: reply, as: UTF8.self).trimmed
+        if text == "ok", let running = store.load(record.id) { return running }
+        // The monitor cleaned up after itself; make sure, and reap it (it is our child).
+        Processes.wait(pid)
+        discard(record)
+        throw RuntimeError.monitorFailed(container: record.name, message: text.hasPrefix("error: ") ? String(text.dropFirst(7))
+                                         : "its monitor exited without starting it (see \(directory(record))/monitor.log)")
+    }
+
+    private var lastStartFailure: Error?
+
+    // MARK: The monitor
+
+    /// The monitor's body: creates and starts the container with runc, reports readiness on
+    /// `readyFD` ("ok", or "error: why"), serves the container's proxied ports if any, reaps
+    /// the container, then removes what it held. Returns the container's exit code (125 if
+    /// it could not start).
+    public func runMonitor(id: String, readyFD: Int32) -> Int32 {
+        _ = fcntl(readyFD, F_SETFD, FD_CLOEXEC)  // runc and the container must not hold it
+        signal(SIGHUP, SIG_IGN)
+        signal(SIGINT, SIG_IGN)
+        guard let runc = try? Runc.locate(root: runcRoot) else {
+            report(readyFD, "error: " + RuntimeError.runcMissing("runc").description)
+            return 125
+        }
+        return monitor(id, readyFD: readyFD, runc: runc)
+    }
+
+    private func monitor(_ id: String, readyFD: Int32, runc: Runc) -> Int32 {
+        guard var record = store.load(id) else { report(readyFD, "error: its record is gone"); return 125 }
+        let dir = directory(record)
+        _ = cshim_set_child_subreaper()  // the container's first process becomes our child once runc exits
+        signal(SIGTERM, forwardSignal)
+        if readyFD < 0 { signal(SIGINT, forwardSignal) }
+        // Attached: the container writes to our stdout/stderr; detached: to its log.
+        let output = readyFD < 0 ? -2 : open(dir + "/log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
+        defer { if output >= 0 { close(output) } }
+        let stdoutFD: Int32 = output == -2 ? 1 : output, stderrFD: Int32 = output == -2 ? 2 : output
+        let runcLog = dir + "/runc.log"
+        var proxy: ProxyServer?
+        let initPID: pid_t
+        do {
+            try runc.run(["create", "--bundle", dir, "--pid-file", dir + "/pid", id], container: record.name, logFile: runcLog,
+                         stdout: stdoutFD, stderr: stderrFD)
+            guard let text = readBytes(dir + "/pid"), let pid = pid_t(String(decoding: text, as: UTF8.self).trimmed) else {
+                throw RuntimeError.runcFailed(step: "create", container: record.name, message: "it wrote no pid file")
+            }
+            initPID = pid
+            signalTarget = pid
+            proxy = try serveProxiedPorts(record)
+            try runc.run(["start", id], container: record.name, logFile: runcLog)
+            record = try store.update(id) {
+                $0.state = .running; $0.pid = pid; $0.startedAt = Date()
+                $0.monitorPID = getpid(); $0.monitorStart = Processes.startTime(getpid())
+            } ?? record
+        } catch {
+            proxy?.stop(drainSeconds: 0)
+            report(readyFD, "error: \(error)")
+            if readyFD < 0 { lastStartFailure = error }
+            discard(record)
+            return 125
+        }
+        report(readyFD, "ok")
+        if readyFD >= 0 { close(readyFD) }
+
+        let code = reap(initPID)
+        signalTarget = 0
+        proxy?.stop(drainSeconds: 0)
+        release(record)
+        if record.autoRemove {
+            discard(record)
+        } else {
+            _ = try? store.update(id) { $0.state = .exited; $0.exitCode = code; $0.finishedAt = Date() }
+        }
+        return code
+    }
+
+    /// Waits for the container's first process, reaping every orphan handed to us on the way.
+    private func reap(_ pid: pid_t) -> Int32 {
+        while true {
+            var status: Int32 = 0
+            let child = waitpid(-1, &status, 0)
+            if child == pid { return Processes.exitCode(status) }
+            if child < 0 && errno == ECHILD {
+                // Not ours after all (no subreaper support): watch it instead.
+                while kill(pid, 0) == 0 { usleep(100_000) }
+                return -1
+            }
+        }
+    }
+
+    /// Ports of this container the kernel can't DNAT (`[::1]`, IPv6 to an IPv4-only
+    /// container) are relayed by a proxy inside the monitor, for the container's lifetime.
+    private func serveProxiedPorts(_ record: ContainerRecord) throws -> ProxyServer? {
+        let network = try NetworkManager(stateDirectory: stateDirectory)
+        let routes = try network.proxyRoutes().filter { $0.value.endpoint == record.endpointName }.map(\.key)
+        guard !routes.isEmpty else { return nil }
+        let server = try ProxyServer(options: .init(workers: 1))
+        for (route, error) in try server.update(routes, partial: true) {
+            logger.warning("not relaying \(route): \(error)")
+        }
+        return server
+    }
+
+    private func report(_ fd: Int32, _ message: String) {
+        guard fd >= 0 else {
+            if message != "ok" { fputs("netctl: error: \(message.hasPrefix("error: ") ? String(message.dropFirst(7)) : message)\n", stderr) }
+            return
+        }
+        let bytes = Array((message + "\n").utf8)
+        _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    }
+
+    // MARK: stop, rm, gc
+
+    /// Stops a running container: its stop signal (SIGTERM), then SIGKILL after `timeout`
+    /// seconds, as `docker stop` does. Its endpoint and ports are gone when this returns.
+    @discardableResult
+    public func stop(_ reference: String, timeout: Double = 10) throws -> ContainerRecord {
+        let record = try store.find(reference)
+        guard record.state != .exited else { return record }
+        let runc = try Runc.locate(root: runcRoot)
+        let log = directory(record) + "/runc.log"
+        try? runc.run(["kill", record.id, "TERM"], container: record.name, logFile: log)
+        if let done = waitUntilExited(record.id, seconds: timeout) { return done }
+        try? runc.run(["kill", record.id, "KILL"], container: record.name, logFile: log)
+        if let done = waitUntilExited(record.id, seconds: 10) { return done }
+        // No monitor finished it: do its work here.
+        release(record)
+        return try store.update(record.id) { $0.state = .exited; $0.finishedAt = Date() } ?? record
+    }
+
+    private func waitUntilExited(_ id: String, seconds: Double) -> ContainerRecord? {
+        var waited = 0.0
+        repeat {
+            guard let record = store.load(id) else {
+                return nil
+            }
+            if record.state == .exited { return record }
+            if !Processes.isAlive(record.monitorPID, start: record.monitorStart) { return nil }
+            usleep(50_000)
+            waited += 0.05
+        } while waited < seconds
+        return nil
+    }
+
+    /// Removes a container that has exited (running ones only with `force`, which kills them).
+    @discardableResult
+    public func remove(_ reference: String, force: Bool = false) throws -> ContainerRecord {
+        let record = try store.find(reference)
+        if record.state != .exited && isActive(record) {
+            guard force else { throw RuntimeError.stillRunning(record.name) }
+            _ = try stop(record.id, timeout: 0)
+        }
+        discard(record)
+        return record
+    }
+
+    /// Containers whose monitor died: their endpoint, ports and mounts are removed and they
+    /// are marked exited (or removed, if they were being created or had --rm). A container
+    /// whose process still runs is left alone. Returns the names it cleaned.
+    public func gc() throws -> [String] {
+        var cleaned: [String] = []
+        for record in store.all() where record.state != .exited && !isActive(record) {
+            if record.state == .created || record.autoRemove {
+                discard(record)
+            } else {
+                release(record)
+                try store.update(record.id) { $0.state = .exited; $0.finishedAt = Date() }
+            }
+            cleaned.append(record.name)
+        }
+        return cleaned
+    }
+
+    /// Its monitor lives, or its process does.
+    private func isActive(_ record: ContainerRecord) -> Bool {
+        Processes.isAlive(record.monitorPID, start: record.monitorStart) || (record.pid.map { kill($0, 0) == 0 } ?? false)
+    }
+
+    /// Gives back what a container holds in the kernel: runc's state, the endpoint (with its
+    /// ports and namespace) and the root filesystem mount. Idempotent.
+    private func release(_ record: ContainerRecord) {
+        let dir = directory(record)
+        if let runc = try? Runc.locate(root: runcRoot) {
+            try? runc.run(["delete", "--force", record.id], container: record.name, logFile: dir + "/runc.log")
+        }
+        if let network = try? NetworkManager(stateDirectory: stateDirectory),
+           let endpoint = try? network.endpoint(named: record.endpointName),
+           endpoint.netns.hasSuffix("/" + record.namespaceName) {  // ours, not a same-named endpoint of someone else
+            do { _ = try network.detach([endpoint.name]) } catch { logger.warning("cannot detach \(endpoint.name): \(error)") }
+        }
+        _ = cshim_umount_detach(dir + "/rootfs")
+    }
+
+    /// Releases a container and deletes its directory and record.
+    private func discard(_ record: ContainerRecord) {
+        release(record)
+        try? RootFilesystem.remove(in: directory(record))
+        let parent = open(store.directory, O_DIRECTORY | O_RDONLY | O_CLOEXEC)
+        defer { close(parent) }
+        try? removeTree(parent, record.id)
+    }
+
+    // MARK: Queries
+
+    public func containers(all: Bool = false) -> [ContainerRecord] {
+        store.all().filter { all || $0.state != .exited }
+    }
+
+    public func container(_ reference: String) throws -> ContainerRecord { try store.find(reference) }
+
+    public func logPath(_ reference: String) throws -> String { directory(try store.find(reference)) + "/log" }
+
+    /// Whether the container's monitor or process is still there (`ps` shows a running
+    /// container whose monitor died as such, until `gc`).
+    public func isRunning(_ record: ContainerRecord) -> Bool { record.state == .running && isActive(record) }
+
+    // MARK: Helpers
+
+    static func validate(name: String) throws {
+        guard !name.isEmpty, name.utf8.count <= 64,
+              name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "_.-".contains($0)) }),
+              name.first!.isLetter || name.first!.isNumber else { throw RuntimeError.invalidName(name) }
+    }
+
+    static func randomID() -> String {
+        (0..<4).map { _ in
+            let hex = String(UInt64.random(in: 0...UInt64.max), radix: 16)
+            return String(repeating: "0", count: 16 - hex.count) + hex
+        }.joined()
+    }
+
+    /// The host's resolvers, minus loopback ones (they don't exist inside the container).
+    static func resolvConf() -> String {
+        let host = readBytes("/etc/resolv.conf").map { String(decoding: $0, as: UTF8.self) } ?? ""
+        let kept = host.split(separator: "\n").filter { line in
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard fields.first == "nameserver", fields.count > 1 else { return fields.first == "search" || fields.first == "options" }
+            return !(fields[1].hasPrefix("127.") || fields[1] == "::1")
+        }
+        return kept.joined(separator: "\n") + "\n"
+    }
+
+    static func ownExecutable() -> String {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        return n > 0 ? String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : "/proc/self/exe"
+    }
+}
+
+/// The container's first process, to which the monitor passes SIGTERM (and SIGINT when attached).
+nonisolated(unsafe) private var signalTarget: pid_t = 0
+
+private func forwardSignal(_ signal: Int32) {
+    if signalTarget > 0 { kill(signalTarget, signal) }
+}
+
+extension String {
+    var trimmed: String {
+        String(drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed())
+    }
+}

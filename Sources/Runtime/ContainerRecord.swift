@@ -1,0 +1,146 @@
+import FoundationEssentials
+import Glibc
+
+/// What netctl keeps about a container, in `<state>/containers/<id>/container.json`.
+/// Written before anything is made for the container (so `gc` finds leftovers of a crash)
+/// and replaced atomically (rename) on every change.
+public struct ContainerRecord: Codable, Equatable, Sendable {
+    public enum State: String, Codable, Sendable {
+        /// Being set up by `run`; its owner process is `monitorPID`'s parent.
+        case created
+        case running
+        case exited
+    }
+
+    public var id: String
+    public var name: String
+    public var image: String
+    public var imageID: String
+    /// The process's argv: entrypoint + command.
+    public var command: [String]
+    public var created: Date
+    public var network: String?
+    public var ports: [String]
+    public var autoRemove: Bool
+    public var detached: Bool
+    public var state: State
+    /// The process that owns the container's lifetime (the monitor), with its start time
+    /// (from /proc) so a reused PID is not mistaken for it.
+    public var monitorPID: Int32?
+    public var monitorStart: UInt64?
+    /// The container's first process, as this host sees it.
+    public var pid: Int32?
+    public var startedAt: Date?
+    public var finishedAt: Date?
+    public var exitCode: Int32?
+    public var rootfsMode: String?
+
+    public var shortID: String { String(id.prefix(12)) }
+    /// The endpoint that carries the container's network: named like the container.
+    public var endpointName: String { name }
+    /// The network namespace file netctl makes for it.
+    public var namespaceName: String { "ctr-" + shortID }
+}
+
+/// The container directories and their records.
+final class ContainerStore {
+    let directory: String
+
+    init(directory: String) throws {
+        self.directory = directory
+        if mkdir(directory, 0o700) != 0 && errno != EEXIST { throw RuntimeError.io(what: "cannot create \(directory)", errno: errno) }
+    }
+
+    func path(_ id: String) -> String { directory + "/" + id }
+
+    func save(_ record: ContainerRecord) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        encoder.dateEncodingStrategy = .iso8601
+        let bytes = Array(try encoder.encode(record))
+        let final = path(record.id) + "/container.json", temporary = final + ".tmp"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw RuntimeError.io(what: "cannot write \(temporary)", errno: errno) }
+        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        fsync(fd)
+        close(fd)
+        guard written == bytes.count, rename(temporary, final) == 0 else { throw RuntimeError.io(what: "cannot write \(final)", errno: errno) }
+    }
+
+    func load(_ id: String) -> ContainerRecord? {
+        guard let bytes = readBytes(path(id) + "/container.json") else { return nil }
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        return try? decoder.decode(ContainerRecord.self, from: Data(bytes))
+    }
+
+    /// Every container, oldest first.
+    func all() -> [ContainerRecord] {
+        guard let dir = opendir(directory) else { return [] }
+        defer { closedir(dir) }
+        var records: [ContainerRecord] = []
+        while let item = readdir(dir) {
+            let name = withUnsafeBytes(of: item.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            if name.hasPrefix(".") { continue }
+            if let record = load(name) { records.append(record) }
+        }
+        return records.sorted { $0.created < $1.created }
+    }
+
+    /// Runs `body` holding the store's lock (names are checked and records changed under it).
+    func locked<T>(_ body: () throws -> T) throws -> T {
+        let fd = open(directory + "/.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw RuntimeError.io(what: "cannot open \(directory)/.lock", errno: errno) }
+        defer { close(fd) }
+        while flock(fd, LOCK_EX) != 0 {
+            guard errno == EINTR else { throw RuntimeError.io(what: "cannot lock \(directory)", errno: errno) }
+        }
+        return try body()
+    }
+
+    /// Changes a record under the lock; nil if it is gone.
+    @discardableResult
+    func update(_ id: String, _ change: (inout ContainerRecord) -> Void) throws -> ContainerRecord? {
+        try locked {
+            guard var record = load(id) else { return nil }
+            change(&record)
+            try save(record)
+            return record
+        }
+    }
+
+    /// A container by name, full ID or unique ID prefix.
+    func find(_ reference: String) throws -> ContainerRecord {
+        let records = all()
+        if let exact = records.first(where: { $0.name == reference || $0.id == reference }) { return exact }
+        let matches = records.filter { $0.id.hasPrefix(reference) }
+        if matches.count == 1 { return matches[0] }
+        if matches.count > 1 { throw RuntimeError.ambiguousName(reference, matches: matches.map(\.name)) }
+        throw RuntimeError.containerNotFound(reference)
+    }
+}
+
+func readBytes(_ path: String) -> [UInt8]? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var result = [UInt8]()
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = read(fd, &buffer, buffer.count)
+        if n < 0 && errno == EINTR { continue }
+        if n <= 0 { break }
+        result += buffer[0..<n]
+    }
+    return result
+}
+
+func writeFile(_ path: String, _ text: String, mode: mode_t = 0o644) throws {
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+    guard fd >= 0 else { throw RuntimeError.io(what: "cannot write \(path)", errno: errno) }
+    defer { close(fd) }
+    let bytes = Array(text.utf8)
+    guard bytes.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) == bytes.count else {
+        throw RuntimeError.io(what: "cannot write \(path)", errno: errno)
+    }
+}

@@ -1,0 +1,46 @@
+/// Why a container operation failed: one line saying what and what to do.
+public enum RuntimeError: Error, CustomStringConvertible, Equatable {
+    case runcMissing(String)
+    case runcFailed(step: String, container: String, message: String)
+    case containerNotFound(String)
+    case ambiguousName(String, matches: [String])
+    case nameInUse(name: String, id: String)
+    case invalidName(String)
+    case noCommand(image: String)
+    case invalidEnvironment(String)
+    case unknownUser(user: String, reason: String)
+    case stillRunning(String)
+    case monitorFailed(container: String, message: String)
+    case io(what: String, errno: Int32)
+
+    public var description: String {
+        switch self {
+        case .runcMissing(let looked):
+            return "runc is not installed (looked for \(looked)); install it with `apt-get install runc` or set $NETCTL_RUNC to its path"
+        case .runcFailed(let step, let container, let message):
+            return "runc \(step) failed for container \(container): \(message)"
+        case .containerNotFound(let name):
+            return "no container named \(name); list containers with `netctl ps -a`"
+        case .ambiguousName(let name, let matches):
+            return "\(name) matches several containers (\(matches.joined(separator: ", "))); give more of the ID or the name"
+        case .nameInUse(let name, let id):
+            return "the name \(name) is already used by container \(id.prefix(12)); remove it with `netctl rm \(name)` or pick another --name"
+        case .invalidName(let name):
+            return "invalid container name \"\(name)\": use 1 to 64 letters, digits, '_', '.' and '-', starting with a letter or digit"
+        case .noCommand(let image):
+            return "image \(image) has no Entrypoint or Cmd; give a command after the image"
+        case .invalidEnvironment(let entry):
+            return "invalid -e \"\(entry)\": use KEY=VALUE, or KEY to copy it from this environment"
+        case .unknownUser(let user, let reason):
+            return "cannot run as user \"\(user)\": \(reason)"
+        case .stillRunning(let name):
+            return "container \(name) is running; stop it first with `netctl stop \(name)` or remove it with `netctl rm -f \(name)`"
+        case .monitorFailed(let container, let message):
+            return "container \(container) did not start: \(message)"
+        case .io(let what, let code):
+            return "\(what): \(String(cString: strerror(code)))"
+        }
+    }
+}
+
+import Glibc

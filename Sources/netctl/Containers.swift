@@ -1,0 +1,166 @@
+import ArgumentParser
+import FoundationEssentials
+import Glibc
+import NetCore
+import Runtime
+
+// The runtime wrapper: `docker run`-style commands over the Runtime library.
+
+extension GlobalOptions {
+    func containers() throws -> ContainerManager {
+        setUpLogging()
+        return try ContainerManager(stateDirectory: stateDir ?? NetworkManager.defaultStateDirectory)
+    }
+}
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run an image (OCI image layout, directory or tar, or a `docker save` archive) with runc on a netctl network.")
+    @OptionGroup var global: GlobalOptions
+    @Flag(name: .shortAndLong, help: "Run in the background and print the container ID; output goes to `netctl logs`.")
+    var detach = false
+    @Option(help: "Container name (default: the first 12 digits of its ID).") var name: String?
+    @Option(name: [.short, .customLong("publish")], help: "Publish a port, Docker's -p: [hostIP:][hostPort:]containerPort[/proto].")
+    var publish: [String] = []
+    @Flag(name: [.customShort("P"), .customLong("publish-all")], help: "Publish every exposed port on a free host port.")
+    var publishAll = false
+    @Option(help: "Network to attach to (default: netctl, made on first use).") var network: String?
+    @Option(name: [.short, .customLong("env")], help: "Set an environment variable: KEY=VALUE, or KEY to pass ours.")
+    var env: [String] = []
+    @Flag(name: .customLong("rm"), help: "Remove the container when it exits.") var autoRemove = false
+    @Option(help: "Port backend: nft, proxy or auto (the kernel where it can, the proxy where it can't).")
+    var backend: PortBackend = .auto
+    @Argument(help: "The image: a path.") var image: String
+    @Argument(parsing: .captureForPassthrough, help: "Command and arguments (replace the image's Cmd).") var command: [String] = []
+
+    func run() throws {
+        var code: Int32 = 0
+        try reportingErrors {
+            let record = try global.containers().run(RunRequest(
+                image: image, name: name, command: command, environment: env, ports: publish, publishAll: publishAll,
+                network: network, detach: detach, autoRemove: autoRemove, portBackend: backend))
+            if detach { print(record.id) } else { code = record.exitCode ?? 0 }
+        }
+        if code != 0 { throw ExitCode(code) }
+    }
+}
+
+
+struct PS: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ps", abstract: "List containers.")
+    @OptionGroup var global: GlobalOptions
+    @Flag(name: .shortAndLong, help: "Show all containers, exited ones too.") var all = false
+    @Flag(name: .shortAndLong, help: "Only IDs.") var quiet = false
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        try reportingErrors {
+            let manager = try global.containers()
+            let records = manager.containers(all: all)
+            if quiet { return records.forEach { print($0.shortID) } }
+            if json { return try printJSON(records) }
+            let network = try global.manager()
+            let rows = records.map { record -> [String] in
+                let ports = ((try? network.ports(endpoint: record.endpointName)) ?? []).flatMap { port in
+                    port.description.split(separator: "\n").map { line -> String in
+                        let parts = line.components(separatedBy: " -> ")
+                        return parts.count == 2 ? "\(parts[1])->\(parts[0])" : String(line)
+                    }
+                }
+                let command = "\"" + String(record.command.joined(separator: " ").prefix(20)) + "\""
+                return [record.shortID, record.image, command, ago(record.created), status(record, manager),
+                        record.state == .running ? ports.joined(separator: ", ") : "", record.name]
+            }
+            printTable(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"], rows)
+        }
+    }
+
+    private func status(_ record: ContainerRecord, _ manager: ContainerManager) -> String {
+        switch record.state {
+        case .created: return "Created"
+        case .running:
+            return manager.isRunning(record) ? "Up " + duration(since: record.startedAt ?? record.created)
+                                             : "Unknown (its monitor died; run `netctl gc`)"
+        case .exited:
+            return "Exited (\(record.exitCode.map(String.init) ?? "?")) " + ago(record.finishedAt ?? record.created)
+        }
+    }
+}
+
+private func duration(since date: Date) -> String {
+    let seconds = max(0, Int(Date().timeIntervalSince(date)))
+    switch seconds {
+    case ..<60: return seconds < 2 ? "Less than a second" : "\(seconds) seconds"
+    case ..<3600: return seconds < 120 ? "About a minute" : "\(seconds / 60) minutes"
+    case ..<86400: return seconds < 7200 ? "About an hour" : "\(seconds / 3600) hours"
+    default: return "\(seconds / 86400) days"
+    }
+}
+
+private func ago(_ date: Date) -> String { duration(since: date) + " ago" }
+
+struct Logs: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print a detached container's output.")
+    @OptionGroup var global: GlobalOptions
+    @Flag(name: .shortAndLong, help: "Keep printing new output until the container exits.") var follow = false
+    @Argument(help: "Container name or ID.") var container: String
+
+    func run() throws {
+        try reportingErrors {
+            let manager = try global.containers()
+            let path = try manager.logPath(container)
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { return }  // no output yet
+            defer { close(fd) }
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = read(fd, &buffer, buffer.count)
+                if n > 0 { _ = buffer.withUnsafeBytes { write(1, $0.baseAddress, n) }; continue }
+                guard follow, let record = try? manager.container(container), manager.isRunning(record) else { break }
+                usleep(100_000)
+            }
+        }
+    }
+}
+
+struct Stop: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Stop containers: SIGTERM, then SIGKILL after the timeout. Their endpoints and ports are removed.")
+    @OptionGroup var global: GlobalOptions
+    @Option(name: .shortAndLong, help: "Seconds to wait before SIGKILL.") var time: Double = 10
+    @Argument(help: "Container names or IDs.") var containers: [String]
+
+    func run() throws {
+        try reportingErrors {
+            let manager = try global.containers()
+            for container in containers { _ = try manager.stop(container, timeout: time); print(container) }
+        }
+    }
+}
+
+struct Rm: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "rm", abstract: "Remove containers.")
+    @OptionGroup var global: GlobalOptions
+    @Flag(name: .shortAndLong, help: "Kill running ones first.") var force = false
+    @Argument(help: "Container names or IDs.") var containers: [String]
+
+    func run() throws {
+        try reportingErrors {
+            let manager = try global.containers()
+            for container in containers { _ = try manager.remove(container, force: force); print(container) }
+        }
+    }
+}
+
+/// The process that owns a detached container's lifetime (started by `run -d`).
+struct Monitor: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "_monitor", abstract: "Internal: a container's monitor.",
+                                                    shouldDisplay: false)
+    @Option var stateDir: String
+    @Argument var id: String
+
+    func run() throws {
+        let code = try ContainerManager(stateDirectory: stateDir).runMonitor(id: id, readyFD: 3)
+        throw ExitCode(code)
+    }
+}
