@@ -51,6 +51,12 @@ final class Sandbox {
     }
 
     deinit {
+        // Containers started by `netctl run` outlive the command (their monitors run on):
+        // remove them while the sandbox still exists, also when a test failed half-way.
+        let containers = stateDirectory + "/containers"
+        if let names = try? FileManager.default.contentsOfDirectory(atPath: containers).filter({ !$0.hasPrefix(".") }), !names.isEmpty {
+            _ = try? run(Sandbox.netctl, ["rm", "-f"] + names, timeout: 30)
+        }
         for helper in helpers {
             helper.kill()
             _ = try? helper.wait(timeout: 5)
@@ -72,14 +78,16 @@ final class Sandbox {
 
     /// Runs a command inside the sandbox (network and mount namespaces), with a time limit.
     @discardableResult
-    func run(_ executable: String, _ arguments: [String], timeout: TimeInterval = 60) throws -> Result {
+    func run(_ executable: String, _ arguments: [String], timeout: TimeInterval = 60,
+             environment: [String: String] = [:]) throws -> Result {
         // Output goes to files, so a chatty child never blocks on a full pipe.
         let outPath = "\(stateDirectory)/.out-\(UInt32.random(in: 0...UInt32.max))", errPath = outPath + ".err"
         let outFD = open(outPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         let errFD = open(errPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         defer { close(outFD); close(errFD); unlink(outPath); unlink(errPath) }
         let child = try Child.spawn(["/usr/bin/nsenter", "--target", "\(holder.pid)", "--net", "--mount", "--", executable] + arguments,
-                                    stdout: outFD, stderr: errFD, environment: ["NETCTL_STATE_DIR": stateDirectory])
+                                    stdout: outFD, stderr: errFD,
+                                    environment: environment.merging(["NETCTL_STATE_DIR": stateDirectory]) { $1 })
         let status = try child.wait(timeout: timeout)
         let stdout = slurp(outPath), stderr = slurp(errPath)
         return Result(status: status, stdout: stdout, stderr: stderr)

@@ -56,6 +56,34 @@ enum Traffic {
         return describe(&peer)
     }
 
+    /// The body of GET `path` from an HTTP server at address:port, reached from `namespace`.
+    static func httpGet(from namespace: NetworkNamespace, _ address: String, _ port: UInt16, path: String = "/") throws -> String {
+        let client = try namespace.run { socket(address.contains(":") ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        guard client >= 0 else { throw SandboxError("socket: \(errno)") }
+        defer { close(client) }
+        setTimeouts(client, seconds: 5)
+        var target = try sockaddr(address, port: port)
+        guard withSockaddr(&target, { connect(client, $0, $1) }) == 0 else {
+            throw SandboxError("connect to \(address):\(port) failed: \(String(cString: strerror(errno)))")
+        }
+        try sendAll(client, Array("GET \(path) HTTP/1.0\r\nHost: \(address)\r\n\r\n".utf8))
+        var response = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while response.count < 1 << 20 {
+            let n = recv(client, &buffer, buffer.count, 0)
+            if n <= 0 { break }
+            response += buffer[0..<n]
+        }
+        let text = String(decoding: response, as: UTF8.self)
+        guard text.hasPrefix("HTTP/1."), let split = text.range(of: "\r\n\r\n") else {
+            throw SandboxError("no HTTP response from \(address):\(port): \(text.prefix(200))")
+        }
+        guard text.hasPrefix("HTTP/1.0 200") || text.hasPrefix("HTTP/1.1 200") else {
+            throw SandboxError("HTTP \(text.prefix(while: { $0 != "\r" })) from \(address):\(port)")
+        }
+        return String(text[split.upperBound...])
+    }
+
     /// Whether a TCP connection from `namespace` to address:port is refused or times out.
     static func tcpBlocked(from namespace: NetworkNamespace, to address: String, port: UInt16, listener: Int32) -> Bool {
         (try? roundTrip(from: namespace, to: address, port: port, listener: listener, timeout: 1)) == nil

@@ -1,0 +1,235 @@
+import Foundation
+import Glibc
+import Netlink
+import Testing
+import TestSupport
+
+/// The example image tools/build-example-image writes (tools/test builds it first).
+let exampleImage: String = {
+    URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("examples/101-tutorial/image").path
+}()
+
+private let pageTitle = "netctl 101 tutorial"
+
+extension World {
+    @discardableResult
+    func netctlOK(_ arguments: String...) throws -> Sandbox.Result {
+        let result = try sandbox.run(Sandbox.netctl, arguments)
+        guard result.ok else { throw SandboxError("netctl \(arguments.joined(separator: " ")) failed (\(result.status)): \(result.stderr)") }
+        return result
+    }
+
+    /// `ps --json`, by container name.
+    func containers() throws -> [String: [String: Any]] {
+        let records = try sandbox.json("ps", "-a") as? [[String: Any]] ?? []
+        return Dictionary(uniqueKeysWithValues: records.map { ($0["name"] as! String, $0) })
+    }
+
+    /// The host port a container's port is published on, from `port ls` (`80/tcp -> 0.0.0.0:NNNNN`).
+    func hostPort(_ container: String) throws -> UInt16 {
+        let line = try netctlOK("port", "ls", container).stdout.split(separator: "\n").first { $0.contains("0.0.0.0:") }
+        guard let line, let port = UInt16(line.split(separator: ":").last!) else { throw SandboxError("no IPv4 port for \(container)") }
+        return port
+    }
+
+    /// Every kernel object and process a container may hold, for "nothing is left" checks.
+    func leftovers(pids: [Int32]) throws -> [String] {
+        var found: [String] = []
+        for link in try RouteNetlink.open(in: sandbox.hostNamespace).links() where !["lo", "uplink0", "netctl0"].contains(link.name) {
+            found.append("link \(link.name)")
+        }
+        let table = (try? nft("list", "table", "inet", "netctl")) ?? ""
+        // Map elements read "elements = { tcp . 8080 : 172.17.0.2 . 80 }"; the bridges set stays with its network.
+        for line in table.split(separator: "\n") where line.contains("elements = ") && line.contains(" : ") {
+            found.append("map elements \(line.trimmingCharacters(in: .whitespaces))")
+        }
+        let mounts = slurp("/proc/\(sandbox.holder.pid)/mountinfo")
+        if mounts.contains(sandbox.stateDirectory + "/containers") { found.append("mounts under the containers directory") }
+        for pid in pids where kill(pid, 0) == 0 {
+            let state = slurp("/proc/\(pid)/stat").split(separator: " ").dropFirst(2).first ?? "?"
+            if state != "Z" { found.append("process \(pid)") }
+        }
+        let runc = try sandbox.run("/usr/sbin/runc", ["--root", sandbox.stateDirectory + "/runc", "list", "-q"])
+        if !runc.stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty { found.append("runc containers: \(runc.stdout)") }
+        let namespaces = (try? FileManager.default.contentsOfDirectory(atPath: sandbox.stateDirectory + "/netns")) ?? []
+        if !namespaces.isEmpty { found.append("namespaces \(namespaces)") }
+        return found
+    }
+
+    func expectNothingLeft(pids: [Int32], sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let left = try leftovers(pids: pids)
+        #expect(left == [], "left behind: \(left)", sourceLocation: sourceLocation)
+    }
+
+    /// Waits up to 10 s for `body` to hold; the expectations after it say what did not.
+    func eventually(_ body: () throws -> Bool) rethrows {
+        for _ in 0..<200 {
+            if try body() { return }
+            usleep(50_000)
+        }
+    }
+}
+
+@Suite("End to end: netctl run", .enabled(if: Sandbox.isRoot, "needs root for namespaces, mounts and runc"), .serialized)
+struct RunTests {
+    init() throws {
+        guard FileManager.default.fileExists(atPath: exampleImage + "/index.json") else {
+            throw SandboxError("the example image is missing at \(exampleImage); run tools/build-example-image")
+        }
+    }
+
+    @Test("run -d -p serves the page to the host and the LAN; ps, logs, port ls, stop; nothing is left")
+    func detachedRunServesThePage() throws {
+        let world = try World()
+        let id = try world.netctlOK("run", "-d", "--name", "web", "-p", "8080:80", exampleImage).stdout
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(id.count == 64 && id.allSatisfy(\.isHexDigit), "prints the container ID")
+
+        #expect(try Traffic.httpGet(from: world.sandbox.hostNamespace, "127.0.0.1", 8080).contains(pageTitle))
+        #expect(try Traffic.httpGet(from: world.sandbox.hostNamespace, World.hostIP, 8080).contains(pageTitle))
+        #expect(try Traffic.httpGet(from: world.neighbour, World.hostIP, 8080).contains(pageTitle))
+
+        let ps = try world.netctlOK("ps").stdout
+        #expect(ps.contains("CONTAINER ID") && ps.contains(String(id.prefix(12))) && ps.contains("web"))
+        #expect(ps.contains("Up ") && ps.contains("0.0.0.0:8080->80/tcp"))
+        #expect(try world.netctlOK("port", "ls", "web").stdout.contains("80/tcp -> 0.0.0.0:8080"))
+        let logs = try world.netctlOK("logs", "web").stdout
+        #expect(logs.contains("serving /www on port 80"))
+        #expect(logs.contains("response:200"), "httpd logs each request: \(logs)")
+        let record = try #require(try world.containers()["web"])
+        let pids = [record["pid"], record["monitorPID"]].compactMap { ($0 as? NSNumber)?.int32Value }
+        #expect(pids.count == 2)
+
+        try world.netctlOK("stop", "web")
+        let stopped = try #require(try world.containers()["web"])
+        #expect(stopped["state"] as? String == "exited" && (stopped["exitCode"] as? NSNumber)?.int32Value == 0,
+                "the image's init exits 0 on SIGTERM")
+        #expect(try world.netctlOK("ps").stdout.split(separator: "\n").count == 1, "ps without -a lists running ones only")
+        #expect(try world.netctlOK("ps", "-a").stdout.contains("Exited (0)"))
+        try world.eventually { try world.leftovers(pids: pids).isEmpty }
+        try world.expectNothingLeft(pids: pids)
+        #expect(throws: (any Error).self, "the port is closed") { try Traffic.httpGet(from: world.neighbour, World.hostIP, 8080) }
+
+        try world.netctlOK("rm", "web")
+        #expect(try world.containers().isEmpty)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: world.sandbox.stateDirectory + "/containers").filter { !$0.hasPrefix(".") } == [])
+    }
+
+    @Test("-P, two containers on different ports, a taken port refused, --rm, attached runs with a command")
+    func publishAllTwoContainersAndConflicts() throws {
+        let world = try World()
+        try world.netctlOK("run", "-d", "-P", "--name", "a", exampleImage)
+        let port = try world.hostPort("a")
+        #expect(port >= 1024)
+        #expect(try Traffic.httpGet(from: world.neighbour, World.hostIP, port).contains(pageTitle))
+
+        try world.netctlOK("run", "-d", "--name", "b", "-p", "8081:80", exampleImage)
+        #expect(try Traffic.httpGet(from: world.neighbour, World.hostIP, 8081).contains(pageTitle))
+        #expect(try Traffic.httpGet(from: world.neighbour, World.hostIP, port).contains(pageTitle))
+
+        // A second container asking for b's port: a clear error; b is unaffected, c never exists.
+        let before = try world.sandbox.snapshot()
+        let refused = try world.sandbox.run(Sandbox.netctl, ["run", "-d", "--name", "c", "-p", "8081:80", exampleImage])
+        #expect(!refused.ok)
+        #expect(refused.stderr.contains("8081") && refused.stderr.contains("already published on all addresses by endpoint b"), "\(refused.stderr)")
+        #expect(refused.stderr.split(separator: "\n").count == 1, "one line: \(refused.stderr)")
+        #expect(try world.containers()["c"] == nil)
+        #expect(try world.sandbox.snapshot() == before)
+        #expect(try Traffic.httpGet(from: world.neighbour, World.hostIP, 8081).contains(pageTitle))
+
+        // Names are unique.
+        let clash = try world.sandbox.run(Sandbox.netctl, ["run", "-d", "--name", "b", exampleImage])
+        #expect(!clash.ok && clash.stderr.contains("already used by container"))
+
+        // --rm: gone once stopped.
+        try world.netctlOK("run", "-d", "--rm", "--name", "tmp", "-p", "8082:80", exampleImage)
+        #expect(try Traffic.httpGet(from: world.neighbour, World.hostIP, 8082).contains(pageTitle))
+        try world.netctlOK("stop", "tmp")
+        try world.eventually { try world.containers()["tmp"] == nil }
+        #expect(try world.containers()["tmp"] == nil, "--rm removed it")
+
+        // Attached, with a command and -e: output to our stdout, its exit code is ours.
+        let attached = try world.sandbox.run(Sandbox.netctl, ["run", "--rm", "-e", "GREETING=hi there", exampleImage,
+                                                              "/bin/sh", "-c", "echo $GREETING from $(hostname); exit 3"])
+        #expect(attached.status == 3, "\(attached.stderr)")
+        #expect(attached.stdout.hasPrefix("hi there from "))
+        #expect(try world.containers().keys.sorted() == ["a", "b"])
+
+        try world.netctlOK("rm", "-f", "a", "b")
+        #expect(try world.containers().isEmpty)
+        try world.eventually { try world.leftovers(pids: []).isEmpty }
+        try world.expectNothingLeft(pids: [])
+    }
+
+    @Test("missing image, corrupted blob, hostile layer, missing runc: a clear error and nothing left")
+    func refusals() throws {
+        let world = try World()
+        let scratch = world.sandbox.stateDirectory + "/images-under-test"
+        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+
+        // A copy of the example with one byte of its layer flipped.
+        let corrupt = scratch + "/corrupt"
+        try FileManager.default.copyItem(atPath: exampleImage, toPath: corrupt)
+        let blobs = corrupt + "/blobs/sha256"
+        let layer = try FileManager.default.contentsOfDirectory(atPath: blobs)
+            .max { (try! FileManager.default.attributesOfItem(atPath: blobs + "/" + $0)[.size] as! Int) < (try! FileManager.default.attributesOfItem(atPath: blobs + "/" + $1)[.size] as! Int) }!
+        let handle = try FileHandle(forUpdating: URL(fileURLWithPath: blobs + "/" + layer))
+        try handle.seek(toOffset: 4096)
+        let byte = try handle.read(upToCount: 1)!
+        try handle.seek(toOffset: 4096)
+        try handle.write(contentsOf: Data([byte[0] ^ 0xff]))
+        try handle.close()
+
+        // A layer that plants a symlink to the outside and writes through it.
+        var tar = TarWriter()
+        tar.symlink("escape", to: scratch + "/outside")
+        tar.file("escape/pwned", "x")
+        try TestImage(layers: [tar.finished()]).writeLayout(to: scratch + "/hostile")
+        try FileManager.default.createDirectory(atPath: scratch + "/outside", withIntermediateDirectories: true)
+
+        let cases: [(arguments: [String], environment: [String: String], message: String)] = [
+            (["run", "-d", "-p", "8080:80", scratch + "/missing"], [:], "no image at"),
+            (["run", "-d", "-p", "8080:80", corrupt], [:], "is corrupt"),
+            (["run", "-d", "-p", "8080:80", scratch + "/hostile"], [:], "would be written through the symlink escape"),
+            (["run", "-d", "-p", "8080:80", exampleImage], ["PATH": "/var/empty"], "apt-get install runc"),
+            (["run", "-d", "-p", "99999:80", exampleImage], [:], "invalid port mapping"),
+        ]
+        let before = try world.sandbox.snapshot()
+        for (arguments, environment, message) in cases {
+            let result = try world.sandbox.run(Sandbox.netctl, arguments, environment: environment)
+            #expect(!result.ok, "\(arguments)")
+            #expect(result.stderr.contains(message), "\(arguments): \(result.stderr)")
+            #expect(result.stderr.split(separator: "\n").count == 1, "one line: \(result.stderr)")
+            #expect(try world.containers().isEmpty)
+            #expect(try world.sandbox.snapshot() == before, "\(arguments) changed nothing")
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: scratch + "/outside").isEmpty)
+        try world.expectNothingLeft(pids: [])
+        let cached = try FileManager.default.contentsOfDirectory(atPath: world.sandbox.stateDirectory + "/images/tmp")
+        #expect(cached.isEmpty, "no half-unpacked layer is kept")
+    }
+
+    @Test("gc cleans up after a container whose monitor was killed")
+    func gcAfterTheMonitorDies() throws {
+        let world = try World()
+        try world.netctlOK("run", "-d", "--name", "orphan", "-p", "8090:80", exampleImage)
+        #expect(try Traffic.httpGet(from: world.neighbour, World.hostIP, 8090).contains(pageTitle))
+        let record = try #require(try world.containers()["orphan"])
+        let monitor = try #require((record["monitorPID"] as? NSNumber)?.int32Value)
+        let pid = try #require((record["pid"] as? NSNumber)?.int32Value)
+        kill(monitor, SIGKILL)
+        try world.eventually { try world.leftovers(pids: [monitor]).contains("process \(monitor)") == false }
+        // While the container runs, gc leaves it alone.
+        #expect(try world.netctlOK("gc").stdout.contains("cleaned up containers") == false)
+        #expect(try Traffic.httpGet(from: world.neighbour, World.hostIP, 8090).contains(pageTitle))
+        kill(pid, SIGKILL)
+        try world.eventually { kill(pid, 0) != 0 }
+        #expect(kill(pid, 0) != 0)
+        #expect(try world.netctlOK("gc").stdout.contains("cleaned up containers: orphan"))
+        #expect(try world.containers()["orphan"]?["state"] as? String == "exited")
+        try world.expectNothingLeft(pids: [pid, monitor])
+        #expect(try world.netctlOK("gc").stdout.contains("cleaned up containers") == false, "idempotent")
+        try world.netctlOK("rm", "orphan")
+    }
+}
