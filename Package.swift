@@ -57,6 +57,7 @@ let package = Package(
         // Builds tar archives and OCI images for tests (crafted and hostile ones included).
         .target(name: "TestSupport", dependencies: ["Images", "CZlib"], path: "Tests/TestSupport"),
         .testTarget(name: "ImagesTests", dependencies: ["Images", "TestSupport"]),
+        .testTarget(name: "RuntimeTests", dependencies: ["Runtime"]),
         .testTarget(name: "EndToEndTests", dependencies: ["NetCore", "Netlink", "Firewall", "Proxy", "CShim", "TestSupport"],
                     exclude: ["golden"]),  // read by path, see DNATTests
     ],

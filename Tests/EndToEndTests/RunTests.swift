@@ -57,6 +57,16 @@ extension World {
         return found
     }
 
+    /// The page, once the server in the container listens: `run -d` returns when the
+    /// container's process has started, as Docker's does, not when its server is ready.
+    func page(from namespace: NetworkNamespace, _ address: String, _ port: UInt16) throws -> String {
+        for _ in 0..<100 {
+            if let body = try? Traffic.httpGet(from: namespace, address, port) { return body }
+            usleep(100_000)
+        }
+        return try Traffic.httpGet(from: namespace, address, port)
+    }
+
     func expectNothingLeft(pids: [Int32], sourceLocation: SourceLocation = #_sourceLocation) throws {
         let left = try leftovers(pids: pids)
         #expect(left == [], "left behind: \(left)", sourceLocation: sourceLocation)
@@ -86,14 +96,15 @@ struct RunTests {
             .trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(id.count == 64 && id.allSatisfy(\.isHexDigit), "prints the container ID")
 
-        #expect(try Traffic.httpGet(from: world.sandbox.hostNamespace, "127.0.0.1", 8080).contains(pageTitle))
-        #expect(try Traffic.httpGet(from: world.sandbox.hostNamespace, World.hostIP, 8080).contains(pageTitle))
-        #expect(try Traffic.httpGet(from: world.neighbour, World.hostIP, 8080).contains(pageTitle))
+        #expect(try world.page(from: world.sandbox.hostNamespace, "127.0.0.1", 8080).contains(pageTitle))
+        #expect(try world.page(from: world.sandbox.hostNamespace, World.hostIP, 8080).contains(pageTitle))
+        #expect(try world.page(from: world.neighbour, World.hostIP, 8080).contains(pageTitle))
 
         let ps = try world.netctlOK("ps").stdout
         #expect(ps.contains("CONTAINER ID") && ps.contains(String(id.prefix(12))) && ps.contains("web"))
         #expect(ps.contains("Up ") && ps.contains("0.0.0.0:8080->80/tcp"))
         #expect(try world.netctlOK("port", "ls", "web").stdout.contains("80/tcp -> 0.0.0.0:8080"))
+        try world.eventually { try world.netctlOK("logs", "web").stdout.contains("response:200") }
         let logs = try world.netctlOK("logs", "web").stdout
         #expect(logs.contains("serving /www on port 80"))
         #expect(logs.contains("response:200"), "httpd logs each request: \(logs)")
@@ -122,11 +133,11 @@ struct RunTests {
         try world.netctlOK("run", "-d", "-P", "--name", "a", exampleImage)
         let port = try world.hostPort("a")
         #expect(port >= 1024)
-        #expect(try Traffic.httpGet(from: world.neighbour, World.hostIP, port).contains(pageTitle))
+        #expect(try world.page(from: world.neighbour, World.hostIP, port).contains(pageTitle))
 
         try world.netctlOK("run", "-d", "--name", "b", "-p", "8081:80", exampleImage)
-        #expect(try Traffic.httpGet(from: world.neighbour, World.hostIP, 8081).contains(pageTitle))
-        #expect(try Traffic.httpGet(from: world.neighbour, World.hostIP, port).contains(pageTitle))
+        #expect(try world.page(from: world.neighbour, World.hostIP, 8081).contains(pageTitle))
+        #expect(try world.page(from: world.neighbour, World.hostIP, port).contains(pageTitle))
 
         // A second container asking for b's port: a clear error; b is unaffected, c never exists.
         let before = try world.sandbox.snapshot()
@@ -136,7 +147,7 @@ struct RunTests {
         #expect(refused.stderr.split(separator: "\n").count == 1, "one line: \(refused.stderr)")
         #expect(try world.containers()["c"] == nil)
         #expect(try world.sandbox.snapshot() == before)
-        #expect(try Traffic.httpGet(from: world.neighbour, World.hostIP, 8081).contains(pageTitle))
+        #expect(try world.page(from: world.neighbour, World.hostIP, 8081).contains(pageTitle))
 
         // Names are unique.
         let clash = try world.sandbox.run(Sandbox.netctl, ["run", "-d", "--name", "b", exampleImage])
@@ -144,16 +155,23 @@ struct RunTests {
 
         // --rm: gone once stopped.
         try world.netctlOK("run", "-d", "--rm", "--name", "tmp", "-p", "8082:80", exampleImage)
-        #expect(try Traffic.httpGet(from: world.neighbour, World.hostIP, 8082).contains(pageTitle))
+        #expect(try world.page(from: world.neighbour, World.hostIP, 8082).contains(pageTitle))
         try world.netctlOK("stop", "tmp")
         try world.eventually { try world.containers()["tmp"] == nil }
         #expect(try world.containers()["tmp"] == nil, "--rm removed it")
 
         // Attached, with a command and -e: output to our stdout, its exit code is ours.
         let attached = try world.sandbox.run(Sandbox.netctl, ["run", "--rm", "-e", "GREETING=hi there", exampleImage,
-                                                              "/bin/sh", "-c", "echo $GREETING from $(hostname); exit 3"])
+                                                              "/bin/sh", "-c", "echo $GREETING from $(hostname) in $(pwd); exit 3"])
         #expect(attached.status == 3, "\(attached.stderr)")
-        #expect(attached.stdout.hasPrefix("hi there from "))
+        #expect(attached.stdout.hasPrefix("hi there from ") && attached.stdout.contains(" in /www"), "the image's WorkingDir: \(attached.stdout)")
+
+        // A detached container that ends by itself releases its endpoint and ports too.
+        try world.netctlOK("run", "-d", "--name", "brief", "-p", "8083:80", exampleImage, "/bin/sh", "-c", "sleep 0.3; exit 7")
+        try world.eventually { try world.containers()["brief"]?["state"] as? String == "exited" }
+        #expect((try world.containers()["brief"]?["exitCode"] as? NSNumber)?.int32Value == 7)
+        #expect(try world.netctlOK("port", "ls").stdout.contains("8083") == false)
+        try world.netctlOK("rm", "brief")
         #expect(try world.containers().keys.sorted() == ["a", "b"])
 
         try world.netctlOK("rm", "-f", "a", "b")
@@ -214,7 +232,7 @@ struct RunTests {
     func gcAfterTheMonitorDies() throws {
         let world = try World()
         try world.netctlOK("run", "-d", "--name", "orphan", "-p", "8090:80", exampleImage)
-        #expect(try Traffic.httpGet(from: world.neighbour, World.hostIP, 8090).contains(pageTitle))
+        #expect(try world.page(from: world.neighbour, World.hostIP, 8090).contains(pageTitle))
         let record = try #require(try world.containers()["orphan"])
         let monitor = try #require((record["monitorPID"] as? NSNumber)?.int32Value)
         let pid = try #require((record["pid"] as? NSNumber)?.int32Value)
@@ -222,7 +240,7 @@ struct RunTests {
         try world.eventually { try world.leftovers(pids: [monitor]).contains("process \(monitor)") == false }
         // While the container runs, gc leaves it alone.
         #expect(try world.netctlOK("gc").stdout.contains("cleaned up containers") == false)
-        #expect(try Traffic.httpGet(from: world.neighbour, World.hostIP, 8090).contains(pageTitle))
+        #expect(try world.page(from: world.neighbour, World.hostIP, 8090).contains(pageTitle))
         kill(pid, SIGKILL)
         try world.eventually { kill(pid, 0) != 0 }
         #expect(kill(pid, 0) != 0)
