@@ -48,13 +48,15 @@ public final class ContainerManager {
 
     public init(stateDirectory: String = NetworkManager.defaultStateDirectory, monitorExecutable: String? = nil,
                 logger: Logger = Logger(label: "netctl-runtime")) throws {
-        self.stateDirectory = stateDirectory
+        // Absolute: the monitor runs from "/" and runc from the bundle directory.
+        self.stateDirectory = stateDirectory.hasPrefix("/") ? stateDirectory
+            : (FileManager.default.currentDirectoryPath + "/" + stateDirectory)
         self.logger = logger
         if mkdir(stateDirectory, 0o700) != 0 && errno != EEXIST {
             throw RuntimeError.io(what: "cannot create \(stateDirectory)", errno: errno)
         }
-        store = try ContainerStore(directory: stateDirectory + "/containers")
-        images = try ImageStore(directory: stateDirectory + "/images")
+        store = try ContainerStore(directory: self.stateDirectory + "/containers")
+        images = try ImageStore(directory: self.stateDirectory + "/images")
         self.monitorExecutable = monitorExecutable ?? ContainerManager.ownExecutable()
     }
 
@@ -182,6 +184,7 @@ public final class ContainerManager {
     /// it could not start).
     public func runMonitor(id: String, readyFD: Int32) -> Int32 {
         _ = fcntl(readyFD, F_SETFD, FD_CLOEXEC)  // runc and the container must not hold it
+        _ = chdir("/")  // hold no directory (and no mount) busy for the container's lifetime
         signal(SIGHUP, SIG_IGN)
         signal(SIGINT, SIG_IGN)
         guard let runc = try? Runc.locate(root: runcRoot) else {

@@ -172,6 +172,12 @@ struct RunTests {
         #expect((try world.containers()["brief"]?["exitCode"] as? NSNumber)?.int32Value == 7)
         #expect(try world.netctlOK("port", "ls").stdout.contains("8083") == false)
         try world.netctlOK("rm", "brief")
+
+        // A process that ignores SIGTERM (sleep as PID 1) is killed once the timeout passes.
+        try world.netctlOK("run", "-d", "--name", "stubborn", exampleImage, "sleep", "600")
+        try world.netctlOK("stop", "-t", "1", "stubborn")
+        #expect((try world.containers()["stubborn"]?["exitCode"] as? NSNumber)?.int32Value == 128 + SIGKILL)
+        try world.netctlOK("rm", "stubborn")
         #expect(try world.containers().keys.sorted() == ["a", "b"])
 
         try world.netctlOK("rm", "-f", "a", "b")
