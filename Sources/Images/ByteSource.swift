@@ -5,9 +5,22 @@ import Glibc
 public protocol ByteSource: AnyObject {
     /// Fills up to `buffer.count` bytes; 0 at the end.
     func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
+    /// Passes over `count` bytes (a file seeks; a stream reads them).
+    func skip(_ count: Int64) throws
 }
 
 extension ByteSource {
+    public func skip(_ count: Int64) throws {
+        var left = count
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16)
+        defer { buffer.deallocate() }
+        while left > 0 {
+            let n = try read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(min(Int64(buffer.count), left))]))
+            guard n > 0 else { throw ImageError.invalid(what: "archive", reason: "truncated") }
+            left -= Int64(n)
+        }
+    }
+
     /// Reads and discards to the end; returns the byte count.
     @discardableResult
     public func drain() throws -> Int64 {
@@ -52,6 +65,11 @@ public final class FileRegion: ByteSource {
     }
 
     deinit { close(fd) }
+
+    public func skip(_ count: Int64) throws {
+        guard offset + count <= end else { throw ImageError.invalid(what: what, reason: "truncated") }
+        offset += count
+    }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         let wanted = Int(min(Int64(buffer.count), end - offset))

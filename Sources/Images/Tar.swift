@@ -135,16 +135,9 @@ public final class TarReader {
     }
 
     private func skip(_ count: Int64) throws {
-        var left = count
-        var scratch = [UInt8](repeating: 0, count: 512)
-        while left > 0 {
-            let n = try scratch.withUnsafeMutableBytes {
-                try source.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<Int(min(512, left))]))
-            }
-            guard n > 0 else { throw invalid("truncated") }
-            left -= Int64(n)
-            offset += Int64(n)
-        }
+        guard count > 0 else { return }
+        try source.skip(count)
+        offset += count
     }
 
     private func readSmallData(_ size: Int64) throws -> [UInt8] {

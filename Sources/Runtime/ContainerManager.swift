@@ -218,7 +218,7 @@ public final class ContainerManager {
             proxy = try serveProxiedPorts(record)
             try runc.run(["start", id], container: record.name, logFile: runcLog)
             record = try store.update(id) {
-                $0.state = .running; $0.pid = pid; $0.startedAt = Date()
+                $0.state = .running; $0.pid = pid; $0.pidStart = Processes.startTime(pid); $0.startedAt = Date()
                 $0.monitorPID = getpid(); $0.monitorStart = Processes.startTime(getpid())
             } ?? record
         } catch {
@@ -343,7 +343,7 @@ public final class ContainerManager {
 
     /// Its monitor lives, or its process does.
     private func isActive(_ record: ContainerRecord) -> Bool {
-        Processes.isAlive(record.monitorPID, start: record.monitorStart) || (record.pid.map { kill($0, 0) == 0 } ?? false)
+        Processes.isAlive(record.monitorPID, start: record.monitorStart) || Processes.isAlive(record.pid, start: record.pidStart)
     }
 
     /// Gives back what a container holds in the kernel: runc's state, the endpoint (with its

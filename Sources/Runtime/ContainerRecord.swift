@@ -30,6 +30,7 @@ public struct ContainerRecord: Codable, Equatable, Sendable {
     public var monitorStart: UInt64?
     /// The container's first process, as this host sees it.
     public var pid: Int32?
+    public var pidStart: UInt64?
     public var startedAt: Date?
     public var finishedAt: Date?
     public var exitCode: Int32?
