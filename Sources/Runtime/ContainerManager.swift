@@ -270,11 +270,9 @@ public final class ContainerManager {
         return server
     }
 
+    /// Tells `run -d` how the start went; attached, `run` itself throws the failure.
     private func report(_ fd: Int32, _ message: String) {
-        guard fd >= 0 else {
-            if message != "ok" { fputs("netctl: error: \(message.hasPrefix("error: ") ? String(message.dropFirst(7)) : message)\n", stderr) }
-            return
-        }
+        guard fd >= 0 else { return }
         let bytes = Array((message + "\n").utf8)
         _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
     }
@@ -306,8 +304,8 @@ public final class ContainerManager {
             }
             if record.state == .exited { return record }
             if !Processes.isAlive(record.monitorPID, start: record.monitorStart) { return nil }
-            usleep(50_000)
-            waited += 0.05
+            usleep(10_000)
+            waited += 0.01
         } while waited < seconds
         return nil
     }
