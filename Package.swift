@@ -1,7 +1,7 @@
 // swift-tools-version:6.1
 import PackageDescription
 
-// Arrows point one way: C interop -> Netlink / Firewall / Proxy -> NetCore -> netctl.
+// Arrows point one way: C interop -> Netlink / Firewall / Proxy -> NetCore -> netctl, CNI -> netctl-cni.
 let package = Package(
     name: "netctl",
     products: [
@@ -10,6 +10,8 @@ let package = Package(
         .library(name: "Firewall", targets: ["Firewall"]),
         .library(name: "Proxy", targets: ["Proxy"]),
         .executable(name: "netctl", targets: ["netctl"]),
+        .executable(name: "netctl-cni", targets: ["netctl-cni"]),
+        .library(name: "CNI", targets: ["CNI"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -39,6 +41,12 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // The CNI plugin: protocol, configuration and results (CNI), and the executable.
+        .target(name: "CNI", dependencies: ["NetCore"]),
+        .executableTarget(name: "netctl-cni", dependencies: [
+            "CNI", .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "CNITests", dependencies: ["CNI", "NetCore"]),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink"]),
         .testTarget(name: "FirewallTests", dependencies: ["Firewall", "Netlink"]),
         .testTarget(name: "NetCoreTests", dependencies: ["NetCore"]),
