@@ -108,8 +108,8 @@ struct Operations {
         CNIPlugin.endpointName(network: config.name, containerID: env.containerID!, ifname: env.ifname!)
     }
 
-    /// The configuration's network in netctl: made on first use, reused if it matches.
-    func network() throws -> Network {
+    /// The configuration's network in netctl: made on first use (`made`), reused if it matches.
+    func network() throws -> (network: Network, made: Bool) {
         let spec = NetworkSpec(name: config.name, subnet: config.subnet, gateway: config.gateway, bridge: config.bridge,
                                subnet6: config.subnet6, gateway6: config.gateway6, mtu: config.mtu)
         let existing: Network
@@ -117,7 +117,7 @@ struct Operations {
             existing = try manager.network(named: config.name)
         } catch NetctlError.networkNotFound {
             do {
-                return try manager.createNetwork(spec)
+                return (try manager.createNetwork(spec), true)
             } catch NetctlError.networkExists {
                 existing = try manager.network(named: config.name)  // another ADD made it first
             }
@@ -132,25 +132,32 @@ struct Operations {
             throw CNIError(.invalidNetworkConfig, "network \(config.name) exists in netctl with \(differences.joined(separator: ", "))",
                            details: "change the configuration back, or remove the network (`netctl network rm \(config.name)`) once no container uses it")
         }
-        return existing
+        return (existing, false)
     }
 
     func add() throws -> CNIResult {
         let previous = try config.prevResult.map(CNIResult.init)
-        let network = try network()
+        let (network, made) = try network()
         let name = endpointName
-        if (try? manager.endpoint(named: name)) != nil {
-            throw CNIError(.alreadyAttached, "container \(env.containerID!) already has \(env.ifname!) on network \(config.name)",
-                           details: "DEL it before adding it again")
-        }
-        let endpoint = try manager.attach(AttachRequest(
-            network: network.name, target: .path(env.netns!), ip: config.ip, name: name, interface: env.ifname!,
-            mac: config.mac, ports: config.portMappings, portBackend: .nft, routes: config.routes))
-        let links: EndpointLinks
+        let endpoint: Endpoint, links: EndpointLinks
         do {
-            links = try manager.links(of: name)
+            if (try? manager.endpoint(named: name)) != nil {
+                throw CNIError(.alreadyAttached, "container \(env.containerID!) already has \(env.ifname!) on network \(config.name)",
+                               details: "DEL it before adding it again")
+            }
+            endpoint = try manager.attach(AttachRequest(
+                network: network.name, target: .path(env.netns!), ip: config.ip, name: name, interface: env.ifname!,
+                mac: config.mac, ports: config.portMappings, portBackend: .nft, routes: config.routes))
+            do {
+                links = try manager.links(of: name)
+            } catch {
+                _ = try? manager.detach([name])
+                throw error
+            }
         } catch {
-            _ = try? manager.detach([name])
+            // A refused ADD changes nothing: a network made for it goes too (unless another
+            // container joined it meanwhile, which removeNetwork refuses).
+            if made { _ = try? manager.removeNetwork(named: network.name) }
             throw error
         }
         var result = CNIResult(
