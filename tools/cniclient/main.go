@@ -4,6 +4,7 @@
 //
 //	netctl-cniclient add|check|del CONFLIST NETNS [CONTAINERID] [IFNAME]
 //	netctl-cniclient bench CONFLIST N NETNS...   ADD then DEL per namespace, timed in-process
+//	                                             (BENCH_PORT_BASE=P: container i publishes P+i -> 80/tcp)
 //
 // Environment: CNI_PATH (plugin directories, ':'-separated), CNI_CACHE_DIR (libcni's result
 // cache), CAP_ARGS (JSON object of capability arguments, e.g. {"portMappings": [...]}),
@@ -105,8 +106,17 @@ func bench(ctx context.Context, cni *libcni.CNIConfig, list *libcni.NetworkConfi
 	if err != nil || n < 1 || n > len(namespaces) {
 		fail(fmt.Errorf("bench: N must be 1..%d", len(namespaces)))
 	}
-	for i := 0; i < n; i++ {
+	base, _ := strconv.Atoi(os.Getenv("BENCH_PORT_BASE"))
+	conf := func(i int) *libcni.RuntimeConf {
 		rt := runtimeConf(fmt.Sprintf("bench-%d", i), namespaces[i], "eth0")
+		if base > 0 {
+			rt.CapabilityArgs = map[string]interface{}{"portMappings": []map[string]interface{}{
+				{"hostPort": base + i, "containerPort": 80, "protocol": "tcp"}}}
+		}
+		return rt
+	}
+	for i := 0; i < n; i++ {
+		rt := conf(i)
 		start := time.Now()
 		if _, err := cni.AddNetworkList(ctx, list, rt); err != nil {
 			fail(fmt.Errorf("ADD %d: %w", i, err))
@@ -114,7 +124,7 @@ func bench(ctx context.Context, cni *libcni.CNIConfig, list *libcni.NetworkConfi
 		fmt.Printf("add %d\n", time.Since(start).Microseconds())
 	}
 	for i := 0; i < n; i++ {
-		rt := runtimeConf(fmt.Sprintf("bench-%d", i), namespaces[i], "eth0")
+		rt := conf(i)
 		start := time.Now()
 		if err := cni.DelNetworkList(ctx, list, rt); err != nil {
 			fail(fmt.Errorf("DEL %d: %w", i, err))
