@@ -291,6 +291,17 @@ struct CNIPluginTests {
         #expect(try cni.plugin("DEL", containerID: "k1", netns: nil, config: config).status == 0)
         #expect(try leftovers(s).links.isEmpty)
         #expect(try cni.plugin("DEL", containerID: "k1", netns: nil, config: config).status == 0)
+        // The runtime removed the namespace before DEL (its veth died with it): DEL still succeeds
+        // and clears the record and the published port.
+        let gone = try s.makeNamespaceFile("k3")
+        let ports = #", "runtimeConfig": {"portMappings": [{"hostPort": 9090, "containerPort": 80}]}"#
+        #expect(try cni.plugin("ADD", containerID: "k3", netns: gone, config: CNIHarness.netConf(extra: ports)).status == 0)
+        #expect(try s.run("/usr/bin/umount", [gone]).ok)
+        #expect(try s.run("/usr/bin/rm", [gone]).ok)
+        let delGone = try cni.plugin("DEL", containerID: "k3", netns: gone, config: CNIHarness.netConf(extra: ports))
+        #expect(delGone.status == 0, "\(delGone.stdout) \(delGone.stderr)")
+        #expect(try leftovers(s).links.isEmpty)
+        #expect(!(try leftovers(s).elements.contains("9090")))
         // A second ADD of the same container and interface without a DEL is refused.
         #expect(try cni.plugin("ADD", containerID: "k2", netns: try s.makeNamespaceFile("k2"), config: config).status == 0)
         #expect(try cni.plugin("ADD", containerID: "k2", netns: try s.makeNamespaceFile("k2b"), config: config).code == 103)
