@@ -73,6 +73,20 @@ struct CNIHarness {
         return try run([CNIHarness.plugin], environment: env, stdin: config)
     }
 
+    /// Starts the plugin without waiting (for concurrency tests); its stdout goes to `output`.
+    func startPlugin(_ command: String, containerID: String, netns: String?, config: String, output: String) throws -> Child {
+        let input = output + ".in"
+        try config.write(toFile: input, atomically: false, encoding: .utf8)
+        let inFD = open(input, O_RDONLY | O_CLOEXEC)
+        let outFD = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        defer { close(inFD); close(outFD) }
+        var env = ["CNI_COMMAND": command, "CNI_CONTAINERID": containerID, "CNI_IFNAME": "eth0",
+                   "CNI_PATH": pluginDirectory, "NETCTL_STATE_DIR": sandbox.stateDirectory]
+        env["CNI_NETNS"] = netns
+        return try Child.spawn(["/usr/bin/nsenter", "--target", "\(sandbox.holder.pid)", "--net", "--mount", "--", CNIHarness.plugin],
+                               stdin: inFD, stdout: outFD, environment: env)
+    }
+
     /// The libcni client: add|check|del a conflist for one container.
     func client(_ command: String, conflist: String, netns: String, containerID: String, ifname: String = "eth0",
                 capabilities: String? = nil) throws -> Run {
@@ -305,6 +319,30 @@ struct CNIPluginTests {
         // A second ADD of the same container and interface without a DEL is refused.
         #expect(try cni.plugin("ADD", containerID: "k2", netns: try s.makeNamespaceFile("k2"), config: config).status == 0)
         #expect(try cni.plugin("ADD", containerID: "k2", netns: try s.makeNamespaceFile("k2b"), config: config).code == 103)
+    }
+
+    @Test("Parallel ADDs on a network that does not exist yet: one network, distinct addresses; parallel DELs leave nothing")
+    func parallel() throws {
+        let s = try Sandbox()
+        let cni = try CNIHarness(s)
+        let config = CNIHarness.netConf(name: "par", bridge: "parbr0", subnet: "10.87.0.0/24", gateway: "10.87.0.1")
+        let count = 8
+        let namespaces = try (0..<count).map { try s.makeNamespaceFile("par\($0)") }
+        let outputs = (0..<count).map { "\(s.stateDirectory)/par-\($0).json" }
+        let adds = try (0..<count).map { try cni.startPlugin("ADD", containerID: "par\($0)", netns: namespaces[$0], config: config, output: outputs[$0]) }
+        let statuses = try adds.map { try $0.wait(timeout: 60) }
+        #expect(statuses.allSatisfy { $0 == 0 }, "ADD statuses \(statuses): \(outputs.map(slurp))")
+        let addresses = outputs.compactMap { path -> String? in
+            let json = (try? JSONSerialization.jsonObject(with: Data(slurp(path).utf8))) as? [String: Any]
+            return ((json?["ips"] as? [[String: Any]])?.first?["address"]) as? String
+        }
+        #expect(addresses.count == count && Set(addresses).count == count, "\(addresses)")
+        let networks = try s.netctlOK("network", "ls", "--json").stdout
+        #expect(networks.components(separatedBy: "\"par\"").count == 2, "\(networks)")
+        let dels = try (0..<count).map { try cni.startPlugin("DEL", containerID: "par\($0)", netns: namespaces[$0], config: config, output: outputs[$0]) }
+        let delStatuses = try dels.map { try $0.wait(timeout: 60) }
+        #expect(delStatuses.allSatisfy { $0 == 0 }, "DEL statuses \(delStatuses)")
+        #expect(try leftovers(s).links.isEmpty)
     }
 
     @Test("GC removes attachments not in cni.dev/valid-attachments; STATUS reports readiness (and 50 when state cannot open)")
