@@ -141,15 +141,16 @@ struct Operations {
         let name = endpointName
         let endpoint: Endpoint, links: EndpointLinks
         do {
-            if (try? manager.endpoint(named: name)) != nil {
+            do {
+                endpoint = try manager.attach(AttachRequest(
+                    network: network.name, target: .path(env.netns!), ip: config.ip, name: name, interface: env.ifname!,
+                    mac: config.mac, ports: config.portMappings, portBackend: .nft, routes: config.routes))
+            } catch NetctlError.endpointExists {
                 throw CNIError(.alreadyAttached, "container \(env.containerID!) already has \(env.ifname!) on network \(config.name)",
                                details: "DEL it before adding it again")
             }
-            endpoint = try manager.attach(AttachRequest(
-                network: network.name, target: .path(env.netns!), ip: config.ip, name: name, interface: env.ifname!,
-                mac: config.mac, ports: config.portMappings, portBackend: .nft, routes: config.routes))
             do {
-                links = try manager.links(of: name)
+                links = try manager.links(of: endpoint, on: network)
             } catch {
                 _ = try? manager.detach([name])
                 throw error
@@ -243,15 +244,13 @@ struct Operations {
         _ = try manager.gc()
     }
 
-    /// Ready when state opens (done by the caller) and the kernel answers.
+    /// Ready when netctl's state opened and answers (the caller opened it, with its netlink
+    /// socket); a bridge that went missing is no reason to refuse: the next ADD makes it again.
     func status() throws {
         do {
             _ = try manager.networks()
-            if let network = try? manager.network(named: config.name) {
-                _ = network  // the bridge comes back on the next ADD if it went missing
-            }
         } catch {
-            throw CNIError(.notAvailable, "netctl-cni is not ready", details: "\(error)")
+            throw CNIError(.notAvailable, "netctl-cni is not ready: its state does not answer", details: "\(error)")
         }
     }
 }

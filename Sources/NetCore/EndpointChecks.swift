@@ -46,7 +46,12 @@ extension NetworkManager {
     /// The bridge and host veth of an attached endpoint, read from the kernel.
     public func links(of name: String) throws -> EndpointLinks {
         let endpoint = try self.endpoint(named: name)
-        let network = try self.network(named: endpoint.network)
+        return try links(of: endpoint, on: try self.network(named: endpoint.network))
+    }
+
+    /// The same for an endpoint and network at hand (no state lookups).
+    public func links(of endpoint: Endpoint, on network: Network) throws -> EndpointLinks {
+        let name = endpoint.name
         guard let bridge = try wrapKernel({ try host.link(named: network.bridge) }) else {
             throw NetctlError.endpointBroken(name, reason: "bridge \(network.bridge) is missing; run `netctl gc` to restore it")
         }
