@@ -197,8 +197,11 @@ struct Operations {
                      details: "DEL and ADD it again")
         }
         if endpoint.netns != env.netns! { throw broken("it was made in \(endpoint.netns), not \(env.netns!)") }
-        try manager.verify(endpoint: name)
-        if let previous = try config.prevResult.map(CNIResult.init) {
+        let previous = try config.prevResult.map(CNIResult.init)
+        // The chain's final result may carry a MAC a later plugin (tuning) set on purpose.
+        let finalMAC = previous?.interfaces.last(where: { $0.name == env.ifname! && $0.sandbox == env.netns! })?.mac
+        try manager.verify(endpoint: name, mac: finalMAC)
+        if let previous {
             let ours = [endpoint.ipv4] + [endpoint.ipv6].compactMap { $0 }
             let listed = previous.ips.map(\.address)
             for address in ours where !listed.contains(address) {

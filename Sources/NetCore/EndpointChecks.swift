@@ -65,8 +65,10 @@ extension NetworkManager {
     /// Checks that an endpoint is whole: its record is active, its host veth is up on the
     /// network's bridge, its namespace is the one it was attached to, and inside it the
     /// interface is up with the endpoint's address(es) and default route(s). Throws
-    /// `endpointBroken` naming the first thing that is wrong; changes nothing.
-    public func verify(endpoint name: String) throws {
+    /// `endpointBroken` naming the first thing that is wrong; changes nothing. `mac` is the
+    /// address the interface should have when something after attach changed it on purpose
+    /// (e.g. a CNI `tuning` plugin); by default the one attach gave it.
+    public func verify(endpoint name: String, mac: String? = nil) throws {
         let e = try endpoint(named: name)
         func broken(_ reason: String) -> NetctlError { .endpointBroken(name, reason: reason) }
         guard e.state == .active else { throw NetctlError.endpointNotActive(name) }
@@ -87,7 +89,8 @@ extension NetworkManager {
             throw broken("interface \(e.interface) is missing in \(e.netns)")
         }
         guard peer.isUp else { throw broken("\(e.interface) is down in \(e.netns)") }
-        guard peer.mac.macString == e.mac else { throw broken("\(e.interface) has MAC \(peer.mac.macString), not \(e.mac)") }
+        let expectedMAC = (mac ?? e.mac).lowercased()
+        guard peer.mac.macString == expectedMAC else { throw broken("\(e.interface) has MAC \(peer.mac.macString), not \(expectedMAC)") }
         let addresses = try wrapKernel { try inside.addresses() }.filter { $0.index == peer.index }
         for ip in [e.ipv4Interface] + [e.ipv6Interface].compactMap({ $0 }) {
             guard addresses.contains(where: { $0.address == ip.address && $0.prefixLength == ip.prefixLength }) else {

@@ -131,13 +131,13 @@ struct CNIPluginTests {
            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/24", "gateway": "10.88.0.1"}]],
                     "routes": [{"dst": "0.0.0.0/0"}]},
            "dns": {"nameservers": ["10.88.0.1"]}},
-          {"type": "tuning", "sysctl": {"net.core.somaxconn": "512"}},
+          {"type": "tuning", "sysctl": {"net.core.somaxconn": "512"}, "mac": "02:11:22:33:44:55"},
           {"type": "bandwidth", "ingressRate": 100000000, "ingressBurst": 1000000,
            "egressRate": 100000000, "egressBurst": 1000000}%@
         ]}
         """
 
-    @Test("libcni runs netctl-cni + tuning + bandwidth: ADD, CHECK, traffic (direct and published), DEL leaves nothing")
+    @Test("libcni runs netctl-cni + tuning (sysctl, MAC) + bandwidth: ADD, CHECK, traffic (direct and published), DEL leaves nothing")
     func chainWithTuningAndBandwidth() throws {
         try runChain(extraPlugins: "")
     }
@@ -176,6 +176,10 @@ struct CNIPluginTests {
         // tuning ran after us, inside the container.
         let somaxconn = try s.run("/usr/bin/nsenter", ["--net=\(netns)", "cat", "/proc/sys/net/core/somaxconn"])
         #expect(somaxconn.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "512")
+        // And set the MAC it was told to; CHECK below must accept that (the chain's result says so).
+        let link = try s.run("/usr/bin/nsenter", ["--net=\(netns)", "ip", "-o", "link", "show", "eth0"])
+        #expect(link.stdout.contains("link/ether 02:11:22:33:44:55 "), "\(link.stdout)")
+        #expect(interfaces[index]["mac"] as? String == "02:11:22:33:44:55")
 
         let check = try cni.client("check", conflist: conflist, netns: netns, containerID: "c1", capabilities: ports)
         #expect(check.status == 0, "CHECK failed: \(check.stdout) \(check.stderr)")
