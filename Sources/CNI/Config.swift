@@ -173,6 +173,17 @@ public struct BridgeConfig: Equatable {
             }
         }
 
+        bridge = "cni0"
+        isGateway = false; isDefaultGateway = false; ipMasq = false; hairpinMode = false
+        mtu = nil
+        subnet = nil; gateway = nil; subnet6 = nil; gateway6 = nil
+        routes = []
+        dns = nil
+        portMappings = []
+        ip = nil; mac = nil
+        // DEL, GC and STATUS go no further: a key they don't use must not stop a clean-up.
+        guard full else { return }
+
         bridge = try string(json["bridge"], "bridge") ?? "cni0"
         guard CNIEnvironment.isValidInterfaceName(bridge) else {
             throw invalid("\"bridge\": \"\(bridge)\" is not a valid interface name (1-15 bytes, no '/', ':' or spaces)")
@@ -181,13 +192,6 @@ public struct BridgeConfig: Equatable {
         isDefaultGateway = try bool("isDefaultGateway", default: false)
         ipMasq = try bool("ipMasq", default: false)
         hairpinMode = try bool("hairpinMode", default: false)
-        mtu = nil
-        subnet = nil; gateway = nil; subnet6 = nil; gateway6 = nil
-        routes = []
-        dns = nil
-        portMappings = []
-        ip = nil; mac = nil
-        guard full else { return }
 
         if let v = json["mtu"], !v.isNull {
             guard let m = v.int, (68...65535).contains(m) else { throw invalid("\"mtu\" must be a number from 68 to 65535") }

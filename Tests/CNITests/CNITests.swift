@@ -84,6 +84,14 @@ struct CNIConfigTests {
         #expect(fromArgs.ip == "10.9.0.9" && fromArgs.mac == "02:00:00:00:00:09")
     }
 
+    @Test("DEL reads only what it needs: a bad key ADD would refuse does not block a clean-up")
+    func delIsLenient() throws {
+        let text = #"{"cniVersion":"1.0.0","name":"n","bridge":"a/b","mtu":"big","ipam":{"type":"dhcp"}}"#
+        let c = try BridgeConfig(try JSON.parse(text), version: "1.0.0", environment: nil, full: false)
+        #expect(c.name == "n")
+        #expect(throws: CNIError.self) { try BridgeConfig(try JSON.parse(text), version: "1.0.0", environment: nil, full: true) }
+    }
+
     @Test("GC's valid attachments (and libcni's older key)")
     func validAttachments() throws {
         let text = #"{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}],"cni.dev/attachments":[{"containerID":"b","ifname":"net1"}]}"#
