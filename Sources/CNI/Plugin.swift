@@ -83,7 +83,17 @@ public enum CNIPlugin {
         default:
             code = .internalFailure
         }
-        return CNIError(code, e.description)
+        // The CLI's advice names its flags; say it in configuration terms too.
+        switch e {
+        case .bridgeNotOurs(let bridge):
+            return CNIError(code, e.description, details: "set another \"bridge\" in the configuration, or delete \(bridge) (e.g. left by the bridge plugin) once no container uses it")
+        case .bridgeInUse(let bridge, let network):
+            return CNIError(code, e.description, details: "bridge \(bridge) belongs to netctl network \(network); give this configuration its own \"bridge\"")
+        case .subnetOverlapsNetwork, .subnetOverlapsRoute:
+            return CNIError(code, e.description, details: "change the subnet in \"ipam\"")
+        default:
+            return CNIError(code, e.description)
+        }
     }
 
     /// netctl's endpoint name for a (network, container, interface) attachment: stable, so

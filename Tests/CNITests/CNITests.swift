@@ -201,6 +201,7 @@ struct CNIProtocolTests {
         #expect(CNIPlugin.cniError(NetctlError.portInUse(port: "80/tcp", hostIP: "")).code == 101)
         #expect(CNIPlugin.cniError(NetctlError.subnetOverlapsRoute(subnet: "a", route: "b")).code == 7)
         #expect(CNIPlugin.cniError(NetctlError.bridgeNotOurs("cni0")).code == 7)
+        #expect(CNIPlugin.cniError(NetctlError.bridgeNotOurs("cni0")).details.contains("\"bridge\""))
         #expect(CNIPlugin.cniError(NetctlError.endpointBroken("e", reason: "r")).code == 102)
         #expect(CNIPlugin.cniError(NetctlError.state("disk full")).code == 100)
         #expect(CNIPlugin.cniError(NetctlError.addressPoolExhausted(network: "n", subnet: "s")).msg.contains("no free address"))

@@ -241,6 +241,8 @@ struct CNIPluginTests {
         let cni = try CNIHarness(s)
         let netns = try s.makeNamespaceFile("bad")
         try s.netctlOK("network", "ls")  // state exists, so snapshots compare like with like
+        // A bridge someone else made (as the bridge plugin makes cni0): refused, not taken over.
+        #expect(try s.run("/usr/sbin/ip", ["link", "add", "foreignbr", "type", "bridge"]).ok)
         let before = try s.snapshot()
 
         let cases: [(String, CNIHarness.Run, Int)] = [
@@ -252,6 +254,7 @@ struct CNIPluginTests {
             ("missing CNI_COMMAND", try cni.run([CNIHarness.plugin], environment: [:], stdin: CNIHarness.netConf()), 4),
             ("rangeStart (unsupported field)", try cni.plugin("ADD", containerID: "b1", netns: netns,
                 config: CNIHarness.netConf().replacingOccurrences(of: #""gateway": "10.88.0.1"}"#, with: #""gateway": "10.88.0.1", "rangeStart": "10.88.0.10"}"#)), 2),
+            ("a bridge not made by netctl", try cni.plugin("ADD", containerID: "b1", netns: netns, config: CNIHarness.netConf(bridge: "foreignbr")), 7),
             ("invalid subnet", try cni.plugin("ADD", containerID: "b1", netns: netns, config: CNIHarness.netConf(subnet: "10.88.0.0/33")), 7),
             ("bad port mapping", try cni.plugin("ADD", containerID: "b1", netns: netns,
                 config: CNIHarness.netConf(extra: #", "runtimeConfig": {"portMappings": [{"hostPort": 0, "containerPort": 80}]}"#)), 7),
