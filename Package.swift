@@ -1,7 +1,7 @@
 // swift-tools-version:6.1
 import PackageDescription
 
-// Arrows point one way: C interop -> Netlink / Firewall / Proxy / Images -> NetCore -> Runtime -> netctl.
+// Arrows point one way: C interop -> Netlink / Firewall / Proxy / Images -> NetCore -> Runtime, CNI -> netctl, netctl-cni.
 let package = Package(
     name: "netctl",
     products: [
@@ -12,6 +12,8 @@ let package = Package(
         .library(name: "Images", targets: ["Images"]),
         .library(name: "Runtime", targets: ["Runtime"]),
         .executable(name: "netctl", targets: ["netctl"]),
+        .executable(name: "netctl-cni", targets: ["netctl-cni"]),
+        .library(name: "CNI", targets: ["CNI"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -50,6 +52,12 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // The CNI plugin: protocol, configuration and results (CNI), and the executable.
+        .target(name: "CNI", dependencies: ["NetCore"]),
+        .executableTarget(name: "netctl-cni", dependencies: [
+            "CNI", .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "CNITests", dependencies: ["CNI", "NetCore"]),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink"]),
         .testTarget(name: "FirewallTests", dependencies: ["Firewall", "Netlink"]),
         .testTarget(name: "NetCoreTests", dependencies: ["NetCore"]),

@@ -30,6 +30,8 @@ public enum NetctlError: Error, CustomStringConvertible, Equatable {
     case needsProxy(spec: String, reason: String)
     case portNotPublished(endpoint: String, spec: String)
     case endpointNotActive(String)
+    case endpointBroken(String, reason: String)
+    case invalidRoute(String, reason: String)
     case namespace(NamespaceError)
     case kernel(NetlinkError, hint: String)
     case state(String)
@@ -92,6 +94,10 @@ public enum NetctlError: Error, CustomStringConvertible, Equatable {
             return "endpoint \(endpoint) has no published port matching \(spec); list them with `netctl port ls \(endpoint)`"
         case .endpointNotActive(let name):
             return "endpoint \(name) is being set up or torn down; retry, or run `netctl gc` if its owner died"
+        case .endpointBroken(let name, let reason):
+            return "endpoint \(name) is broken: \(reason); detach and attach it again, or run `netctl gc`"
+        case .invalidRoute(let destination, let reason):
+            return "invalid route to \(destination): \(reason)"
         case .namespace(let error):
             return error.description
         case .kernel(let error, let hint):

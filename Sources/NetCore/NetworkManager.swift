@@ -40,11 +40,26 @@ public struct AttachRequest: Sendable {
     /// Ports to publish once attached (`-p`); if publishing fails, the attach is undone.
     public var ports: [PortMapping]
     public var portBackend: PortBackend
+    /// Routes added inside the namespace besides the default route(s), each through the
+    /// network's gateway of its family unless it names one. Not recorded in state.
+    public var routes: [StaticRoute]
 
     public init(network: String? = nil, target: Target, ip: String? = nil, name: String? = nil,
-                interface: String = "eth0", mac: String? = nil, ports: [PortMapping] = [], portBackend: PortBackend = .nft) {
+                interface: String = "eth0", mac: String? = nil, ports: [PortMapping] = [], portBackend: PortBackend = .nft,
+                routes: [StaticRoute] = []) {
         self.network = network; self.target = target; self.ip = ip; self.name = name
         self.interface = interface; self.mac = mac; self.ports = ports; self.portBackend = portBackend
+        self.routes = routes
+    }
+}
+
+/// A route inside a container's namespace: a destination subnet and an optional next hop.
+public struct StaticRoute: Sendable, Equatable {
+    public var destination: String
+    public var gateway: String?
+
+    public init(destination: String, gateway: String? = nil) {
+        self.destination = destination; self.gateway = gateway
     }
 }
 
@@ -318,7 +333,9 @@ public final class NetworkManager {
         }
         let (network, madeNetwork) = try networkForAttach(request.network)
         do {
-            let endpoint = try attach(request, to: network, mac: requestedMAC, namespace: namespace, netnsPath: netnsPath, pid: pid)
+            let routes = try extraRoutes(request.routes, network: network)
+            let endpoint = try attach(request, to: network, mac: requestedMAC, namespace: namespace, netnsPath: netnsPath, pid: pid,
+                                      routes: routes)
             do {
                 try publish(endpoint: endpoint.name, request.ports, backend: request.portBackend)
             } catch {
@@ -335,7 +352,7 @@ public final class NetworkManager {
     }
 
     private func attach(_ request: AttachRequest, to network: Network, mac requestedMAC: [UInt8]?, namespace: NetworkNamespace?,
-                        netnsPath: String, pid: Int32?) throws -> Endpoint {
+                        netnsPath: String, pid: Int32?, routes: [Route]) throws -> Endpoint {
         var namespace = namespace
         let requestedIP = try request.ip.map { try Validate.hostAddress($0, in: network.ipv4Subnet, what: "--ip") }
         if requestedIP == network.ipv4Gateway {
@@ -373,7 +390,7 @@ public final class NetworkManager {
             let bridgeIndex = try ensureBridge(network)
             try createVeth(endpoint, bridgeIndex: bridgeIndex, network: network, namespace: ns)
             undo.append { [host] in try? host.perform(.deleteLink(name: endpoint.hostInterface).ignoring(ENODEV)) }
-            try configureInside(ns, endpoint: endpoint)
+            try configureInside(ns, endpoint: endpoint, routes: routes)
             endpoint.state = .active
             endpoint.namespaceIdentity = ns.identity
             try store.transaction { try store.update(endpoint: id, state: .active, namespaceIdentity: ns.identity) }
@@ -423,7 +440,7 @@ public final class NetworkManager {
 
     /// Inside the namespace, through a socket opened there: lo up, the address(es), the
     /// interface up and the default route(s), in one netlink round trip.
-    private func configureInside(_ namespace: NetworkNamespace, endpoint: Endpoint) throws {
+    private func configureInside(_ namespace: NetworkNamespace, endpoint: Endpoint, routes: [Route]) throws {
         let inside = try RouteNetlink.open(in: namespace)
         guard let peer = try inside.link(named: endpoint.interface), let lo = try inside.link(named: "lo") else {
             throw NetlinkError(operation: "finding \(endpoint.interface) in \(endpoint.netns)", code: ENODEV)
@@ -437,6 +454,7 @@ public final class NetworkManager {
         if let gateway6 = endpoint.gateway6.flatMap(IPAddress.init) {
             requests.append(.addRoute(.defaultRoute(via: gateway6)))
         }
+        requests += routes.map { .addRoute($0) }
         try inside.perform(requests)
     }
 
@@ -537,7 +555,7 @@ public final class NetworkManager {
     }
 
     /// Whether the namespace an endpoint was attached to still exists.
-    private func namespaceIsAlive(_ e: Endpoint) -> Bool {
+    func namespaceIsAlive(_ e: Endpoint) -> Bool {
         guard let identity = e.namespaceIdentity else { return false }
         var st = stat()
         let path = e.pid.map { "/proc/\($0)/ns/net" } ?? e.netns

@@ -1,0 +1,269 @@
+import Glibc
+import NetCore
+
+/// The CNI plugin: one invocation is one call of `run`, from the environment and stdin to
+/// what goes to stdout and the exit status. Everything the protocol can refuse (environment,
+/// JSON, version, configuration) is checked before state or the kernel is touched; the
+/// work itself is one NetCore call per command.
+public enum CNIPlugin {
+    public struct Output: Equatable {
+        public var stdout: String
+        public var status: Int32
+    }
+
+    /// `openManager` opens netctl's state (a `NetworkManager`) in the given directory.
+    public static func run(environment: [String: String], stdin: [UInt8],
+                           openManager: (String) throws -> NetworkManager = { try NetworkManager(stateDirectory: $0) }) -> Output {
+        var version = CNIVersion.latest
+        do {
+            let env = try CNIEnvironment(environment)
+            if env.command == .version { return versionInfo(stdin) }
+            let decoded = try BridgeConfig.decodeVersion(stdin)
+            version = decoded.version
+            let full = env.command == .add || env.command == .check
+            let config = try BridgeConfig(decoded.json, version: version, environment: env, full: full)
+            if (env.command == .status || env.command == .gc) && version != "1.1.0" {
+                throw CNIError(.incompatibleVersion, "\(env.command.rawValue) needs cniVersion 1.1.0, the configuration says \(version)")
+            }
+            let stateDir = config.stateDir ?? environment["NETCTL_STATE_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/var/lib/netctl"
+            let manager: NetworkManager
+            do {
+                manager = try openManager(stateDir)
+            } catch {
+                let code: CNIError.Code = env.command == .status ? .notAvailable : .internalFailure
+                throw CNIError(code, "netctl state in \(stateDir) cannot be opened", details: "\(error)")
+            }
+            let plugin = Operations(manager: manager, env: env, config: config)
+            switch env.command {
+            case .add: return Output(stdout: try plugin.add().json(cniVersion: version).text, status: 0)
+            case .check: try plugin.check()
+            case .del: try plugin.del()
+            case .gc: try plugin.gc()
+            case .status: try plugin.status()
+            case .version: break
+            }
+            return Output(stdout: "", status: 0)
+        } catch let error as CNIError {
+            return Output(stdout: error.json(cniVersion: version).text, status: 1)
+        } catch {
+            return Output(stdout: CNIPlugin.cniError(error).json(cniVersion: version).text, status: 1)
+        }
+    }
+
+    static func versionInfo(_ stdin: [UInt8]) -> Output {
+        // The runtime's own version, when it says one we speak; ours otherwise.
+        let asked = (try? JSON.parse(stdin))?["cniVersion"]?.string
+        let version = asked.flatMap { CNIVersion.supported.contains($0) ? $0 : nil } ?? CNIVersion.latest
+        let info = JSON.object([("cniVersion", .string(version)),
+                                ("supportedVersions", .array(CNIVersion.supported.map { .string($0) }))])
+        return Output(stdout: info.text, status: 0)
+    }
+
+    /// NetCore's errors as CNI codes.
+    public static func cniError(_ error: Error) -> CNIError {
+        guard let e = error as? NetctlError else { return CNIError(.internalFailure, "\(error)") }
+        let code: CNIError.Code
+        switch e {
+        case .addressPoolExhausted, .endpointNotActive:
+            // Both clear up without a configuration change: when attachments are deleted,
+            // or when the operation in flight ends.
+            code = .tryAgainLater
+        case .invalidName, .invalidInterfaceName, .invalidMAC, .invalidSubnet, .invalidAddress, .subnetOverlapsNetwork,
+             .subnetOverlapsRoute, .noFreeSubnet, .bridgeInUse, .bridgeNotOurs, .invalidPortSpec, .hostAddressNotLocal,
+             .needsProxy, .invalidRoute, .addressTaken:
+            code = .invalidNetworkConfig
+        case .portAlreadyPublished, .portInUse, .noFreeHostPort:
+            code = .portConflict
+        case .namespace:
+            code = .invalidEnvironment
+        case .endpointExists:
+            code = .alreadyAttached
+        case .endpointBroken:
+            code = .attachmentBroken
+        default:
+            code = .internalFailure
+        }
+        // The CLI's advice names its flags; say it in configuration terms too.
+        switch e {
+        case .bridgeNotOurs(let bridge):
+            return CNIError(code, e.description, details: "set another \"bridge\" in the configuration, or delete \(bridge) (e.g. left by the bridge plugin) once no container uses it")
+        case .bridgeInUse(let bridge, let network):
+            return CNIError(code, e.description, details: "bridge \(bridge) belongs to netctl network \(network); give this configuration its own \"bridge\"")
+        case .subnetOverlapsNetwork, .subnetOverlapsRoute:
+            return CNIError(code, e.description, details: "change the subnet in \"ipam\"")
+        default:
+            return CNIError(code, e.description)
+        }
+    }
+
+    /// netctl's endpoint name for a (network, container, interface) attachment: stable, so
+    /// DEL, CHECK and GC find what ADD made.
+    public static func endpointName(network: String, containerID: String, ifname: String) -> String {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325  // FNV-1a, 64 bits
+        for byte in Array(network.utf8) + [0] + Array(containerID.utf8) + [0] + Array(ifname.utf8) {
+            hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3
+        }
+        let hex = String(hash, radix: 16)
+        return "cni-" + String(repeating: "0", count: 16 - hex.count) + hex
+    }
+}
+
+/// One command's work against NetCore.
+struct Operations {
+    let manager: NetworkManager
+    let env: CNIEnvironment
+    let config: BridgeConfig
+
+    var endpointName: String {
+        CNIPlugin.endpointName(network: config.name, containerID: env.containerID!, ifname: env.ifname!)
+    }
+
+    /// The configuration's network in netctl: made on first use (`made`), reused if it matches.
+    func network() throws -> (network: Network, made: Bool) {
+        let spec = NetworkSpec(name: config.name, subnet: config.subnet, gateway: config.gateway, bridge: config.bridge,
+                               subnet6: config.subnet6, gateway6: config.gateway6, mtu: config.mtu)
+        let existing: Network
+        do {
+            existing = try manager.network(named: config.name)
+        } catch NetctlError.networkNotFound {
+            do {
+                return (try manager.createNetwork(spec), true)
+            } catch NetctlError.networkExists {
+                existing = try manager.network(named: config.name)  // another ADD made it first
+            }
+        }
+        var differences: [String] = []
+        if existing.bridge != config.bridge { differences.append("bridge \(existing.bridge), not \(config.bridge)") }
+        if let s = config.subnet, existing.subnet != s { differences.append("subnet \(existing.subnet), not \(s)") }
+        if let g = config.gateway, existing.gateway != g { differences.append("gateway \(existing.gateway), not \(g)") }
+        if let s = config.subnet6, existing.subnet6 != s { differences.append("IPv6 subnet \(existing.subnet6 ?? "none"), not \(s)") }
+        if let m = config.mtu, existing.mtu != m { differences.append("MTU \(existing.mtu), not \(m)") }
+        guard differences.isEmpty else {
+            throw CNIError(.invalidNetworkConfig, "network \(config.name) exists in netctl with \(differences.joined(separator: ", "))",
+                           details: "change the configuration back, or remove the network (`netctl network rm \(config.name)`) once no container uses it")
+        }
+        return (existing, false)
+    }
+
+    func add() throws -> CNIResult {
+        let previous = try config.prevResult.map(CNIResult.init)
+        let (network, made) = try network()
+        let name = endpointName
+        let endpoint: Endpoint, links: EndpointLinks
+        do {
+            do {
+                endpoint = try manager.attach(AttachRequest(
+                    network: network.name, target: .path(env.netns!), ip: config.ip, name: name, interface: env.ifname!,
+                    mac: config.mac, ports: config.portMappings, portBackend: .nft, routes: config.routes))
+            } catch NetctlError.endpointExists {
+                throw CNIError(.alreadyAttached, "container \(env.containerID!) already has \(env.ifname!) on network \(config.name)",
+                               details: "DEL it before adding it again")
+            }
+            do {
+                links = try manager.links(of: endpoint, on: network)
+            } catch {
+                _ = try? manager.detach([name])
+                throw error
+            }
+        } catch {
+            // A refused ADD changes nothing: a network made for it goes too (unless another
+            // container joined it meanwhile, which removeNetwork refuses).
+            if made { _ = try? manager.removeNetwork(named: network.name) }
+            throw error
+        }
+        var result = CNIResult(
+            interfaces: [
+                .init(name: links.bridge, mac: links.bridgeMAC, mtu: network.mtu),
+                .init(name: links.hostInterface, mac: links.hostMAC, mtu: links.mtu),
+                .init(name: endpoint.interface, mac: endpoint.mac, mtu: network.mtu, sandbox: endpoint.netns),
+            ],
+            ips: [.init(address: endpoint.ipv4, gateway: endpoint.gateway, interface: 2)],
+            routes: [.init(dst: "0.0.0.0/0", gw: endpoint.gateway)],
+            dns: config.dns)
+        if let ipv6 = endpoint.ipv6, let gateway6 = endpoint.gateway6 {
+            result.ips.append(.init(address: ipv6, gateway: gateway6, interface: 2))
+            result.routes.append(.init(dst: "::/0", gw: gateway6))
+        }
+        for route in config.routes {
+            let isDefault = route.destination == "0.0.0.0/0" || route.destination == "::/0"
+            if isDefault { continue }
+            let gw = route.gateway ?? (route.destination.contains(":") ? endpoint.gateway6 : endpoint.gateway)
+            result.routes.append(.init(dst: route.destination, gw: gw))
+        }
+        return previous.map { result.appended(to: $0) } ?? result
+    }
+
+    func check() throws {
+        let name = endpointName
+        let endpoint: Endpoint
+        do {
+            endpoint = try manager.endpoint(named: name)
+        } catch NetctlError.endpointNotFound {
+            throw CNIError(.unknownContainer, "container \(env.containerID!) has no \(env.ifname!) on network \(config.name)",
+                           details: "ADD it first")
+        }
+        func broken(_ reason: String) -> CNIError {
+            CNIError(.attachmentBroken, "attachment of container \(env.containerID!) (\(env.ifname!)) on \(config.name) is broken: \(reason)",
+                     details: "DEL and ADD it again")
+        }
+        if endpoint.netns != env.netns! { throw broken("it was made in \(endpoint.netns), not \(env.netns!)") }
+        let previous = try config.prevResult.map(CNIResult.init)
+        // The chain's final result may carry a MAC a later plugin (tuning) set on purpose.
+        let finalMAC = previous?.interfaces.last(where: { $0.name == env.ifname! && $0.sandbox == env.netns! })?.mac
+        try manager.verify(endpoint: name, mac: finalMAC)
+        if let previous {
+            let ours = [endpoint.ipv4] + [endpoint.ipv6].compactMap { $0 }
+            let listed = previous.ips.map(\.address)
+            for address in ours where !listed.contains(address) {
+                throw broken("prevResult does not list its address \(address)")
+            }
+            guard previous.interfaces.contains(where: { $0.name == env.ifname! && $0.sandbox == env.netns! }) else {
+                throw broken("prevResult does not list interface \(env.ifname!) in \(env.netns!)")
+            }
+        }
+        let published = try manager.ports(endpoint: name)
+        for wanted in config.portMappings {
+            let found = published.contains {
+                $0.hostPort == wanted.hostPort && $0.containerPort == wanted.containerPort && $0.proto == wanted.proto
+                    && (wanted.hostIP.isEmpty || $0.hostIP == wanted.hostIP)
+            }
+            if !found { throw broken("port \(wanted.hostPort)/\(wanted.proto.rawValue) -> \(wanted.containerPort) is not published") }
+        }
+    }
+
+    /// Removes the attachment; succeeds when it is already gone.
+    func del() throws {
+        do {
+            try manager.detach([endpointName])
+        } catch NetctlError.endpointNotFound {
+            return
+        }
+    }
+
+    /// Removes this network's attachments that are not in the runtime's list of valid ones,
+    /// then reconciles netctl's state with the kernel.
+    func gc() throws {
+        let keep = Set(config.validAttachments.map {
+            CNIPlugin.endpointName(network: config.name, containerID: $0.containerID, ifname: $0.ifname)
+        })
+        let endpoints: [Endpoint]
+        do {
+            endpoints = try manager.endpoints(network: config.name)
+        } catch NetctlError.networkNotFound {
+            return
+        }
+        let stale = endpoints.map(\.name).filter { $0.hasPrefix("cni-") && !keep.contains($0) }
+        if !stale.isEmpty { try manager.detach(stale) }
+        _ = try manager.gc()
+    }
+
+    /// Ready when netctl's state opened and answers (the caller opened it, with its netlink
+    /// socket); a bridge that went missing is no reason to refuse: the next ADD makes it again.
+    func status() throws {
+        do {
+            _ = try manager.networks()
+        } catch {
+            throw CNIError(.notAvailable, "netctl-cni is not ready: its state does not answer", details: "\(error)")
+        }
+    }
+}

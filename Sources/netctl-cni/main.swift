@@ -1,0 +1,35 @@
+import CNI
+import Glibc
+import Logging
+
+// netctl-cni: a CNI plugin (spec 0.4.0, 1.0.0, 1.1.0) over NetCore. The CNI runtime gives
+// the command in CNI_* variables and the network configuration on stdin; the result or
+// error JSON goes to stdout, logs to stderr.
+LoggingSystem.bootstrap { label in
+    var handler = StreamLogHandler.standardError(label: label)
+    handler.logLevel = getenv("NETCTL_DEBUG") != nil ? .debug : .warning
+    return handler
+}
+
+var environment: [String: String] = [:]
+var entry = environ
+while let pointer = entry.pointee {
+    let pair = String(cString: pointer)
+    if let eq = pair.firstIndex(of: "=") { environment[String(pair[..<eq])] = String(pair[pair.index(after: eq)...]) }
+    entry += 1
+}
+var input: [UInt8] = []
+var buffer = [UInt8](repeating: 0, count: 65536)
+while true {
+    let n = read(0, &buffer, buffer.count)
+    if n > 0 { input += buffer[0..<n]; continue }
+    if n < 0 && errno == EINTR { continue }
+    break
+}
+let output = CNIPlugin.run(environment: environment, stdin: input)
+if !output.stdout.isEmpty {
+    let text = output.stdout + "\n"
+    _ = text.withCString { fputs($0, stdout) }
+    fflush(stdout)
+}
+exit(output.status)
