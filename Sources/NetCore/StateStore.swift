@@ -8,9 +8,18 @@ final class StateStore {
     /// True when this open found state from before a reboot and discarded its endpoints.
     private(set) var discardedPreviousBoot = false
 
+    /// Bumped with every schema change below; kept in SQLite's `user_version`.
+    static let schemaVersion: Int64 = 2
+
     init(path: String, bootID: String = currentBootID()) throws {
         db = try SQLiteDatabase(path: path)
         try db.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
+        // The common open (schema current, same boot) only reads: no write transaction and
+        // no DDL to parse, which every short-lived process (CLI, CNI plugin) would pay.
+        if try db.query("PRAGMA user_version").first?.first?.int == StateStore.schemaVersion,
+           try db.query("SELECT value FROM meta WHERE key = 'boot_id'").first?.first?.string == bootID {
+            return
+        }
         try db.transaction {
             try db.execute(StateStore.schema)
             // State written before ports had backends: every one of them was kernel DNAT.
@@ -27,6 +36,7 @@ final class StateStore {
                 }
                 try db.run("INSERT OR REPLACE INTO meta(key, value) VALUES ('boot_id', ?)", [.text(bootID)])
             }
+            try db.execute("PRAGMA user_version = \(StateStore.schemaVersion)")
         }
     }
 
