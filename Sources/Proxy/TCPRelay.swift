@@ -77,9 +77,18 @@ extension Worker {
             abort(client)
             return
         }
-        var one: Int32 = 1
-        setsockopt(client, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-        setsockopt(backend, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        var one: Int32 = 1, zero: Int32 = 0
+        let size = socklen_t(MemoryLayout<Int32>.size)
+        setsockopt(client, Int32(IPPROTO_TCP), TCP_NODELAY, &one, size)
+        setsockopt(backend, Int32(IPPROTO_TCP), TCP_NODELAY, &one, size)
+        // When the client has spoken already, the handshake's last ACK to the backend can
+        // ride on those bytes (two segments fewer per connection, counted with nstat). Not
+        // otherwise: a server that speaks first (SMTP, SSH, MySQL)
+        // would wait for a delayed ACK before its accept returns.
+        var byte: UInt8 = 0
+        if recv(client, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) > 0 {
+            setsockopt(backend, Int32(IPPROTO_TCP), TCP_QUICKACK, &zero, size)
+        }
         var target = listener.backend
         let rc = withUnsafePointer(to: &target) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(backend, $0, listener.backendLength) } }
         if rc != 0 && errno != EINPROGRESS {
