@@ -111,11 +111,6 @@ extension Worker {
 
     func connectionEvent(slot: Int, generation: UInt32, backend: Bool, events: UInt32) {
         guard slot < connections.count, connections[slot].inUse, connections[slot].generation & 0x7fff_ffff == generation else { return }
-        if false && events & EPOLLERR.rawValue != 0 && !connections[slot].establishing {
-            // A reset (or other error) on a side whose reading already ended would otherwise
-            // go unnoticed until the other side writes: pass it on now.
-            return reset(slot, toBackend: !backend)
-        }
         if connections[slot].establishing {
             // Client events wait: whatever the client sent is relayed once the backend answers.
             guard backend else {
