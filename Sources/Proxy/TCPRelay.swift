@@ -137,8 +137,11 @@ extension Worker {
         let into = backend ? connections[slot].up : connections[slot].down
         let hangup = events & (EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0
         let closed = events & EPOLLHUP.rawValue != 0  // both ways: pump everything
+        // The peer's FIN is here (and no error): what is read now is its last data.
+        let finishing = events & (EPOLLRDHUP.rawValue | EPOLLERR.rawValue) == EPOLLRDHUP.rawValue
         pump(slot, up: closed || (backend ? (writable && into.pending > 0) : readable),
-             down: closed || (backend ? readable : (writable && into.pending > 0)), hangup: hangup)
+             down: closed || (backend ? readable : (writable && into.pending > 0)), hangup: hangup,
+             finishing: finishing ? (backend ? .down : .up) : nil)
     }
 
     private func established(_ slot: Int, backendReadable: Bool = true) {
@@ -163,18 +166,22 @@ extension Worker {
 
     /// Moves what can move in both directions; passes EOFs and resets on; closes the
     /// connection when both directions are done.
-    private func pump(_ slot: Int, up: Bool = true, down: Bool = true, hangup: Bool = true) {
+    enum Side { case up, down }
+
+    private func pump(_ slot: Int, up: Bool = true, down: Bool = true, hangup: Bool = true, finishing: Side? = nil) {
         let client = connections[slot].client, backend = connections[slot].backend
         let counters = connections[slot].counters
         if up {
-            switch pump(&connections[slot].up, from: client, to: backend, hangup: hangup, otherShut: connections[slot].down.shut) {
+            switch pump(&connections[slot].up, from: client, to: backend, hangup: hangup, otherShut: connections[slot].down.shut,
+                        last: finishing == .up) {
             case .moved(let bytes): if bytes > 0 { counters?.add(Counters.bytesIn, UInt64(bytes)) }
             case .sourceFailed: return reset(slot, toBackend: true)
             case .destinationFailed: return reset(slot, toBackend: false)
             }
         }
         if down {
-            switch pump(&connections[slot].down, from: backend, to: client, hangup: hangup, otherShut: connections[slot].up.shut) {
+            switch pump(&connections[slot].down, from: backend, to: client, hangup: hangup, otherShut: connections[slot].up.shut,
+                        last: finishing == .down) {
             case .moved(let bytes): if bytes > 0 { counters?.add(Counters.bytesOut, UInt64(bytes)) }
             case .sourceFailed: return reset(slot, toBackend: false)
             case .destinationFailed: return reset(slot, toBackend: true)
@@ -191,9 +198,11 @@ extension Worker {
     /// `hangup`: the event said the peer may have closed, so read on to EOF even after a
     /// short read (otherwise a short read means the socket is empty, and the next byte or
     /// FIN brings a new edge). `otherShut`: the other direction is done, so this one's EOF
-    /// closes the connection and needs no shutdown(2) of its own.
+    /// closes the connection and needs no shutdown(2) of its own. `last`: the source's FIN
+    /// has arrived, so the bytes moved now are its last; they are sent with MSG_MORE and the
+    /// FIN that follows at once leaves in the same segment.
     private func pump(_ d: inout Connection.Direction, from source: Int32, to destination: Int32,
-                      hangup: Bool = true, otherShut: Bool = false) -> PumpResult {
+                      hangup: Bool = true, otherShut: Bool = false, last: Bool = false) -> PumpResult {
         var moved = 0
         let capacity = options.pipeSize
         let threshold = options.copyThreshold
@@ -210,7 +219,7 @@ extension Worker {
                 if n > 0 {
                     moved += n; progress = true
                     if n == threshold { d.splicing = true } else if !hangup { drained = true }
-                    let sent = send(destination, scratch, n, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+                    let sent = send(destination, scratch, n, Int32(MSG_NOSIGNAL | MSG_DONTWAIT) | (last ? Int32(MSG_MORE) : 0))
                     if sent < 0 && errno != EAGAIN && errno != EINTR { return .destinationFailed }
                     let done = max(0, sent)
                     if done < n {
@@ -240,7 +249,8 @@ extension Worker {
                 }
             }
             if d.pending > 0, let pipe = d.pipe {
-                let n = cshim_splice(pipe.read, destination, d.pending, UInt32(CSHIM_SPLICE_F_MOVE | CSHIM_SPLICE_F_NONBLOCK))
+                let n = cshim_splice(pipe.read, destination, d.pending,
+                                     UInt32(CSHIM_SPLICE_F_MOVE | CSHIM_SPLICE_F_NONBLOCK | (last ? CSHIM_SPLICE_F_MORE : 0)))
                 if n > 0 {
                     d.pending -= n; progress = true
                 } else if n != -Int(EAGAIN) && n != -Int(EINTR) {
