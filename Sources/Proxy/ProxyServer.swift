@@ -193,7 +193,10 @@ public final class ProxyServer {
         var one: Int32 = 1
         let size = socklen_t(MemoryLayout<Int32>.size)
         if route.proto == .udp { setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, size) }
-        if route.proto == .tcp { setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, size) }
+        if route.proto == .tcp {
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, size)
+            setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, size)  // accepted sockets inherit it
+        }
         if !route.listen.ip.isIPv4 { setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, size) }
         if route.proto == .udp && route.listen.isWildcard { _ = cshim_enable_pktinfo(fd, route.listen.ip.isIPv4 ? 0 : 1) }
         let bound = route.listen.withSockaddr { bind(fd, $0, $1) }
