@@ -30,6 +30,8 @@ struct Connection {
     var establishing = false
     /// The client sent something before the backend answered (its edge was not acted on).
     var clientWaiting = false
+    /// The client socket is watched for EPOLLOUT too (since a send to it first blocked).
+    var clientWritable = false
     var deadline: UInt64 = 0
     var up = Direction()    // client -> backend
     var down = Direction()  // backend -> client
@@ -100,7 +102,7 @@ extension Worker {
         let generation = connections[slot].generation &+ 1
         connections[slot] = Connection(inUse: true, generation: generation, client: client, backend: backend, listener: listenerSlot,
                                        counters: listener.counters, proxyProtocol: route.proxyProtocol, establishing: true, deadline: monotonicNanoseconds() + options.connectTimeout, peer: peer)
-        watch(client, Worker.connectionToken(slot: slot, generation: generation, backend: false), Worker.edgeAll)
+        watch(client, Worker.connectionToken(slot: slot, generation: generation, backend: false), Worker.edgeRead)
         watch(backend, Worker.connectionToken(slot: slot, generation: generation, backend: true), Worker.edgeAll)
         listener.counters.add(Counters.connections)
         listener.counters.add(Counters.active)
@@ -183,6 +185,12 @@ extension Worker {
             case .moved(let bytes): if bytes > 0 { counters?.add(Counters.bytesOut, UInt64(bytes)) }
             case .sourceFailed: return reset(slot, toBackend: false)
             case .destinationFailed: return reset(slot, toBackend: true)
+            }
+            if connections[slot].down.pending > 0 && !connections[slot].clientWritable {
+                // Bytes wait for the client: from now on its writable edges matter.
+                connections[slot].clientWritable = true
+                watch(client, Worker.connectionToken(slot: slot, generation: connections[slot].generation, backend: false),
+                      Worker.edgeAll, change: true)
             }
         }
         if connections[slot].up.shut && connections[slot].down.shut { finish(slot) }

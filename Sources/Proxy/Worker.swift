@@ -95,12 +95,15 @@ final class Worker {
 
     static let edgeIn = EPOLLIN.rawValue | EPOLLET.rawValue
     static let edgeAll = EPOLLIN.rawValue | EPOLLOUT.rawValue | EPOLLRDHUP.rawValue | EPOLLET.rawValue
+    /// A client socket until a send to it first blocks: no EPOLLOUT, whose edges would come
+    /// with every ACK the client sends and wake the loop for nothing.
+    static let edgeRead = EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLET.rawValue
 
-    func watch(_ fd: Int32, _ token: UInt64, _ events: UInt32) {
+    func watch(_ fd: Int32, _ token: UInt64, _ events: UInt32, change: Bool = false) {
         var event = epoll_event()
         event.events = events
         event.data.u64 = token
-        epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event)
+        epoll_ctl(epoll, change ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &event)
     }
 
     /// The loop. Returns once drained (or at the drain deadline).
