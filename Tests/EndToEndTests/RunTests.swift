@@ -186,7 +186,7 @@ struct RunTests {
         try world.expectNothingLeft(pids: [])
     }
 
-    @Test("missing image, corrupted blob, hostile layer, missing runc: a clear error and nothing left")
+    @Test("missing image, corrupted blob, each hostile layer, missing runc: a clear error and nothing left")
     func refusals() throws {
         let world = try World()
         let scratch = world.sandbox.stateDirectory + "/images-under-test"
@@ -205,20 +205,19 @@ struct RunTests {
         try handle.write(contentsOf: Data([byte[0] ^ 0xff]))
         try handle.close()
 
-        // A layer that plants a symlink to the outside and writes through it.
-        var tar = TarWriter()
-        tar.symlink("escape", to: scratch + "/outside")
-        tar.file("escape/pwned", "x")
-        try TestImage(layers: [tar.finished()]).writeLayout(to: scratch + "/hostile")
+        // One image per way a layer can try to leave its root (or make a device).
         try FileManager.default.createDirectory(atPath: scratch + "/outside", withIntermediateDirectories: true)
+        try TestSupport.write(Array("secret".utf8), to: scratch + "/outside/secret")
+        for kind in HostileLayer.allCases {
+            try TestImage(layers: [kind.layer(outside: scratch + "/outside")]).writeLayout(to: scratch + "/hostile-" + kind.rawValue)
+        }
 
         let cases: [(arguments: [String], environment: [String: String], message: String)] = [
             (["run", "-d", "-p", "8080:80", scratch + "/missing"], [:], "no image at"),
             (["run", "-d", "-p", "8080:80", corrupt], [:], "is corrupt"),
-            (["run", "-d", "-p", "8080:80", scratch + "/hostile"], [:], "would be written through the symlink escape"),
             (["run", "-d", "-p", "8080:80", exampleImage], ["PATH": "/var/empty"], "apt-get install runc"),
             (["run", "-d", "-p", "99999:80", exampleImage], [:], "invalid port mapping"),
-        ]
+        ] + HostileLayer.allCases.map { (["run", "-d", "-p", "8080:80", scratch + "/hostile-" + $0.rawValue], [:], $0.message) }
         let before = try world.sandbox.snapshot()
         for (arguments, environment, message) in cases {
             let result = try world.sandbox.run(Sandbox.netctl, arguments, environment: environment)
@@ -228,7 +227,7 @@ struct RunTests {
             #expect(try world.containers().isEmpty)
             #expect(try world.sandbox.snapshot() == before, "\(arguments) changed nothing")
         }
-        #expect(try FileManager.default.contentsOfDirectory(atPath: scratch + "/outside").isEmpty)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: scratch + "/outside") == ["secret"], "nothing written outside")
         try world.expectNothingLeft(pids: [])
         let cached = try FileManager.default.contentsOfDirectory(atPath: world.sandbox.stateDirectory + "/images/tmp")
         #expect(cached.isEmpty, "no half-unpacked layer is kept")

@@ -185,3 +185,43 @@ public func write(_ bytes: [UInt8], to path: String) throws {
         throw ImageError.io(what: "write \(path)", errno: errno)
     }
 }
+
+/// Layers that try to write outside the root they are unpacked into, or to make a device,
+/// one way each; `message` is what the rejection says.
+public enum HostileLayer: String, CaseIterable, Sendable {
+    case dotdot, absolutePath, absoluteSymlink, relativeSymlink, symlinkThenHardLink, hardLinkOut, charDevice, blockDevice
+
+    public var message: String {
+        switch self {
+        case .dotdot: return "climbs out of the root"
+        case .absolutePath: return "has an absolute path"
+        case .absoluteSymlink, .relativeSymlink, .symlinkThenHardLink: return "through the symlink"
+        case .hardLinkOut: return "hard link pointing outside"
+        case .charDevice, .blockDevice: return "is a device node"
+        }
+    }
+
+    /// The layer tar, aimed at the directory `outside` (which holds a file "secret").
+    public func layer(outside: String) -> [UInt8] {
+        let up = String(repeating: "../", count: 12) + String(outside.dropFirst())
+        var tar = TarWriter()
+        tar.file("fine", "an innocent entry first")
+        switch self {
+        case .dotdot: tar.file("a/" + up + "/pwned", "x")
+        case .absolutePath: tar.file(outside + "/pwned", "x")
+        case .absoluteSymlink:
+            tar.symlink("escape", to: outside)
+            tar.file("escape/pwned", "x")
+        case .relativeSymlink:
+            tar.symlink("escape", to: up)
+            tar.file("escape/pwned", "x")
+        case .symlinkThenHardLink:
+            tar.symlink("escape", to: outside)
+            tar.hardLink("stolen", to: "escape/secret")
+        case .hardLinkOut: tar.hardLink("stolen", to: up + "/secret")
+        case .charDevice: tar.device("dev/mem", major: 1, minor: 1)
+        case .blockDevice: tar.device("dev/sda", block: true, major: 8, minor: 0)
+        }
+        return tar.finished()
+    }
+}
