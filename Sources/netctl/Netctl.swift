@@ -14,7 +14,7 @@ import Runtime
 struct Netctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "netctl",
-        abstract: "Container networking: bridges, veth pairs, addresses and routes over netlink.",
+        abstract: "Container networking over netlink and nftables (networks, endpoints, published ports, a proxy), and `run` for images under runc.",
         subcommands: [NetworkCommand.self, Attach.self, Detach.self, Endpoints.self, PortCommand.self, ProxyCommand.self,
                       Reload.self, GC.self, Run.self, PS.self, Logs.self, Stop.self, Rm.self, Monitor.self])
 }

@@ -99,6 +99,9 @@ struct RunTests {
         #expect(try world.page(from: world.sandbox.hostNamespace, "127.0.0.1", 8080).contains(pageTitle))
         #expect(try world.page(from: world.sandbox.hostNamespace, World.hostIP, 8080).contains(pageTitle))
         #expect(try world.page(from: world.neighbour, World.hostIP, 8080).contains(pageTitle))
+        // IPv6 to an IPv4-only container: the kernel can't DNAT it; the container's monitor
+        // relays it (--backend auto, the default).
+        #expect(try world.page(from: world.neighbour, World.hostIP6, 8080).contains(pageTitle))
 
         let ps = try world.netctlOK("ps").stdout
         #expect(ps.contains("CONTAINER ID") && ps.contains(String(id.prefix(12))) && ps.contains("web"))
