@@ -133,7 +133,8 @@ struct ProxyRelayTests {
         let proxy: ProxyServer
         let host: NetworkNamespace
 
-        init(ipv6Network: Bool = false, copyThreshold: Int = 16384) throws {
+        /// `connectTimeout`: short by default, so the refused-backend test is quick.
+        init(ipv6Network: Bool = false, copyThreshold: Int = 16384, connectTimeout: Double = 1) throws {
             world = try World()
             host = world.sandbox.hostNamespace
             var create = ["network", "create", "px", "--subnet", "10.95.0.0/24"]
@@ -143,7 +144,7 @@ struct ProxyRelayTests {
             backend = try EchoBackend(in: try world.container("c1"))
             // Made on a thread in the sandbox: its workers start there and inherit the namespace.
             proxy = try world.sandbox.hostNamespace.run {
-                try ProxyServer(options: .init(workers: 2, connectTimeoutSeconds: 1, copyThreshold: copyThreshold))
+                try ProxyServer(options: .init(workers: 2, connectTimeoutSeconds: connectTimeout, copyThreshold: copyThreshold))
             }
         }
 
@@ -301,7 +302,9 @@ struct ProxyRelayTests {
 
     @Test("IPv6: [::1] and [::] listeners to an IPv4 backend, and an IPv4 listener to an IPv6 backend")
     func families() throws {
-        let s = try Setup(ipv6Network: true)
+        // The first connection to a new IPv6 neighbour may wait for a repeated neighbour
+        // solicitation (1 s apart) on a loaded machine: more than the 1 s default here.
+        let s = try Setup(ipv6Network: true, connectTimeout: 5)
         let v6backend = try EchoBackend(in: try s.world.container("c1"), ipv6: true)
         try s.serve([ProxyRelayTests.route(listen: "::1", 18005, s.backend.port),
                      ProxyRelayTests.route(listen: "::", 18006, s.backend.port),
