@@ -113,11 +113,13 @@ struct Logs: ParsableCommand {
             guard fd >= 0 else { return }  // no output yet
             defer { close(fd) }
             var buffer = [UInt8](repeating: 0, count: 65536)
+            var last = !follow
             while true {
                 let n = read(fd, &buffer, buffer.count)
                 if n > 0 { _ = buffer.withUnsafeBytes { write(1, $0.baseAddress, n) }; continue }
-                guard follow, let record = try? manager.container(container), manager.isRunning(record) else { break }
-                usleep(100_000)
+                if last { break }
+                // Once it has stopped, one more pass takes what it wrote just before.
+                if let record = try? manager.container(container), manager.isRunning(record) { usleep(100_000) } else { last = true }
             }
         }
     }

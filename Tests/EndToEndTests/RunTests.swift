@@ -170,7 +170,11 @@ struct RunTests {
         #expect(attached.stdout.hasPrefix("hi there from ") && attached.stdout.contains(" in /www"), "the image's WorkingDir: \(attached.stdout)")
 
         // A detached container that ends by itself releases its endpoint and ports too.
-        try world.netctlOK("run", "-d", "--name", "brief", "-p", "8083:80", exampleImage, "/bin/sh", "-c", "sleep 0.3; exit 7")
+        try world.netctlOK("run", "-d", "--name", "brief", "-p", "8083:80", exampleImage,
+                           "/bin/sh", "-c", "echo one; sleep 0.5; echo two; exit 7")
+        // logs -f follows the output until the container exits, then returns.
+        let followed = try world.sandbox.run(Sandbox.netctl, ["logs", "-f", "brief"], timeout: 20)
+        #expect(followed.ok && followed.stdout == "one\ntwo\n", "\(followed.stdout)")
         try world.eventually { try world.containers()["brief"]?["state"] as? String == "exited" }
         #expect((try world.containers()["brief"]?["exitCode"] as? NSNumber)?.int32Value == 7)
         #expect(try world.netctlOK("port", "ls").stdout.contains("8083") == false)
