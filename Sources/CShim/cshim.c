@@ -18,6 +18,8 @@
 #include <sys/sysmacros.h>
 #include <linux/openat2.h>
 #include <sys/xattr.h>
+#include <signal.h>
+#include <spawn.h>
 
 int cshim_setns(int fd, int nstype) { return setns(fd, nstype) == 0 ? 0 : -errno; }
 
@@ -196,4 +198,27 @@ int cshim_is_opaque(int fd) {
     ssize_t n = fgetxattr(fd, "trusted.overlay.opaque", value, sizeof value);
     if (n < 0) return (errno == ENODATA || errno == ENOTSUP) ? 0 : -errno;
     return n == 1 && value[0] == 'y';
+}
+
+int cshim_spawn_close_from(posix_spawn_file_actions_t *actions, int low) {
+    int rc = posix_spawn_file_actions_addclosefrom_np(actions, low);
+    return rc == 0 ? 0 : -rc;
+}
+
+static volatile sig_atomic_t signal_target = 0;
+
+static void forward(int signal) {
+    pid_t target = (pid_t)signal_target;
+    if (target > 0) kill(target, signal);
+}
+
+void cshim_set_signal_target(pid_t pid) { signal_target = (sig_atomic_t)pid; }
+
+int cshim_forward_signal(int signal) {
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = forward;
+    action.sa_flags = SA_RESTART;
+    sigemptyset(&action.sa_mask);
+    return sigaction(signal, &action, NULL) == 0 ? 0 : -errno;
 }

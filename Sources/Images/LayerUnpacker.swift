@@ -39,6 +39,13 @@ struct LayerUnpacker {
         guard let parts = LayerUnpacker.components(entry.path) else {
             throw hostile(entry, entry.path.hasPrefix("/") ? "has an absolute path" : "climbs out of the root with \"..\"")
         }
+        // Bounds real images never reach, so a crafted one can't exhaust descriptors or the stack.
+        guard entry.path.utf8.count < 4096, parts.count <= 128, entry.linkName.utf8.count < 4096 else {
+            throw ImageError.invalid(what: "layer \(layer)", reason: "entry \(entry.path.prefix(80))... is nested too deep or named too long")
+        }
+        guard (0...Int(UInt32.max - 1)).contains(entry.uid), (0...Int(UInt32.max - 1)).contains(entry.gid) else {
+            throw ImageError.invalid(what: "layer \(layer)", reason: "entry \(entry.path) has owner \(entry.uid):\(entry.gid), out of range")
+        }
         if entry.kind == .characterDevice || entry.kind == .blockDevice {
             throw hostile(entry, "is a device node (\(entry.deviceMajor):\(entry.deviceMinor))")
         }
@@ -134,7 +141,7 @@ struct LayerUnpacker {
     /// The directory at `parts` below the root, created (mode 0755, owned by root) where
     /// missing, as tar does for members whose parent has no entry of its own.
     private func openDirectory(_ parts: [Substring], entry: TarEntry, create: Bool = true) throws -> Int32 {
-        var current = dup(rootFD)
+        var current = fcntl(rootFD, F_DUPFD_CLOEXEC, 0)
         for (i, part) in parts.enumerated() {
             let name = String(part)
             var fd = cshim_open_beneath(current, name, O_DIRECTORY | O_RDONLY, 0)

@@ -127,7 +127,7 @@ public enum RootFilesystem {
 
 /// The names in a directory, without "." and "..".
 func listDirectory(_ fd: Int32) throws -> [String] {
-    let copy = dup(fd)
+    let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
     guard let dir = fdopendir(copy) else { close(copy); throw ImageError.io(what: "cannot list a directory", errno: errno) }
     defer { closedir(dir) }
     rewinddir(dir)

@@ -46,8 +46,9 @@ public final class TarReader {
             if header.allSatisfy({ $0 == 0 }) { return nil }  // end-of-archive marker
             try verifyChecksum()
             let type = header[156]
+            let extended = type == UInt8(ascii: "x") || type == UInt8(ascii: "g") || type == UInt8(ascii: "L") || type == UInt8(ascii: "K")
             var size = try number(124, 12, "size")
-            if let paxSize { size = paxSize }
+            if let paxSize, !extended { size = paxSize }  // a PAX size is the next real member's
             guard size >= 0 else { throw invalid("negative size") }
             switch type {
             case UInt8(ascii: "x"), UInt8(ascii: "g"):
@@ -57,10 +58,15 @@ public final class TarReader {
                         switch key {
                         case "path": paxPath = value
                         case "linkpath": paxLink = value
-                        case "size": paxSize = Int64(value)
+                        case "size":
+                            guard let v = Int64(value), v >= 0 else { throw invalid("bad PAX size \"\(value)\"") }
+                            paxSize = v
                         case "uid": paxUID = Int(value)
                         case "gid": paxGID = Int(value)
-                        case "mtime": paxMtime = Int64(Double(value) ?? 0)
+                        case "mtime":
+                            // Seconds, maybe with a fraction; anything unrepresentable is 0.
+                            let seconds = Double(value) ?? 0
+                            paxMtime = seconds.isFinite && abs(seconds) < 1e15 ? Int64(seconds) : 0
                         default: break  // xattrs, atime, ...: not needed to build a root filesystem
                         }
                     }
@@ -189,8 +195,10 @@ public final class TarReader {
         var result: [(String, String)] = []
         var index = 0
         while index < data.count {
+            // "LEN key=value\n": LEN counts the whole record, so it must reach past the space
+            // and leave room for at least "k=\n".
             guard let space = data[index...].firstIndex(of: 32), let length = Int(String(decoding: data[index..<space], as: UTF8.self)),
-                  length > 0, index + length <= data.count else { throw invalid("bad PAX record") }
+                  length > space - index + 3, index + length <= data.count else { throw invalid("bad PAX record") }
             let record = data[(space + 1)..<(index + length - 1)]
             guard let eq = record.firstIndex(of: UInt8(ascii: "=")) else { throw invalid("bad PAX record") }
             result.append((String(decoding: record[..<eq], as: UTF8.self), String(decoding: record[(eq + 1)...], as: UTF8.self)))

@@ -166,7 +166,12 @@ public final class ContainerManager {
         }
         close(pipe[0])
         let text = String(decoding: reply, as: UTF8.self).trimmed
-        if text == "ok", let running = store.load(record.id) { return running }
+        if text == "ok" {
+            // Started. A short-lived --rm container may be gone already; that is no failure.
+            var started = record
+            started.state = .running
+            return store.load(record.id) ?? started
+        }
         // The monitor cleaned up after itself; make sure, and reap it (it is our child).
         Processes.wait(pid)
         discard(record)
@@ -187,6 +192,8 @@ public final class ContainerManager {
         _ = chdir("/")  // hold no directory (and no mount) busy for the container's lifetime
         signal(SIGHUP, SIG_IGN)
         signal(SIGINT, SIG_IGN)
+        // If `run -d` died, writing "ok" to its pipe must fail with EPIPE, not kill the monitor.
+        signal(SIGPIPE, SIG_IGN)
         guard let runc = try? Runc.locate(root: runcRoot) else {
             report(readyFD, "error: " + RuntimeError.runcMissing("runc").description)
             return 125
@@ -195,11 +202,18 @@ public final class ContainerManager {
     }
 
     private func monitor(_ id: String, readyFD: Int32, runc: Runc) -> Int32 {
-        guard var record = store.load(id) else { report(readyFD, "error: its record is gone"); return 125 }
+        // The monitor owns the record from here: gc, stop and rm see a live owner, not the
+        // `run` that started it (which may be gone).
+        guard var record = try? store.update(id, {
+            $0.monitorPID = getpid(); $0.monitorStart = Processes.startTime(getpid())
+        }) else { report(readyFD, "error: its record is gone"); return 125 }
         let dir = directory(record)
         _ = cshim_set_child_subreaper()  // the container's first process becomes our child once runc exits
-        signal(SIGTERM, forwardSignal)
-        if readyFD < 0 { signal(SIGINT, forwardSignal) }
+        _ = cshim_forward_signal(SIGTERM)
+        if readyFD < 0 {
+            _ = cshim_forward_signal(SIGINT)
+            signal(SIGHUP, SIG_IGN)  // a closed terminal must not leave the container without its monitor
+        }
         // Attached: the container writes to our stdout/stderr; detached: to its log.
         let output = readyFD < 0 ? -2 : open(dir + "/log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
         defer { if output >= 0 { close(output) } }
@@ -214,13 +228,15 @@ public final class ContainerManager {
                 throw RuntimeError.runcFailed(step: "create", container: record.name, message: "it wrote no pid file")
             }
             initPID = pid
-            signalTarget = pid
+            cshim_set_signal_target(pid)
             proxy = try serveProxiedPorts(record)
             try runc.run(["start", id], container: record.name, logFile: runcLog)
-            record = try store.update(id) {
+            guard let running = try store.update(id, {
                 $0.state = .running; $0.pid = pid; $0.pidStart = Processes.startTime(pid); $0.startedAt = Date()
-                $0.monitorPID = getpid(); $0.monitorStart = Processes.startTime(getpid())
-            } ?? record
+            }) else {
+                throw RuntimeError.monitorFailed(container: record.name, message: "it was removed while starting")
+            }
+            record = running
         } catch {
             proxy?.stop(drainSeconds: 0)
             report(readyFD, "error: \(error)")
@@ -232,7 +248,7 @@ public final class ContainerManager {
         if readyFD >= 0 { close(readyFD) }
 
         let code = reap(initPID)
-        signalTarget = 0
+        cshim_set_signal_target(0)
         proxy?.stop(drainSeconds: 0)
         release(record)
         if record.autoRemove {
@@ -296,14 +312,18 @@ public final class ContainerManager {
         return try store.update(record.id) { $0.state = .exited; $0.finishedAt = Date() } ?? record
     }
 
+    /// Waits for the monitor to record the exit. Without a monitor (it died), waits for the
+    /// container's process itself and does the monitor's clean-up.
     private func waitUntilExited(_ id: String, seconds: Double) -> ContainerRecord? {
         var waited = 0.0
         repeat {
-            guard let record = store.load(id) else {
-                return nil
-            }
+            guard let record = store.load(id) else { return nil }
             if record.state == .exited { return record }
-            if !Processes.isAlive(record.monitorPID, start: record.monitorStart) { return nil }
+            if !Processes.isAlive(record.monitorPID, start: record.monitorStart)
+                && !Processes.isAlive(record.pid, start: record.pidStart) {
+                release(record)
+                return try? store.update(id) { $0.state = .exited; $0.finishedAt = Date() }
+            }
             usleep(10_000)
             waited += 0.01
         } while waited < seconds
@@ -405,6 +425,13 @@ public final class ContainerManager {
             guard fields.first == "nameserver", fields.count > 1 else { return fields.first == "search" || fields.first == "options" }
             return !(fields[1].hasPrefix("127.") || fields[1] == "::1")
         }
+        if !kept.contains(where: { $0.hasPrefix("nameserver") }),
+           let upstream = readBytes("/run/systemd/resolve/resolv.conf").map({ String(decoding: $0, as: UTF8.self) }) {
+            // systemd-resolved's stub (127.0.0.53) is unreachable from the container; its
+            // upstream servers are not.
+            return upstream.split(separator: "\n").filter { $0.hasPrefix("nameserver") && !$0.contains(" 127.") }
+                .joined(separator: "\n") + "\n"
+        }
         return kept.joined(separator: "\n") + "\n"
     }
 
@@ -413,13 +440,6 @@ public final class ContainerManager {
         let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
         return n > 0 ? String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : "/proc/self/exe"
     }
-}
-
-/// The container's first process, to which the monitor passes SIGTERM (and SIGINT when attached).
-nonisolated(unsafe) private var signalTarget: pid_t = 0
-
-private func forwardSignal(_ signal: Int32) {
-    if signalTarget > 0 { kill(signalTarget, signal) }
 }
 
 extension String {

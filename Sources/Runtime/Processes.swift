@@ -5,7 +5,8 @@ import Glibc
 /// Starting and waiting for helper processes (runc, the monitor) with posix_spawn.
 enum Processes {
     /// Starts `argv`; `fds` maps target descriptor -> source descriptor (-1: /dev/null).
-    /// Descriptors not named are closed in the child (all of ours are O_CLOEXEC).
+    /// Every other descriptor is closed in the child, inherited ones without O_CLOEXEC too
+    /// (a CI runner's pipe held by a detached monitor would keep that runner waiting).
     static func spawn(_ argv: [String], fds: [Int32: Int32], newSession: Bool = false) throws -> pid_t {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -17,6 +18,7 @@ enum Processes {
                 posix_spawn_file_actions_addopen(&actions, target, "/dev/null", target == 0 ? O_RDONLY : O_WRONLY, 0)
             }
         }
+        if let highest = fds.keys.max() { _ = cshim_spawn_close_from(&actions, highest + 1) }
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
@@ -63,9 +65,10 @@ enum Processes {
     }
 
     /// True if `pid` is alive and is still the process that started at `start`.
+    /// A PID without a recorded start time can't be told from a later process that got the
+    /// same number, so it counts as gone.
     static func isAlive(_ pid: pid_t?, start: UInt64?) -> Bool {
-        guard let pid, pid > 0, kill(pid, 0) == 0 || errno == EPERM else { return false }
-        guard let start else { return true }
+        guard let pid, pid > 0, let start, kill(pid, 0) == 0 || errno == EPERM else { return false }
         return startTime(pid) == start
     }
 

@@ -131,11 +131,15 @@ func readBeneath(_ root: String, _ path: String) -> String? {
     let rootFD = open(root, O_DIRECTORY | O_RDONLY | O_CLOEXEC)
     guard rootFD >= 0 else { return nil }
     defer { close(rootFD) }
-    let fd = cshim_open_beneath(rootFD, path, O_RDONLY, 0)
+    // Non-blocking and a regular file of sane size: an image's /etc/passwd could be a fifo
+    // (reading would hang) or huge.
+    let fd = cshim_open_beneath(rootFD, path, O_RDONLY | O_NONBLOCK, 0)
     guard fd >= 0 else { return nil }
     defer { close(fd) }
+    var st = stat()
+    guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, st.st_size <= 4 << 20 else { return nil }
     var result = [UInt8]()
     var buffer = [UInt8](repeating: 0, count: 65536)
-    while case let n = read(fd, &buffer, buffer.count), n > 0 { result += buffer[0..<n] }
+    while result.count <= 4 << 20, case let n = read(fd, &buffer, buffer.count), n > 0 { result += buffer[0..<n] }
     return String(decoding: result, as: UTF8.self)
 }

@@ -182,6 +182,40 @@ func upperLayer() -> [UInt8] {
         #expect(scratch.list("store/layers").isEmpty && scratch.list("store/tmp").isEmpty, "nothing half-unpacked is kept")
     }
 
+    /// Malformed or extreme values in a layer are errors, never a crash, and leave nothing.
+    @Test(.enabled(if: isRoot), arguments: [
+        ("2 a=b\n", "bad PAX record"),                 // a length shorter than its own record
+        ("11 size=-5\n", "bad PAX size"),
+        ("10 uid=-1\n", "out of range"),
+        ("22 uid=99999999999999\n", "out of range"),
+        ("15 mtime=1e300\n", ""),                      // accepted, as time 0
+        ("13 mtime=nan\n", ""),
+    ])
+    func malformedValuesAreErrors(_ pax: String, _ message: String) throws {
+        let scratch = Scratch()
+        var tar = TarWriter()
+        tar.paxHeader(pax)
+        tar.file("f", "x")
+        try TestImage(layers: [tar.finished()]).writeLayout(to: scratch.path + "/image")
+        let store = try ImageStore(directory: scratch.path + "/store")
+        if message.isEmpty {
+            _ = try store.load(scratch.path + "/image")
+        } else {
+            #expect { try store.load(scratch.path + "/image") } throws: { "\($0)".contains(message) }
+            #expect(scratch.list("store/layers").isEmpty && scratch.list("store/tmp").isEmpty)
+        }
+    }
+
+    @Test(.enabled(if: isRoot)) func deepNestingIsRefused() throws {
+        let scratch = Scratch()
+        var tar = TarWriter()
+        tar.file(String(repeating: "d/", count: 200) + "f", "x")
+        try TestImage(layers: [tar.finished()]).writeLayout(to: scratch.path + "/image")
+        let store = try ImageStore(directory: scratch.path + "/store")
+        #expect { try store.load(scratch.path + "/image") } throws: { "\($0)".contains("nested too deep") }
+        #expect(scratch.list("store/layers").isEmpty && scratch.list("store/tmp").isEmpty)
+    }
+
     @Test func tarReaderChecksHeaders() throws {
         var tar = TarWriter()
         tar.file("a", "1")

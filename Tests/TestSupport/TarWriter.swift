@@ -36,6 +36,13 @@ public struct TarWriter {
         entry(path, type: block ? "4" : "3", mode: 0o666, major: major, minor: minor)
     }
 
+    /// A PAX extended header with exactly this body (well-formed or not), for the next member.
+    public mutating func paxHeader(_ body: String) {
+        let data = Array(body.utf8)
+        bytes += header("PaxHeader", type: "x", mode: 0o644, size: data.count, uid: 0, gid: 0, link: "", major: 0, minor: 0)
+        bytes += data + [UInt8](repeating: 0, count: (512 - data.count % 512) % 512)
+    }
+
     /// Two zero blocks: the end-of-archive marker.
     public func finished() -> [UInt8] { bytes + [UInt8](repeating: 0, count: 1024) }
 

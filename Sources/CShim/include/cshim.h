@@ -11,6 +11,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <pthread.h>
+#include <spawn.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <linux/if_link.h>
@@ -91,6 +92,12 @@ int cshim_is_opaque(int fd);
 int cshim_mount_overlay(const char *target, const char *options);
 /// Makes the caller a child subreaper: orphans below it are reparented to it; 0 or -errno.
 int cshim_set_child_subreaper(void);
+/// Closes every descriptor from `low` up in the spawned child (glibc 2.34+); 0 or -errno.
+int cshim_spawn_close_from(posix_spawn_file_actions_t *actions, int low);
+/// Forwards `signal` to `cshim_set_signal_target`'s process, from a handler that only reads
+/// a sig_atomic_t (async-signal-safe). 0 or -errno.
+int cshim_forward_signal(int signal);
+void cshim_set_signal_target(pid_t pid);
 /// POSIX_SPAWN_SETSID (a GNU flag, hidden without _GNU_SOURCE).
 enum { CSHIM_POSIX_SPAWN_SETSID = 0x80 };
 
