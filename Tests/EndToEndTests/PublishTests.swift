@@ -18,7 +18,8 @@ final class World {
 
     init() throws {
         sandbox = try Sandbox()
-        neighbour = try NetworkNamespace(path: sandbox.outsidePath(try sandbox.makeNamespaceFile("neighbour")))
+        let neighbourFile = try sandbox.makeNamespaceFile("neighbour")
+        neighbour = try NetworkNamespace(path: sandbox.outsidePath(neighbourFile))
         let host = try RouteNetlink.open(in: sandbox.hostNamespace)
         try host.perform(.createVeth(VethSpec(name: "uplink0", peerName: "eth0", peerNamespaceFD: neighbour.fd)))
         let uplink = try host.link(named: "uplink0")!
@@ -41,6 +42,12 @@ final class World {
             .addRoute(.defaultRoute(via: IPAddress(World.hostIP)!)),
             .addRoute(.defaultRoute(via: IPAddress(World.hostIP6)!)),
         ])
+        // The link is new: wait (bounded) until neighbour discovery works both ways, so an NS
+        // lost while the links came up can't fail a test that is about something else.
+        for _ in 0..<10 {
+            if try sandbox.run("/usr/bin/nsenter", ["--net=\(neighbourFile)", "/usr/bin/ping", "-6", "-c1", "-W1", World.hostIP6],
+                               timeout: 5).ok { break }
+        }
     }
 
     /// The namespace of a container made with `attach --new NAME`.
