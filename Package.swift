@@ -39,7 +39,7 @@ let package = Package(
         // OCI images and `docker save` archives: verification, safe unpacking, the layer cache.
         .target(name: "Images", dependencies: ["CShim", "CCrypto", "CZlib"]),
         .target(name: "NetCore", dependencies: [
-            "Netlink", "Firewall", "Proxy", "CSQLite",
+            "Netlink", "Firewall", "Proxy", "CSQLite", "CShim",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // Runs images with runc on netctl networking: bundles, the monitor, container state.
@@ -53,7 +53,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The CNI plugin: protocol, configuration and results (CNI), and the executable.
-        .target(name: "CNI", dependencies: ["NetCore"]),
+        .target(name: "CNI", dependencies: ["NetCore", "Netlink"]),
         .executableTarget(name: "netctl-cni", dependencies: [
             "CNI", .product(name: "Logging", package: "swift-log"),
         ]),
@@ -65,8 +65,8 @@ let package = Package(
         // Builds tar archives and OCI images for tests (crafted and hostile ones included).
         .target(name: "TestSupport", dependencies: ["Images", "CZlib"], path: "Tests/TestSupport"),
         .testTarget(name: "ImagesTests", dependencies: ["Images", "TestSupport"]),
-        .testTarget(name: "RuntimeTests", dependencies: ["Runtime"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["NetCore", "Netlink", "Firewall", "Proxy", "CShim", "TestSupport"],
+        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "NetCore"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["NetCore", "Netlink", "Firewall", "Proxy", "CShim", "TestSupport", "Images"],
                     exclude: ["golden"]),  // read by path, see DNATTests
     ],
     swiftLanguageModes: [.v5]

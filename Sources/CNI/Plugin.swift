@@ -1,5 +1,6 @@
 import Glibc
 import NetCore
+import Netlink
 
 /// The CNI plugin: one invocation is one call of `run`, from the environment and stdin to
 /// what goes to stdout and the exit status. Everything the protocol can refuse (environment,
@@ -132,11 +133,15 @@ struct Operations {
                 existing = try manager.network(named: config.name)  // another ADD made it first
             }
         }
+        // Compared as addresses, not text: "FD00::/64" is the subnet stored as "fd00::/64".
+        func sameNetwork(_ a: String?, _ b: String) -> Bool { a.flatMap { IPNetwork($0) } == IPNetwork(b) }
+        func sameAddress(_ a: String?, _ b: String) -> Bool { a.flatMap { IPAddress($0) } == IPAddress(b) }
         var differences: [String] = []
         if existing.bridge != config.bridge { differences.append("bridge \(existing.bridge), not \(config.bridge)") }
-        if let s = config.subnet, existing.subnet != s { differences.append("subnet \(existing.subnet), not \(s)") }
-        if let g = config.gateway, existing.gateway != g { differences.append("gateway \(existing.gateway), not \(g)") }
-        if let s = config.subnet6, existing.subnet6 != s { differences.append("IPv6 subnet \(existing.subnet6 ?? "none"), not \(s)") }
+        if let s = config.subnet, !sameNetwork(existing.subnet, s) { differences.append("subnet \(existing.subnet), not \(s)") }
+        if let g = config.gateway, !sameAddress(existing.gateway, g) { differences.append("gateway \(existing.gateway), not \(g)") }
+        if let s = config.subnet6, !sameNetwork(existing.subnet6, s) { differences.append("IPv6 subnet \(existing.subnet6 ?? "none"), not \(s)") }
+        if let g = config.gateway6, !sameAddress(existing.gateway6, g) { differences.append("IPv6 gateway \(existing.gateway6 ?? "none"), not \(g)") }
         if let m = config.mtu, existing.mtu != m { differences.append("MTU \(existing.mtu), not \(m)") }
         guard differences.isEmpty else {
             throw CNIError(.invalidNetworkConfig, "network \(config.name) exists in netctl with \(differences.joined(separator: ", "))",

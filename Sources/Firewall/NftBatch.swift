@@ -18,8 +18,6 @@ public enum NftExpression: Equatable, Sendable {
     case dnat(family: UInt32, addressRegister: UInt32, portRegister: UInt32)
     case masquerade
     case verdict(Int32, chain: String? = nil)
-    /// Constant data into a register (`dnat to 10.0.0.2:80` loads address and port this way).
-    case immediateData([UInt8], into: UInt32)
 
     /// nft's register numbering: 1-4 are 16-byte registers, 8-23 the 4-byte ones used for
     /// concatenations.
@@ -82,11 +80,6 @@ public enum NftExpression: Equatable, Sendable {
             return e
         case .masquerade:
             return make("masq")
-        case .immediateData(let data, let register):
-            let e = make("immediate")
-            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_IMM_DREG), register)
-            data.withUnsafeBytes { _ = nftnl_expr_set(e, UInt16(NFTNL_EXPR_IMM_DATA), $0.baseAddress, UInt32($0.count)) }
-            return e
         case .verdict(let verdict, let chain):
             let e = make("immediate")
             nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_IMM_DREG), 0)

@@ -77,8 +77,11 @@ public enum PublishRuleset {
         var data: NftType { .concat(ipv6 ? .ipv6 : .ipv4, .inetService) }
     }
 
+    /// Drops what arrives from the wire for 127/8 (what makes route_localnet safe).
+    public static let guardChain = "guard"
+
     static let chains: [(name: String, hook: (type: String, number: UInt32, priority: Int32)?)] = [
-        ("guard", ("filter", UInt32(NF_INET_PRE_ROUTING.rawValue), -300)),
+        (guardChain, ("filter", UInt32(NF_INET_PRE_ROUTING.rawValue), -300)),
         ("publish", nil),
         ("prerouting", ("nat", UInt32(NF_INET_PRE_ROUTING.rawValue), -100)),
         ("output", ("nat", UInt32(NF_INET_LOCAL_OUT.rawValue), -100)),
@@ -116,7 +119,7 @@ public enum PublishRuleset {
         let accept: [NftExpression] = [.verdict(Int32(NF_ACCEPT))]
         let drop: [NftExpression] = [.verdict(Int32(NF_DROP))]
 
-        batch.addRule(table: table, chain: "guard",
+        batch.addRule(table: table, chain: guardChain,
                       [.meta(key: UInt32(NFT_META_IIFNAME.rawValue), into: NftExpression.reg1),
                        .compare(register: NftExpression.reg1, op: neq, data: ifname("lo")),
                        nfproto, ipv4] + source(loopback, destination: true) + drop)

@@ -45,12 +45,11 @@ public struct ImageConfig: Codable, Sendable, Equatable {
         public var WorkingDir: String?
         public var ExposedPorts: [String: Empty]?
         public var StopSignal: String?
-        public var Labels: [String: String]?
 
         public init(User: String? = nil, Env: [String]? = nil, Entrypoint: [String]? = nil, Cmd: [String]? = nil,
-                    WorkingDir: String? = nil, ExposedPorts: [String: Empty]? = nil) {
+                    WorkingDir: String? = nil, ExposedPorts: [String: Empty]? = nil, StopSignal: String? = nil) {
             self.User = User; self.Env = Env; self.Entrypoint = Entrypoint; self.Cmd = Cmd
-            self.WorkingDir = WorkingDir; self.ExposedPorts = ExposedPorts
+            self.WorkingDir = WorkingDir; self.ExposedPorts = ExposedPorts; self.StopSignal = StopSignal
         }
     }
 

@@ -56,10 +56,7 @@ public final class ImageStore {
         }
         let manifest: ImageManifest = try readBlob(archive, manifestDescriptor, what: "manifest")
         let config: ImageConfig = try readBlob(archive, manifest.config, what: "image config")
-        try checkPlatform(config)
-        guard config.rootfs.diff_ids.count == manifest.layers.count else {
-            throw ImageError.invalid(what: "image config", reason: "it lists \(config.rootfs.diff_ids.count) layers, the manifest \(manifest.layers.count)")
-        }
+        try check(config, layers: manifest.layers.count, listedIn: "the manifest")
         var directories: [String] = []
         for (layer, diffID) in zip(manifest.layers, config.rootfs.diff_ids) {
             let what = "layer \(layer.digest.short)"
@@ -94,14 +91,9 @@ public final class ImageStore {
         let configDigest = try Digest(hex: name.hasSuffix(".json") ? String(name.dropLast(5)) : name)
         let configSource = DigestingSource(try archive.open(entry.Config, what: "image config"))
         let configBytes = try configSource.readAll(limit: 1 << 22, what: "image config")
-        guard configSource.finish() == configDigest else {
-            throw ImageError.digestMismatch(what: "image config", expected: configDigest.description, actual: configSource.finish().description)
-        }
+        try check(configSource, expected: configDigest, size: nil, what: "image config")
         let config: ImageConfig = try decode(configBytes, "image config")
-        try checkPlatform(config)
-        guard config.rootfs.diff_ids.count == entry.Layers.count else {
-            throw ImageError.invalid(what: "image config", reason: "it lists \(config.rootfs.diff_ids.count) layers, manifest.json \(entry.Layers.count)")
-        }
+        try check(config, layers: entry.Layers.count, listedIn: "manifest.json")
         // Layers carry no descriptor here: each is verified against its diff ID, which the
         // (verified) config names.
         var directories: [String] = []
@@ -192,6 +184,14 @@ public final class ImageStore {
             throw ImageError.unsupported(what: what, reason: "zstd-compressed layers are not; use gzip or uncompressed layers")
         }
         return peek
+    }
+
+    /// The config is for this machine and names as many layers as the manifest lists.
+    private func check(_ config: ImageConfig, layers: Int, listedIn manifest: String) throws {
+        try checkPlatform(config)
+        guard config.rootfs.diff_ids.count == layers else {
+            throw ImageError.invalid(what: "image config", reason: "it lists \(config.rootfs.diff_ids.count) layers, \(manifest) \(layers)")
+        }
     }
 
     private func checkPlatform(_ config: ImageConfig) throws {

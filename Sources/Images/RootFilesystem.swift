@@ -126,7 +126,7 @@ public enum RootFilesystem {
 }
 
 /// The names in a directory, without "." and "..".
-func listDirectory(_ fd: Int32) throws -> [String] {
+public func listDirectory(_ fd: Int32) throws -> [String] {
     let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
     guard let dir = fdopendir(copy) else { close(copy); throw ImageError.io(what: "cannot list a directory", errno: errno) }
     defer { closedir(dir) }

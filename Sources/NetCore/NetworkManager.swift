@@ -136,6 +136,12 @@ public final class NetworkManager {
         return client
     }
 
+    /// The name rule for networks, endpoints and anything named after them (a runtime's
+    /// containers are endpoints of the same name): `invalidName` if `name` breaks it.
+    public static func checkName(_ name: String, kind: String) throws {
+        try Validate.objectName(name, kind: kind)
+    }
+
     // MARK: Networks
 
     public func networks() throws -> [Network] {
@@ -209,8 +215,12 @@ public final class NetworkManager {
             try syncFirewall()  // first: ensureBridge needs the guard in place
             _ = try ensureBridge(network)
         } catch {
-            if existingBridge == nil { _ = try? host.perform(.deleteLink(name: bridge).ignoring(ENODEV)) }
-            try? store.transaction { try store.deleteNetwork(named: network.name) }
+            // The row goes first, and the bridge only with it: once the row is committed a
+            // concurrent attach may already hang an endpoint on this bridge, and then the
+            // network (and its bridge) must stay.
+            let removed = (try? store.transaction { try store.deleteNetwork(named: network.name) }) != nil
+            if removed && existingBridge == nil { _ = try? host.perform(.deleteLink(name: bridge).ignoring(ENODEV)) }
+            logger.warning("creating network \(network.name) failed: \(error)")
             throw NetctlError.wrap(error)
         }
         logger.info("created network \(network.name) (\(network.subnet) on \(network.bridge))")
@@ -272,7 +282,7 @@ public final class NetworkManager {
         // own 127.0.0.1 connections be DNATed onto the bridge. That is safe only with the
         // table's guard chain in place (it drops anything from the wire addressed to 127/8),
         // so the table is checked, and rebuilt if a reboot or a flush took it, first.
-        if try wrapKernel({ try firewall().ruleCount(chain: "guard") }) == 0 { try syncFirewall() }
+        if try wrapKernel({ try firewall().ruleCount(chain: PublishRuleset.guardChain) }) == 0 { try syncFirewall() }
         try setSysctl("net/ipv4/ip_forward", "1")
         try setSysctl("net/ipv4/conf/\(network.bridge)/route_localnet", "1")
         if network.ipv6Subnet != nil { try setSysctl("net/ipv6/conf/all/forwarding", "1") }
@@ -503,15 +513,18 @@ public final class NetworkManager {
     /// state doesn't know, and restores missing bridges. Safe to run at any time, repeatedly.
     public func gc() throws -> GCReport {
         var report = GCReport()
-        // Kernel first, state second: every netctl link or namespace is recorded in state
-        // before it is made, so anything seen here whose record is missing below is a leftover.
+        // State, kernel, state again. Every netctl link or namespace is recorded in state
+        // before it is made, so one seen in the kernel whose record is missing from the read
+        // after is a leftover. An endpoint is judged stale only by the read before: one that
+        // turned active after the link dump would otherwise look like it lost its veth.
+        let judged = try store.endpoints()
         let links = try host.links()
         let namespaceFiles = listDirectory(namespaceDirectory)
         let endpoints = try store.endpoints()
         let networks = try store.networks()
         let linkNames = Set(links.map(\.name))
 
-        let stale = endpoints.filter { e in
+        let stale = judged.filter { e in
             switch e.state {
             case .creating, .removing: return !e.owner.isAlive
             case .active: return !linkNames.contains(e.hostInterface) || !namespaceIsAlive(e)

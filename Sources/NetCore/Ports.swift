@@ -335,7 +335,7 @@ extension NetworkManager {
         guard p.backend != .proxy else { return [] }
         let proto: DNATMapping.Proto = switch p.proto { case .tcp: .tcp; case .udp: .udp; case .sctp: .sctp }
         let scope = HostScope(p.hostIP)
-        if case .address(let ip) = scope, ip == IPAddress("::1") { return [] }  // (auto: the proxy's)
+        if case .address(let ip) = scope, ip == NetworkManager.ipv6Loopback { return [] }  // (auto: the proxy's)
         var result: [DNATMapping] = []
         let hostIP: IPAddress? = if case .address(let ip) = scope { ip } else { nil }
         if scope.coversIPv4 {
@@ -353,7 +353,7 @@ extension NetworkManager {
         let text = spec.hostIP.isEmpty ? "\(spec.containerPort)/\(spec.proto.rawValue)" : "\(spec.hostIP) -> \(spec.containerPort)/\(spec.proto.rawValue)"
         switch backend {
         case .nft:
-            if case .address(let ip) = HostScope(spec.hostIP), ip == IPAddress("::1") {
+            if case .address(let ip) = HostScope(spec.hostIP), ip == NetworkManager.ipv6Loopback {
                 throw NetctlError.needsProxy(spec: text, reason: "the kernel does not DNAT from ::1; use --backend auto (or proxy), or publish on 127.0.0.1")
             }
             if spec.hostIP != "" && HostScope(spec.hostIP).coversIPv6 && endpoint.ipv6 == nil {
@@ -369,12 +369,23 @@ extension NetworkManager {
         }
     }
 
+    static let ipv6Loopback = IPAddress("::1")!
+
     static func isLoopback(_ ip: IPAddress) -> Bool {
-        ip.isIPv4 ? ip.bytes[0] == 127 : ip == IPAddress("::1")
+        ip.isIPv4 ? ip.bytes[0] == 127 : ip == ipv6Loopback
     }
 
     /// Drops UDP conntrack entries for the host ports, so a client that never pauses is
     /// not left pinned to the old target. Best effort: the mapping change itself stands.
+    func localAddresses() throws -> Set<IPAddress> { Set(try host.addresses().map(\.address)) }
+
+    /// Whether a tracked flow was addressed to this host (one of its addresses, or loopback):
+    /// a client of a published port, not a container's own flow out.
+    func isAddressedToHost(_ entry: ConntrackClient.Entry, local: Set<IPAddress>) -> Bool {
+        guard let destination = entry.destination else { return false }
+        return local.contains(destination) || NetworkManager.isLoopback(destination)
+    }
+
     func flushConntrack(_ ports: [PublishedPort]) {
         let udp = ports.filter { $0.proto == .udp }
         guard !udp.isEmpty else { return }
@@ -383,10 +394,10 @@ extension NetworkManager {
             let entries = try client.entries()
             // Only flows addressed to this host: a container's outbound flow to some server's
             // port 53 or 443 is not a client of the mapping and must survive.
-            let local = Set(try host.addresses().map(\.address))
+            let local = try localAddresses()
             let stale = entries.filter { entry in
-                guard entry.proto == UInt8(IPPROTO_UDP), let destination = entry.destination,
-                      local.contains(destination) || NetworkManager.isLoopback(destination) else { return false }
+                guard entry.proto == UInt8(IPPROTO_UDP), isAddressedToHost(entry, local: local),
+                      let destination = entry.destination else { return false }
                 return udp.contains { p in
                     guard p.hostPort == entry.destinationPort else { return false }
                     if case .address(let ip) = HostScope(p.hostIP) { return destination == ip }

@@ -1,3 +1,4 @@
+import CShim
 import FoundationEssentials
 import Glibc
 import Logging
@@ -33,7 +34,7 @@ extension NetworkManager {
             case .allIPv4:
                 return []
             case .address(let ip):
-                if ip == IPAddress("::1") { return [route("::1", to: v6 ?? v4)] }
+                if ip == NetworkManager.ipv6Loopback { return [route("::1", to: v6 ?? v4)] }
                 return !ip.isIPv4 && v6 == nil ? [route("\(ip)", to: v4)] : []
             }
         }
@@ -63,15 +64,6 @@ public struct PortStats: Codable, Equatable, Sendable {
     public var kernelConnections: Int
 }
 
-extension RouteStats {
-    func adding(_ other: RouteStats) -> RouteStats {
-        var sum = self
-        sum.bytesIn &+= other.bytesIn; sum.bytesOut &+= other.bytesOut; sum.connections &+= other.connections
-        sum.active &+= other.active; sum.packetsIn &+= other.packetsIn; sum.packetsOut &+= other.packetsOut
-        sum.failures &+= other.failures
-        return sum
-    }
-}
 
 /// The proxy backend as a service: serves every proxied route in state, follows state as
 /// mappings come and go, and publishes its counters. `netctl proxy serve` runs one; a
@@ -82,8 +74,14 @@ public final class ProxyService {
     let logger: Logger
     private var version: Int64 = -1
     private var routes: [ProxyRoute: PublishedPort] = [:]
-    /// Routes that could not listen (a port some program holds), tried again on changes.
+    /// How many routes are being served (those that could listen).
+    public var serving: Int { routes.count - failing.count }
+
+    /// Routes that could not listen (a port some program holds), tried again on state
+    /// changes and every `retryInterval`.
     public private(set) var failing: [ProxyRoute: String] = [:]
+    private var nextRetry: UInt64 = 0
+    static let retryInterval: UInt64 = 5_000_000_000
 
     public init(manager: NetworkManager, options: ProxyServer.Options = .init(), logger: Logger = Logger(label: "netctl-proxy")) throws {
         self.manager = manager
@@ -94,14 +92,17 @@ public final class ProxyService {
     /// Brings the served routes in line with state when state changed (or when `force`).
     public func refresh(force: Bool = false) throws {
         let now = try manager.stateVersion()
-        guard force || now != version || !failing.isEmpty else { return }
-        version = now
+        let retry = !failing.isEmpty && monotonicNanoseconds() >= nextRetry
+        guard force || now != version || retry else { return }
         let wanted = try manager.proxyRoutes()
         // One taken port must not keep the others down: serve what can listen.
         let failed = try server.update(Array(wanted.keys), partial: true).mapValues(\.description)
         for (route, reason) in failed where failing[route] == nil { logger.warning("not serving \(route): \(reason)") }
+        // Recorded only once applied: a refresh that threw is tried again on the next call.
+        version = now
         failing = failed
         routes = wanted
+        nextRetry = monotonicNanoseconds() + ProxyService.retryInterval
     }
 
     /// Counters per published port, for the stats file and the metrics endpoint.
@@ -109,15 +110,14 @@ public final class ProxyService {
         var byPort: [PublishedPort: RouteStats] = [:]
         for (route, stats) in server.stats() {
             guard let port = routes[route] else { continue }
-            byPort[port] = (byPort[port] ?? RouteStats()).adding(stats)
+            byPort[port] = (byPort[port] ?? RouteStats()) + stats
         }
         return byPort.map { ($0.key, $0.value) }.sorted { ($0.port.endpoint, $0.port.hostPort) < ($1.port.endpoint, $1.port.hostPort) }
     }
 
     /// Writes the counters where `netctl port stats` reads them (atomically: rename).
     public func writeStats() {
-        struct Entry: Codable { var port: PublishedPort; var stats: RouteStats }
-        let entries = stats().map { Entry(port: $0.port, stats: $0.stats) }
+        let entries = stats().map { StatsEntry(port: $0.port, stats: $0.stats) }
         guard let json = try? JSONCoding.encode(entries) else { return }
         let temporary = manager.proxyStatsPath + ".tmp"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
@@ -162,20 +162,29 @@ extension NetworkManager {
     /// kernel path's tracked flows.
     public func portStats(endpoint name: String? = nil) throws -> [PortStats] {
         let ports = try self.ports(endpoint: name)
-        struct Entry: Codable { var port: PublishedPort; var stats: RouteStats }
         var proxied: [PublishedPort: RouteStats] = [:]
-        if let text = readFile(proxyStatsPath), let entries = try? JSONCoding.decode([Entry].self, from: text) {
+        if let text = readFile(proxyStatsPath), let entries = try? JSONCoding.decode([StatsEntry].self, from: text) {
             for entry in entries { proxied[entry.port] = entry.stats }
         }
         var flows: [ConntrackKey: Int] = [:]
         if ports.contains(where: { $0.backend != .proxy }), let entries = try? conntrack().entries() {
-            for entry in entries { flows[ConntrackKey(proto: entry.proto, port: entry.destinationPort), default: 0] += 1 }
+            // Flows to this host only: a container's own flow out to some port 443 is not one.
+            let local = try localAddresses()
+            for entry in entries where isAddressedToHost(entry, local: local) {
+                flows[ConntrackKey(proto: entry.proto, port: entry.destinationPort), default: 0] += 1
+            }
         }
         return ports.map { p in
             let number: UInt8 = switch p.proto { case .tcp: 6; case .udp: 17; case .sctp: 132 }
             return PortStats(port: p, proxy: proxied[p], kernelConnections: p.backend == .proxy ? 0 : flows[ConntrackKey(proto: number, port: p.hostPort)] ?? 0)
         }
     }
+}
+
+/// One port's counters in the stats file `proxy serve` writes and `port stats` reads.
+private struct StatsEntry: Codable {
+    var port: PublishedPort
+    var stats: RouteStats
 }
 
 private struct ConntrackKey: Hashable {
@@ -203,13 +212,11 @@ public final class MetricsEndpoint: @unchecked Sendable {
     private var lock = pthread_mutex_t()
     private var text = ""
 
-    /// Listens on address:port (in the caller's network namespace).
-    public init(address: String, port: UInt16) throws {
-        guard let ip = IPAddress(address) else { throw NetctlError.invalidAddress(address, reason: "--metrics needs IP:PORT") }
-        fd = socket(ip.isIPv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    /// Listens on `target` (in the caller's network namespace).
+    public init(listen target: SocketAddress) throws {
+        fd = socket(target.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        let target = SocketAddress(ip, port)
         let bound = target.withSockaddr { bind(fd, $0, $1) }
         guard bound == 0, listen(fd, 16) == 0 else {
             let code = errno
@@ -219,7 +226,15 @@ public final class MetricsEndpoint: @unchecked Sendable {
         pthread_mutex_init(&lock, nil)
         var thread = pthread_t()
         let context = Unmanaged.passRetained(self).toOpaque()
-        _ = cshimStart(&thread, context)
+        let rc = cshim_thread_start(&thread, { raw in
+            Unmanaged<MetricsEndpoint>.fromOpaque(raw!).takeRetainedValue().serve()
+        }, context)
+        guard rc == 0 else {
+            Unmanaged<MetricsEndpoint>.fromOpaque(context).release()
+            close(fd)
+            throw NetctlError.state("cannot start the metrics thread: \(String(cString: strerror(-rc)))")
+        }
+        pthread_detach(thread)  // it serves for the process's lifetime
     }
 
     public func update(_ text: String) {
@@ -254,9 +269,3 @@ public final class MetricsEndpoint: @unchecked Sendable {
     }
 }
 
-private func cshimStart(_ thread: inout pthread_t, _ context: UnsafeMutableRawPointer) -> Int32 {
-    pthread_create(&thread, nil, { raw in
-        Unmanaged<MetricsEndpoint>.fromOpaque(raw!).takeRetainedValue().serve()
-        return nil
-    }, context)
-}

@@ -78,6 +78,7 @@ public final class ProxyServer {
     public func update(_ wanted: [ProxyRoute], partial: Bool) throws -> [ProxyRoute: ProxyError] {
         guard !stopped else { throw ProxyError("the proxy has been stopped; make a new one") }
         let wantedSet = Set(wanted)
+        if wantedSet == Set(routes.keys) { return [:] }  // nothing to change, no barrier to pay
         let gone = routes.keys.filter { !wantedSet.contains($0) }
         // A TCP route replaced on the same address (a new backend, say) hands its listening
         // socket to the new route: no moment without a listener, no rebind.
@@ -102,6 +103,9 @@ public final class ProxyServer {
                 failed[route] = error
             } catch {
                 for fds in opened.values { fds.forEach { close($0) } }
+                // All or nothing: UDP routes that let go of their port for this update get it back.
+                for route in replacedUDP { if let fds = try? listenSockets(route) { install(route, fds) } }
+                if !replacedUDP.isEmpty { barrier() }
                 throw error
             }
         }
@@ -110,20 +114,24 @@ public final class ProxyServer {
         let unwatched = leaving.compactMap { shared.removeValue(forKey: $0) }.filter { !handedOver.contains($0) }
         for route in leaving { routes[route] = nil }
         for (route, fd) in reuse { opened[route] = [fd] }
-        for (route, fds) in opened {
-            let counters = workers.map { _ in Counters() }
-            for (i, worker) in workers.enumerated() {
-                worker.post(.add(fd: route.proto == .tcp ? fds[0] : fds[i], route: route, counters: counters[i]))
-            }
-            routes[route] = counters
-            if route.proto == .tcp { shared[route] = fds[0] }
-        }
+        for (route, fds) in opened { install(route, fds) }
         // Return only once every worker has applied the change: a removed route accepts
         // nothing after this call, and an added one is being served. Only then may the
         // removed routes' shared listeners close.
         barrier()
         unwatched.forEach { close($0) }
         return failed
+    }
+
+    /// Hands a route's listening sockets to the workers (one shared TCP listener, or a UDP
+    /// socket per worker); applied at the next barrier.
+    private func install(_ route: ProxyRoute, _ fds: [Int32]) {
+        let counters = workers.map { _ in Counters() }
+        for (i, worker) in workers.enumerated() {
+            worker.post(.add(fd: route.proto == .tcp ? fds[0] : fds[i], route: route, counters: counters[i]))
+        }
+        routes[route] = counters
+        if route.proto == .tcp { shared[route] = fds[0] }
     }
 
     /// Stops routes now: workers drop them (and what they carried), then their shared

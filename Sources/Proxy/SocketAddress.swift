@@ -13,7 +13,7 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
 
     public var description: String { ip.isIPv4 ? "\(ip):\(port)" : "[\(ip)]:\(port)" }
 
-    var family: Int32 { ip.isIPv4 ? AF_INET : AF_INET6 }
+    public var family: Int32 { ip.isIPv4 ? AF_INET : AF_INET6 }
     /// 0.0.0.0 or ::, compared as numbers (this is asked per datagram: no text parsing).
     var isWildcard: Bool { ip == .v4(0) || ip == .v6(0) }
     var length: socklen_t { socklen_t(ip.isIPv4 ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size) }
@@ -92,6 +92,15 @@ public struct RouteStats: Codable, Equatable, Sendable {
     public var failures: UInt64 = 0
 
     public init() {}
+
+    /// Two routes' (or workers') counters together.
+    public static func + (a: RouteStats, b: RouteStats) -> RouteStats {
+        var sum = a
+        sum.bytesIn &+= b.bytesIn; sum.bytesOut &+= b.bytesOut; sum.connections &+= b.connections
+        sum.active &+= b.active; sum.packetsIn &+= b.packetsIn; sum.packetsOut &+= b.packetsOut
+        sum.failures &+= b.failures
+        return sum
+    }
 }
 
 /// One worker's counters for one route: written only by that worker's thread, read by
@@ -123,7 +132,7 @@ public struct ProxyError: Error, CustomStringConvertible, Equatable {
 }
 
 /// The monotonic clock in nanoseconds.
-func monotonicNanoseconds() -> UInt64 {
+public func monotonicNanoseconds() -> UInt64 {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)

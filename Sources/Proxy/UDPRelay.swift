@@ -149,17 +149,25 @@ extension Worker {
             let count = Int(cshim_recvmmsg(flows[slot].backend, b.messages, UInt32(b.batch), Int32(MSG_DONTWAIT)))
             if count == -Int(ECONNREFUSED) { continue }  // an ICMP error for an earlier datagram
             guard count > 0 else { return }
+            // Every reply of the batch goes to the same client from the same address: one
+            // destination and one packet-info block, shared by all the messages.
+            b.names[0] = flows[slot].client
+            if flows[slot].hasLocal {
+                withUnsafePointer(to: &flows[slot].local) { cshim_set_pktinfo_source(&b.messages[0].msg_hdr, b.control(0), $0) }
+            }
+            var bytes: UInt64 = 0
             for i in 0..<count {
                 b.vectors[i].iov_len = Int(b.messages[i].msg_len)
-                b.names[i] = flows[slot].client
-                b.messages[i].msg_hdr.msg_name = UnsafeMutableRawPointer(b.names + i)
+                bytes += UInt64(b.messages[i].msg_len)
+                b.messages[i].msg_hdr.msg_name = UnsafeMutableRawPointer(b.names)
                 b.messages[i].msg_hdr.msg_namelen = flows[slot].clientLength
-                if flows[slot].hasLocal {
-                    withUnsafePointer(to: &flows[slot].local) { cshim_set_pktinfo_source(&b.messages[i].msg_hdr, b.control(i), $0) }
+                if flows[slot].hasLocal && i > 0 {
+                    b.messages[i].msg_hdr.msg_control = b.messages[0].msg_hdr.msg_control
+                    b.messages[i].msg_hdr.msg_controllen = b.messages[0].msg_hdr.msg_controllen
                 }
-                listener.counters.add(Counters.packetsOut)
-                listener.counters.add(Counters.bytesOut, UInt64(b.messages[i].msg_len))
             }
+            listener.counters.add(Counters.packetsOut, UInt64(count))
+            listener.counters.add(Counters.bytesOut, bytes)
             let sent = cshim_sendmmsg(listener.fd, b.messages, UInt32(count), Int32(MSG_DONTWAIT))
             if sent < count { listener.counters.add(Counters.failures, UInt64(count - max(0, Int(sent)))) }
             flows[slot].lastActive = monotonicNanoseconds()
@@ -174,7 +182,8 @@ extension Worker {
     }
 
     private func evictOldestFlow(before now: UInt64) -> Bool {
-        guard let oldest = flows.indices.filter({ flows[$0].inUse }).min(by: { flows[$0].lastActive < flows[$1].lastActive }),
+        // lazy: no array of candidates per datagram once the table is full
+        guard let oldest = flows.indices.lazy.filter({ self.flows[$0].inUse }).min(by: { self.flows[$0].lastActive < self.flows[$1].lastActive }),
               flows[oldest].lastActive < now else { return false }
         flows[oldest].counters?.add(Counters.failures)
         closeFlow(oldest)

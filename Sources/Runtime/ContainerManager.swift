@@ -78,7 +78,7 @@ public final class ContainerManager {
         }.filter { !$0.isEmpty }
         let id = ContainerManager.randomID()
         let name = request.name ?? String(id.prefix(12))
-        try ContainerManager.validate(name: name)
+        try NetworkManager.checkName(name, kind: "container")
 
         let image = try images.load(request.image)
         let config = image.config.config ?? .init()
@@ -93,7 +93,8 @@ public final class ContainerManager {
         var record = ContainerRecord(
             id: id, name: name, image: request.image, imageID: image.id.description, command: args, created: Date(),
             network: request.network, ports: request.ports + (request.publishAll ? ["(all exposed)"] : []),
-            autoRemove: request.autoRemove, detached: request.detach, state: .created,
+            autoRemove: request.autoRemove, detached: request.detach,
+            stopSignal: config.StopSignal.map { $0.hasPrefix("SIG") ? String($0.dropFirst(3)) : $0 }, state: .created,
             monitorPID: getpid(), monitorStart: Processes.startTime(getpid()))
         let dir = directory(record)
         try store.locked {
@@ -132,9 +133,10 @@ public final class ContainerManager {
             throw error
         }
         if !request.detach {
-            let code = monitor(record.id, readyFD: -1, runc: runc)
-            if code == 125, store.load(record.id) == nil, let failure = lastStartFailure { throw failure }
-            return store.load(record.id) ?? { var r = record; r.state = .exited; r.exitCode = code; return r }()
+            // Attached: this process is the monitor, and the container writes to our output.
+            let started = try start(record.id, runc: runc, attached: true)
+            let code = supervise(started)
+            return store.load(record.id) ?? { var r = started.record; r.state = .exited; r.exitCode = code; return r }()
         }
         return try startMonitor(record)
     }
@@ -172,62 +174,72 @@ public final class ContainerManager {
             started.state = .running
             return store.load(record.id) ?? started
         }
-        // The monitor cleaned up after itself; make sure, and reap it (it is our child).
+        // The monitor cleaned up after itself; make sure, and reap it (it is our child). What
+        // it logged goes into the error: the directory holding its log goes with the container.
         Processes.wait(pid)
+        let logged = readBytes(directory(record) + "/monitor.log").flatMap {
+            String(decoding: $0, as: UTF8.self).split(separator: "\n").last.map(String.init)
+        }
         discard(record)
         throw RuntimeError.monitorFailed(container: record.name, message: text.hasPrefix("error: ") ? String(text.dropFirst(7))
-                                         : "its monitor exited without starting it (see \(directory(record))/monitor.log)")
+                                         : "its monitor exited without starting it" + (logged.map { " (it logged: \($0))" } ?? ""))
     }
-
-    private var lastStartFailure: Error?
 
     // MARK: The monitor
 
     /// The monitor's body: creates and starts the container with runc, reports readiness on
-    /// `readyFD` ("ok", or "error: why"), serves the container's proxied ports if any, reaps
-    /// the container, then removes what it held. Returns the container's exit code (125 if
-    /// it could not start).
+    /// `readyFD` ("ok", or "error: why"), then supervises it until it exits. Returns the
+    /// container's exit code (125 if it could not start).
     public func runMonitor(id: String, readyFD: Int32) -> Int32 {
         _ = fcntl(readyFD, F_SETFD, FD_CLOEXEC)  // runc and the container must not hold it
         _ = chdir("/")  // hold no directory (and no mount) busy for the container's lifetime
-        signal(SIGHUP, SIG_IGN)
         signal(SIGINT, SIG_IGN)
         // If `run -d` died, writing "ok" to its pipe must fail with EPIPE, not kill the monitor.
         signal(SIGPIPE, SIG_IGN)
-        guard let runc = try? Runc.locate(root: runcRoot) else {
-            report(readyFD, "error: " + RuntimeError.runcMissing("runc").description)
+        let started: Started
+        do {
+            started = try start(id, runc: try Runc.locate(root: runcRoot), attached: false)
+        } catch {
+            report(readyFD, "error: \(error)")
             return 125
         }
-        return monitor(id, readyFD: readyFD, runc: runc)
+        report(readyFD, "ok")
+        close(readyFD)
+        return supervise(started)
     }
 
-    private func monitor(_ id: String, readyFD: Int32, runc: Runc) -> Int32 {
+    /// A container runc has started, with what its monitor holds for it.
+    struct Started {
+        var record: ContainerRecord
+        var pid: pid_t
+        var proxy: ProxyServer?
+    }
+
+    /// Takes ownership of the record, then `runc create` and `runc start`. On failure nothing
+    /// of the container is left (its record included) and the error says why.
+    private func start(_ id: String, runc: Runc, attached: Bool) throws -> Started {
         // The monitor owns the record from here: gc, stop and rm see a live owner, not the
         // `run` that started it (which may be gone).
-        guard var record = try? store.update(id, {
+        guard var record = try store.update(id, {
             $0.monitorPID = getpid(); $0.monitorStart = Processes.startTime(getpid())
-        }) else { report(readyFD, "error: its record is gone"); return 125 }
+        }) else { throw RuntimeError.containerNotFound(id) }
         let dir = directory(record)
         _ = cshim_set_child_subreaper()  // the container's first process becomes our child once runc exits
         _ = cshim_forward_signal(SIGTERM)
-        if readyFD < 0 {
-            _ = cshim_forward_signal(SIGINT)
-            signal(SIGHUP, SIG_IGN)  // a closed terminal must not leave the container without its monitor
-        }
+        if attached { _ = cshim_forward_signal(SIGINT) }
+        // A closed terminal or a vanished `run -d` must not leave the container without its monitor.
+        signal(SIGHUP, SIG_IGN)
         // Attached: the container writes to our stdout/stderr; detached: to its log.
-        let output = readyFD < 0 ? -2 : open(dir + "/log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
-        defer { if output >= 0 { close(output) } }
-        let stdoutFD: Int32 = output == -2 ? 1 : output, stderrFD: Int32 = output == -2 ? 2 : output
+        let log = attached ? -1 : open(dir + "/log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
+        defer { if log >= 0 { close(log) } }
         let runcLog = dir + "/runc.log"
         var proxy: ProxyServer?
-        let initPID: pid_t
         do {
             try runc.run(["create", "--bundle", dir, "--pid-file", dir + "/pid", id], container: record.name, logFile: runcLog,
-                         stdout: stdoutFD, stderr: stderrFD)
+                         stdout: attached ? 1 : log, stderr: attached ? 2 : log)
             guard let text = readBytes(dir + "/pid"), let pid = pid_t(String(decoding: text, as: UTF8.self).trimmed) else {
                 throw RuntimeError.runcFailed(step: "create", container: record.name, message: "it wrote no pid file")
             }
-            initPID = pid
             cshim_set_signal_target(pid)
             proxy = try serveProxiedPorts(record)
             try runc.run(["start", id], container: record.name, logFile: runcLog)
@@ -237,24 +249,24 @@ public final class ContainerManager {
                 throw RuntimeError.monitorFailed(container: record.name, message: "it was removed while starting")
             }
             record = running
+            return Started(record: record, pid: pid, proxy: proxy)
         } catch {
             proxy?.stop(drainSeconds: 0)
-            report(readyFD, "error: \(error)")
-            if readyFD < 0 { lastStartFailure = error }
             discard(record)
-            return 125
+            throw error
         }
-        report(readyFD, "ok")
-        if readyFD >= 0 { close(readyFD) }
+    }
 
-        let code = reap(initPID)
+    /// Reaps the container, then removes what it held; its exit code.
+    private func supervise(_ started: Started) -> Int32 {
+        let code = reap(started.pid)
         cshim_set_signal_target(0)
-        proxy?.stop(drainSeconds: 0)
-        release(record)
-        if record.autoRemove {
-            discard(record)
+        started.proxy?.stop(drainSeconds: 0)
+        release(started.record)
+        if started.record.autoRemove {
+            discard(started.record)
         } else {
-            _ = try? store.update(id) { $0.state = .exited; $0.exitCode = code; $0.finishedAt = Date() }
+            _ = try? store.update(started.record.id) { $0.state = .exited; $0.exitCode = code; $0.finishedAt = Date() }
         }
         return code
     }
@@ -286,16 +298,15 @@ public final class ContainerManager {
         return server
     }
 
-    /// Tells `run -d` how the start went; attached, `run` itself throws the failure.
+    /// Tells `run -d` how the start went.
     private func report(_ fd: Int32, _ message: String) {
-        guard fd >= 0 else { return }
         let bytes = Array((message + "\n").utf8)
         _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
     }
 
     // MARK: stop, rm, gc
 
-    /// Stops a running container: its stop signal (SIGTERM), then SIGKILL after `timeout`
+    /// Stops a running container: its image's stop signal (SIGTERM by default), then SIGKILL after `timeout`
     /// seconds, as `docker stop` does. Its endpoint and ports are gone when this returns.
     @discardableResult
     public func stop(_ reference: String, timeout: Double = 10) throws -> ContainerRecord {
@@ -303,7 +314,7 @@ public final class ContainerManager {
         guard record.state != .exited else { return record }
         let runc = try Runc.locate(root: runcRoot)
         let log = directory(record) + "/runc.log"
-        try? runc.run(["kill", record.id, "TERM"], container: record.name, logFile: log)
+        try? runc.run(["kill", record.id, record.stopSignal ?? "TERM"], container: record.name, logFile: log)
         if let done = waitUntilExited(record.id, seconds: timeout) { return done }
         try? runc.run(["kill", record.id, "KILL"], container: record.name, logFile: log)
         if let done = waitUntilExited(record.id, seconds: 10) { return done }
@@ -403,12 +414,6 @@ public final class ContainerManager {
     public func isRunning(_ record: ContainerRecord) -> Bool { record.state == .running && isActive(record) }
 
     // MARK: Helpers
-
-    static func validate(name: String) throws {
-        guard !name.isEmpty, name.utf8.count <= 64,
-              name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "_.-".contains($0)) }),
-              name.first!.isLetter || name.first!.isNumber else { throw RuntimeError.invalidName(name) }
-    }
 
     static func randomID() -> String {
         (0..<4).map { _ in

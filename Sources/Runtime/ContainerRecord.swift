@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Glibc
+import Images
 
 /// What netctl keeps about a container, in `<state>/containers/<id>/container.json`.
 /// Written before anything is made for the container (so `gc` finds leftovers of a crash)
@@ -23,6 +24,8 @@ public struct ContainerRecord: Codable, Equatable, Sendable {
     public var ports: [String]
     public var autoRemove: Bool
     public var detached: Bool
+    /// The image's StopSignal, as runc names it ("TERM", "QUIT", "9"); nil: TERM.
+    public var stopSignal: String?
     public var state: State
     /// The process that owns the container's lifetime (the monitor), with its start time
     /// (from /proc) so a reused PID is not mistaken for it.
@@ -77,15 +80,11 @@ final class ContainerStore {
 
     /// Every container, oldest first.
     func all() -> [ContainerRecord] {
-        guard let dir = opendir(directory) else { return [] }
-        defer { closedir(dir) }
-        var records: [ContainerRecord] = []
-        while let item = readdir(dir) {
-            let name = withUnsafeBytes(of: item.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-            if name.hasPrefix(".") { continue }
-            if let record = load(name) { records.append(record) }
-        }
-        return records.sorted { $0.created < $1.created }
+        let fd = open(directory, O_DIRECTORY | O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return [] }
+        defer { close(fd) }
+        let names = ((try? listDirectory(fd)) ?? []).filter { !$0.hasPrefix(".") }
+        return names.compactMap(load).sorted { $0.created < $1.created }
     }
 
     /// Runs `body` holding the store's lock (names are checked and records changed under it).
@@ -121,13 +120,19 @@ final class ContainerStore {
     }
 }
 
+/// A small file's bytes (records, pid files, logs' tails); nil if it can't be opened.
 func readBytes(_ path: String) -> [UInt8]? {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { return nil }
     defer { close(fd) }
+    return readAll(fd, limit: 16 << 20)
+}
+
+/// Everything left in `fd`, up to about `limit` bytes.
+func readAll(_ fd: Int32, limit: Int) -> [UInt8] {
     var result = [UInt8]()
     var buffer = [UInt8](repeating: 0, count: 65536)
-    while true {
+    while result.count <= limit {
         let n = read(fd, &buffer, buffer.count)
         if n < 0 && errno == EINTR { continue }
         if n <= 0 { break }

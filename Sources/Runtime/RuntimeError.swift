@@ -5,7 +5,6 @@ public enum RuntimeError: Error, CustomStringConvertible, Equatable {
     case containerNotFound(String)
     case ambiguousName(String, matches: [String])
     case nameInUse(name: String, id: String)
-    case invalidName(String)
     case noCommand(image: String)
     case invalidEnvironment(String)
     case unknownUser(user: String, reason: String)
@@ -25,8 +24,6 @@ public enum RuntimeError: Error, CustomStringConvertible, Equatable {
             return "\(name) matches several containers (\(matches.joined(separator: ", "))); give more of the ID or the name"
         case .nameInUse(let name, let id):
             return "the name \(name) is already used by container \(id.prefix(12)); remove it with `netctl rm \(name)` or pick another --name"
-        case .invalidName(let name):
-            return "invalid container name \"\(name)\": use 1 to 64 letters, digits, '_', '.' and '-', starting with a letter or digit"
         case .noCommand(let image):
             return "image \(image) has no Entrypoint or Cmd; give a command after the image"
         case .invalidEnvironment(let entry):

@@ -138,8 +138,5 @@ func readBeneath(_ root: String, _ path: String) -> String? {
     defer { close(fd) }
     var st = stat()
     guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, st.st_size <= 4 << 20 else { return nil }
-    var result = [UInt8]()
-    var buffer = [UInt8](repeating: 0, count: 65536)
-    while result.count <= 4 << 20, case let n = read(fd, &buffer, buffer.count), n > 0 { result += buffer[0..<n] }
-    return String(decoding: result, as: UTF8.self)
+    return String(decoding: readAll(fd, limit: 4 << 20), as: UTF8.self)
 }

@@ -306,21 +306,21 @@ struct ProxyCommand: ParsableCommand {
                     setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
                 }
                 // Bad input fails before anything starts.
-                let metricsAddress = try metrics.map { text -> (String, UInt16) in
+                let metricsAddress = try metrics.map { text -> SocketAddress in
                     guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]),
-                          IPAddress(String(text[..<colon].filter { $0 != "[" && $0 != "]" })) != nil else {
+                          let ip = IPAddress(String(text[..<colon].filter { $0 != "[" && $0 != "]" })) else {
                         throw NetctlError.invalidAddress(text, reason: "--metrics needs IP:PORT, e.g. 127.0.0.1:9464 or [::1]:9464")
                     }
-                    return (String(text[..<colon].filter { $0 != "[" && $0 != "]" }), port)
+                    return SocketAddress(ip, port)
                 }
                 let manager = try global.manager()
                 var options = ProxyServer.Options()
                 if let workers { options.workers = max(1, workers) }
                 options.copyThreshold = max(0, copyThreshold)
                 let service = try ProxyService(manager: manager, options: options)
-                let endpoint = try metricsAddress.map { try MetricsEndpoint(address: $0.0, port: $0.1) }
+                let endpoint = try metricsAddress.map { try MetricsEndpoint(listen: $0) }
                 try service.refresh(force: true)
-                fputs("netctl proxy: serving \(try manager.proxyRoutes().count) routes\n", stderr)
+                fputs("netctl proxy: serving \(service.serving) routes\n", stderr)
                 var tick = 0
                 var timeout = timespec(tv_sec: 0, tv_nsec: 250_000_000)
                 while true {

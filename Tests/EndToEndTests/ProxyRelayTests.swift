@@ -381,5 +381,20 @@ struct ProxyRelayTests {
         #expect(Client.sendAll(fd, Array("moved".utf8)))
         shutdown(fd, Int32(SHUT_WR))
         #expect(Client.readAll(fd).bytes == Array("moved".utf8))
+
+        // A UDP route replaced in an update that is refused (a taken port) keeps serving:
+        // it gives up its port for the replacement, and gets it back.
+        let udp = ProxyRelayTests.route(.udp, listen: "0.0.0.0", 18013, s.backend.port)
+        try s.serve([moved, udp])
+        let refused = #expect(throws: ProxyError.self) {
+            try s.serve([moved, ProxyRelayTests.route(.udp, listen: "0.0.0.0", 18013, other.port),
+                         ProxyRelayTests.route(listen: "0.0.0.0", 18011, s.backend.port)])
+        }
+        #expect(refused != nil)
+        #expect(s.proxy.currentRoutes == [moved, udp])
+        let client = try Traffic.udpSocket(in: s.world.neighbour)
+        defer { close(client.fd) }
+        try Traffic.sendUDP(client.fd, to: World.hostIP, port: 18013, Array("abc".utf8))
+        #expect(Traffic.receiveUDP(client.fd)?.payload == Array("cba".utf8))
     }
 }

@@ -3,6 +3,7 @@ import Glibc
 import Netlink
 import Testing
 import TestSupport
+import Images
 
 /// The example image tools/build-example-image writes (tools/test builds it first).
 let exampleImage: String = {
@@ -11,6 +12,19 @@ let exampleImage: String = {
 }()
 
 private let pageTitle = "netctl 101 tutorial"
+
+/// The example image's one layer, uncompressed: a base for images built in tests.
+func exampleLayer() throws -> [UInt8] {
+    let index = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: exampleImage + "/index.json"))) as! [String: Any]
+    func blob(_ digest: String) throws -> Data {
+        try Data(contentsOf: URL(fileURLWithPath: exampleImage + "/blobs/sha256/" + digest.dropFirst(7)))
+    }
+    let manifestDigest = ((index["manifests"] as! [[String: Any]])[0]["digest"] as! String)
+    let manifest = try JSONSerialization.jsonObject(with: try blob(manifestDigest)) as! [String: Any]
+    let layerDigest = (manifest["layers"] as! [[String: Any]])[0]["digest"] as! String
+    let path = exampleImage + "/blobs/sha256/" + layerDigest.dropFirst(7)
+    return try GzipSource(try FileRegion(path: path, what: "example layer"), what: "example layer").readAll(limit: 64 << 20, what: "example layer")
+}
 
 extension World {
     @discardableResult
@@ -185,6 +199,16 @@ struct RunTests {
         try world.netctlOK("stop", "-t", "1", "stubborn")
         #expect((try world.containers()["stubborn"]?["exitCode"] as? NSNumber)?.int32Value == 128 + SIGKILL)
         try world.netctlOK("rm", "stubborn")
+
+        // The image's StopSignal is what stop sends: this one ends on SIGUSR1 only (as PID 1 it
+        // ignores SIGTERM), so exit 0 shows USR1 was sent, 137 that it fell back to SIGKILL.
+        let usr1 = world.sandbox.stateDirectory + "/usr1-image"
+        try TestImage(layers: [try exampleLayer()], config: .init(
+            Cmd: ["/bin/sh", "-c", "trap 'exit 0' USR1; while :; do sleep 0.1; done"], StopSignal: "SIGUSR1")).writeLayout(to: usr1)
+        try world.netctlOK("run", "-d", "--name", "usr1", usr1)
+        try world.netctlOK("stop", "-t", "5", "usr1")
+        #expect((try world.containers()["usr1"]?["exitCode"] as? NSNumber)?.int32Value == 0)
+        try world.netctlOK("rm", "usr1")
         #expect(try world.containers().keys.sorted() == ["a", "b"])
 
         try world.netctlOK("rm", "-f", "a", "b")

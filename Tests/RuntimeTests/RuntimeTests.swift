@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Glibc
+import NetCore
 @testable import Runtime
 import Testing
 
@@ -55,9 +56,12 @@ import Testing
     }
 
     @Test func namesAndIDs() throws {
-        for good in ["web", "web-1", "a.b_c", "0x"] { try ContainerManager.validate(name: good) }
+        for good in ["web", "web-1", "a.b_c", "0x"] { try NetworkManager.checkName(good, kind: "container") }
         for bad in ["", "-web", "we b", "web/1", String(repeating: "a", count: 65)] {
-            #expect(throws: RuntimeError.invalidName(bad)) { try ContainerManager.validate(name: bad) }
+            #expect { try NetworkManager.checkName(bad, kind: "container") } throws: { error in
+                guard case NetctlError.invalidName(kind: "container", value: bad, _) = error else { return false }
+                return true
+            }
         }
         let id = ContainerManager.randomID()
         #expect(id.count == 64 && id.allSatisfy(\.isHexDigit) && id != ContainerManager.randomID())
