@@ -29,6 +29,11 @@ final class SQLiteDatabase {
 
     deinit { sqlite3_close(handle) }
 
+    /// Whether the last call failed because another connection held a lock. A few such
+    /// failures skip the busy handler (SQLite returns them at once to avoid deadlocks, and
+    /// when a new database changes its journal mode), so callers that can retry do.
+    var lastErrorWasBusy: Bool { sqlite3_errcode(handle) & 0xff == SQLITE_BUSY }
+
     func execute(_ sql: String) throws {
         var error: UnsafeMutablePointer<CChar>?
         if sqlite3_exec(handle, sql, nil, nil, &error) != SQLITE_OK {

@@ -1,4 +1,6 @@
+import Glibc
 import Netlink
+import Proxy  // monotonicNanoseconds
 
 /// netctl's state: networks and endpoints in SQLite (WAL mode), shared safely by every
 /// netctl process and library user on the machine. Address leases are the endpoints'
@@ -13,7 +15,27 @@ final class StateStore {
 
     init(path: String, bootID: String = currentBootID()) throws {
         db = try SQLiteDatabase(path: path)
-        try db.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
+        // Processes opening a new database together (parallel CNI ADDs on a fresh machine)
+        // can get "database is locked" at once, without the busy timeout; such an open is
+        // tried again for up to 15 s.
+        let deadline = monotonicNanoseconds() + 15_000_000_000
+        while true {
+            do {
+                try prepare(bootID: bootID)
+                return
+            } catch where db.lastErrorWasBusy && monotonicNanoseconds() < deadline {
+                usleep(UInt32.random(in: 2_000...20_000))
+            }
+        }
+    }
+
+    /// Connection settings, and the schema and boot check when they are due.
+    private func prepare(bootID: String) throws {
+        // Setting the journal mode takes an exclusive lock; it is persistent, so only once.
+        if try db.query("PRAGMA journal_mode").first?.first?.string != "wal" {
+            try db.execute("PRAGMA journal_mode=WAL")
+        }
+        try db.execute("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
         // The common open (schema current, same boot) only reads: no write transaction and
         // no DDL to parse, which every short-lived process (CLI, CNI plugin) would pay.
         if try db.query("PRAGMA user_version").first?.first?.int == StateStore.schemaVersion,
