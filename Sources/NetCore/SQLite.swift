@@ -23,7 +23,7 @@ final class SQLiteDatabase {
         // And don't checkpoint on close: as the last connection, every short-lived process
         // (each CLI command, each CNI plugin call) would copy the WAL into the database with
         // three fsyncs on its way out. Commits stay as durable as before (WAL, synchronous
-        // NORMAL); the WAL is checkpointed by a writer once it passes 1000 pages.
+        // NORMAL); the WAL is checkpointed by a writer once it passes 64 pages (StateStore).
         _ = netctl_sqlite_no_checkpoint_on_close(handle)
     }
 

@@ -9,9 +9,17 @@ public protocol NetlinkSocket: AnyObject {
     func send(_ datagram: [UInt8]) throws
     /// Receives one datagram.
     func receive() throws -> [UInt8]
+    /// Hands one datagram to a detached process that sends it from this socket's network
+    /// namespace and waits for the kernel itself: for work the caller need not wait for.
+    func sendDetached(_ datagram: [UInt8]) throws
 }
 
 extension NetlinkSocket {
+    /// Sockets that never hand work to another process (nftables) don't implement it.
+    public func sendDetached(_ datagram: [UInt8]) throws {
+        throw NetlinkError(operation: "sending a netlink request from a detached process", code: EOPNOTSUPP)
+    }
+
     /// Sends one datagram of requests that each asked for an acknowledgement, with the
     /// given consecutive sequence numbers, and returns each one's errno (0 = success) in
     /// order. Counts the acknowledgements itself: a batch has one per request.
@@ -84,6 +92,11 @@ public final class LibnlSocket: NetlinkSocket {
         }
     }
 
+    public func sendDetached(_ datagram: [UInt8]) throws {
+        let rc = datagram.withUnsafeBytes { cshim_send_detached(nl_socket_get_fd(handle), $0.baseAddress, $0.count) }
+        if rc < 0 { throw NetlinkError(operation: "starting a process to send a netlink request", code: -rc) }
+    }
+
     public func receive() throws -> [UInt8] {
         var peer = sockaddr_nl()
         var buffer: UnsafeMutablePointer<UInt8>?
@@ -107,6 +120,8 @@ public final class MockNetlinkSocket: NetlinkSocket {
     public private(set) var sent: [NetlinkMessage] = []
     /// Each datagram as sent (several messages may share one).
     public private(set) var datagrams: [[UInt8]] = []
+    /// Each datagram handed to `sendDetached`: nothing answers them.
+    public private(set) var detached: [[UInt8]] = []
     /// Returns the reply messages for one request; nil means a plain acknowledgement.
     public var responder: ((NetlinkMessage) -> [NetlinkMessage]?)?
     private var pending: [[UInt8]] = []
@@ -120,6 +135,10 @@ public final class MockNetlinkSocket: NetlinkSocket {
             let replies = responder?(message) ?? [MockNetlinkSocket.ack(message)]
             pending.append(replies.flatMap { $0.encoded() })
         }
+    }
+
+    public func sendDetached(_ datagram: [UInt8]) throws {
+        detached.append(datagram)
     }
 
     public func receive() throws -> [UInt8] {

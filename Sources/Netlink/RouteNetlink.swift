@@ -267,6 +267,14 @@ public final class RouteNetlink {
         }
     }
 
+    /// Deletes every link of `group` from a detached process, without waiting: the kernel's
+    /// unregister (an RCU barrier, 16-35 ms here) then costs the caller nothing.
+    public func deleteLinksDetached(inGroup group: UInt32) throws {
+        let message = RouteRequest.deleteLinks(inGroup: group).message.finish(sequence: sequence)
+        sequence &+= 1
+        try socket.sendDetached(message)
+    }
+
     // MARK: Addresses and routes
 
     public func addresses(family: UInt8 = UInt8(AF_UNSPEC)) throws -> [InterfaceAddress] {
@@ -289,6 +297,9 @@ public enum LinkGroups {
     public static let endpoint: UInt32 = 0x6e63_7665  // "ncve"
     /// Bridges of netctl networks.
     public static let bridge: UInt32 = 0x6e63_6272    // "ncbr"
+    /// Host ends of detached endpoints' veth pairs, down and waiting for a detached process
+    /// to delete them (gc deletes any such process left behind).
+    public static let retired: UInt32 = 0x6e63_7274   // "ncrt"
 
     /// A random group for one batch delete; its top byte (0x6d) keeps it clear of the groups above
     /// and of the kernel's default group 0.

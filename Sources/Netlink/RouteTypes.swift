@@ -13,6 +13,10 @@ public struct Link: Sendable, Equatable {
     public var master: Int32?
     public var group: UInt32
     public var alias: String?
+    /// A veth's peer: its index, and the id of its network namespace as this one knows it
+    /// (nil when the peer is in this namespace).
+    public var peerIndex: Int32?
+    public var peerNamespaceID: Int32?
 
     /// Decodes an RTM_NEWLINK message.
     public init?(_ message: NetlinkMessage) {
@@ -28,6 +32,8 @@ public struct Link: Sendable, Equatable {
         master = attrs.integer(UInt16(IFLA_MASTER))
         group = attrs.integer(UInt16(IFLA_GROUP)) ?? 0
         alias = attrs.string(UInt16(IFLA_IFALIAS))
+        peerIndex = attrs.integer(UInt16(IFLA_LINK))
+        peerNamespaceID = attrs.integer(UInt16(IFLA_LINK_NETNSID))
     }
 
     public init(index: Int32, name: String, kind: String? = nil, mtu: UInt32 = 1500, mac: [UInt8] = [],

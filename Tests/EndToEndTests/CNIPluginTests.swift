@@ -115,11 +115,24 @@ struct CNIHarness {
 }
 
 /// Host-side leftovers of a CNI attachment: netctl's links, endpoints and map elements.
+/// DEL leaves deleting a veth pair to a detached process; this first waits (up to 5 s) for
+/// the pairs DEL retired to be gone, so what it returns is what stays.
 private func leftovers(_ s: Sandbox) throws -> (links: [String], endpoints: String, elements: String) {
+    _ = try waitForRetiredLinks(s)
     let links = try s.hostLinks().keys.filter { $0.hasPrefix("nc") && !$0.hasPrefix("nc-") }.sorted()
     let endpoints = try s.netctlOK("endpoints", "--json").stdout
     let table = try s.run("/usr/sbin/nft", ["list", "map", "inet", "netctl", "v4_any"]).stdout
     return (links, endpoints, table)
+}
+
+/// Waits (up to 5 s) until no host link is in the `retired` group; returns how long it took.
+private func waitForRetiredLinks(_ s: Sandbox) throws -> Double {
+    let start = Date()
+    while try s.hostLinks().values.contains(where: { $0.group == LinkGroups.retired }) {
+        if Date().timeIntervalSince(start) > 5 { break }
+        usleep(20_000)
+    }
+    return Date().timeIntervalSince(start)
 }
 
 @Suite("End to end: the CNI plugin", .enabled(if: Sandbox.isRoot, "needs root for namespaces and nftables"))
@@ -326,6 +339,43 @@ struct CNIPluginTests {
         // A second ADD of the same container and interface without a DEL is refused.
         #expect(try cni.plugin("ADD", containerID: "k2", netns: try s.makeNamespaceFile("k2"), config: config).status == 0)
         #expect(try cni.plugin("ADD", containerID: "k2", netns: try s.makeNamespaceFile("k2b"), config: config).code == 103)
+    }
+
+    @Test("DEL takes the pair out of use and frees the interface name at once; a detached process deletes it; gc deletes what such a process left")
+    func delInBackground() throws {
+        let s = try Sandbox()
+        let cni = try CNIHarness(s)
+        let config = CNIHarness.netConf()
+        let netns = try s.makeNamespaceFile("b1")
+        #expect(try cni.plugin("ADD", containerID: "b1", netns: netns, config: config).status == 0)
+        let hostEnd = try s.hostLinks().values.first { $0.group == LinkGroups.endpoint }
+        #expect(hostEnd != nil)
+
+        #expect(try cni.plugin("DEL", containerID: "b1", netns: netns, config: config).status == 0)
+        // At once: the container's eth0 is gone (renamed, down), the host end down and off the bridge.
+        let inside = try RouteNetlink.open(in: NetworkNamespace(path: s.outsidePath(netns))).links()
+        #expect(!inside.contains { $0.name == "eth0" }, "\(inside.map(\.name))")
+        #expect(inside.filter { $0.name != "lo" }.allSatisfy { !$0.isUp && $0.name.hasPrefix("ncrt") }, "\(inside.map(\.name))")
+        if let retired = try s.hostLinks()[hostEnd?.name ?? ""] {
+            #expect(!retired.isUp && retired.master == nil && retired.group == LinkGroups.retired)
+        }
+        // So the same container can be added again right away, under the same name.
+        let again = try cni.plugin("ADD", containerID: "b1", netns: netns, config: config)
+        #expect(again.status == 0, "\(again.stdout)")
+        // And the old pair is deleted soon after, by itself.
+        let waited = try waitForRetiredLinks(s)
+        #expect(waited < 5, "the retired pair was still there after 5 s")
+        let names = try RouteNetlink.open(in: NetworkNamespace(path: s.outsidePath(netns))).links().map(\.name)
+        #expect(names.sorted() == ["eth0", "lo"], "\(names)")
+        #expect(try cni.plugin("DEL", containerID: "b1", netns: netns, config: config).status == 0)
+        #expect(try leftovers(s).links.isEmpty)
+
+        // A retired pair whose deleting process never ran (killed, say): gc deletes it.
+        let host = try RouteNetlink.open(in: s.hostNamespace)
+        try host.perform(.createVeth(VethSpec(name: "ncdeadbeef", peerName: "ncdeadpeer", group: LinkGroups.retired, up: false)))
+        #expect(try s.hostLinks()["ncdeadbeef"] != nil)
+        try s.netctlOK("gc")
+        #expect(try s.hostLinks()["ncdeadbeef"] == nil && s.hostLinks()["ncdeadpeer"] == nil)
     }
 
     @Test("Parallel ADDs on a network that does not exist yet: one network, distinct addresses; parallel DELs leave nothing")
