@@ -87,17 +87,30 @@ public enum CNIPlugin {
         default:
             code = .internalFailure
         }
-        // The CLI's advice names its flags; say it in configuration terms too.
+        // The CLI's advice names its flags; say it in configuration terms.
         switch e {
+        case .addressTaken(let address, let network, let endpoint):
+            return CNIError(code, "address \(address) on network \(network) is already used by endpoint \(endpoint)",
+                            details: "request another IP (runtimeConfig.ips, args or CNI_ARGS IP=), or none")
+        case .portAlreadyPublished(let port, let hostIP, let endpoint):
+            return CNIError(code, "port \(port) is already published on \(hostIP.isEmpty ? "all addresses" : hostIP) by endpoint \(endpoint)",
+                            details: "map another hostPort, or DEL the container that holds it")
         case .bridgeNotOurs(let bridge):
             return CNIError(code, e.description, details: "set another \"bridge\" in the configuration, or delete \(bridge) (e.g. left by the bridge plugin) once no container uses it")
         case .bridgeInUse(let bridge, let network):
             return CNIError(code, e.description, details: "bridge \(bridge) belongs to netctl network \(network); give this configuration its own \"bridge\"")
         case .subnetOverlapsNetwork, .subnetOverlapsRoute:
-            return CNIError(code, e.description, details: "change the subnet in \"ipam\"")
+            return CNIError(code, configurationTerms(e.description), details: "change the subnet in \"ipam\"")
         default:
-            return CNIError(code, e.description)
+            return CNIError(code, configurationTerms(e.description))
         }
+    }
+
+    /// A NetCore message with the CLI's flags named as what they are in a CNI configuration.
+    static func configurationTerms(_ message: String) -> String {
+        [("--ip", "the requested IP"), ("--gateway6", "IPv6 gateway"), ("--gateway", "gateway"),
+         ("--subnet6", "IPv6 subnet"), ("--subnet", "subnet")]
+            .reduce(message) { $0.replacing($1.0, with: $1.1) }
     }
 
     /// netctl's endpoint name for a (network, container, interface) attachment: stable, so
@@ -122,19 +135,20 @@ struct Operations {
         CNIPlugin.endpointName(network: config.name, containerID: env.containerID!, ifname: env.ifname!)
     }
 
-    /// The configuration's network in netctl: made on first use (`made`), reused if it matches.
-    func network() throws -> (network: Network, made: Bool) {
-        let spec = NetworkSpec(name: config.name, subnet: config.subnet, gateway: config.gateway, bridge: config.bridge,
-                               subnet6: config.subnet6, gateway6: config.gateway6, mtu: config.mtu)
+    /// The configuration's network as netctl would make it.
+    var networkSpec: NetworkSpec {
+        NetworkSpec(name: config.name, subnet: config.subnet, gateway: config.gateway, bridge: config.bridge,
+                    subnet6: config.subnet6, gateway6: config.gateway6, mtu: config.mtu)
+    }
+
+    /// Refuses a configuration whose network exists in netctl with other settings; says
+    /// whether it exists (if not, the attach makes it, after its own checks).
+    func checkExistingNetwork() throws -> Bool {
         let existing: Network
         do {
             existing = try manager.network(named: config.name)
         } catch NetctlError.networkNotFound {
-            do {
-                return (try manager.createNetwork(spec), true)
-            } catch NetctlError.networkExists {
-                existing = try manager.network(named: config.name)  // another ADD made it first
-            }
+            return false
         }
         // Compared as addresses, not text: "FD00::/64" is the subnet stored as "fd00::/64".
         func sameNetwork(_ a: String?, _ b: String) -> Bool { a.flatMap { IPNetwork($0) } == IPNetwork(b) }
@@ -150,33 +164,32 @@ struct Operations {
             throw CNIError(.invalidNetworkConfig, "network \(config.name) exists in netctl with \(differences.joined(separator: ", "))",
                            details: "change the configuration back, or remove the network (`netctl network rm \(config.name)`) once no container uses it")
         }
-        return (existing, false)
+        return true
     }
 
     func add() throws -> CNIResult {
         let previous = try config.prevResult.map(CNIResult.init)
-        let (network, made) = try network()
+        let exists = try checkExistingNetwork()
         let name = endpointName
-        let endpoint: Endpoint, links: EndpointLinks
+        let endpoint: Endpoint
         do {
-            do {
-                endpoint = try manager.attach(AttachRequest(
-                    network: network.name, target: .path(env.netns!), ip: config.ip, name: name, interface: env.ifname!,
-                    mac: config.mac, ports: config.portMappings, portBackend: .nft, routes: config.routes))
-            } catch NetctlError.endpointExists {
-                throw CNIError(.alreadyAttached, "container \(env.containerID!) already has \(env.ifname!) on network \(config.name)",
-                               details: "DEL it before adding it again")
-            }
-            do {
-                links = try manager.links(of: endpoint, on: network)
-            } catch {
-                _ = try? manager.detach([name])
-                throw error
-            }
+            // NetCore checks the request before it makes the network, and removes a network
+            // it made for a refused attach: a refused ADD changes nothing.
+            endpoint = try manager.attach(AttachRequest(
+                network: config.name, target: .path(env.netns!), ip: config.ip, name: name, interface: env.ifname!,
+                mac: config.mac, ports: config.portMappings, portBackend: .nft, routes: config.routes,
+                createNetwork: exists ? nil : networkSpec))
+        } catch NetctlError.endpointExists {
+            throw CNIError(.alreadyAttached, "container \(env.containerID!) already has \(env.ifname!) on network \(config.name)",
+                           details: "DEL it before adding it again")
+        }
+        let network: Network, links: EndpointLinks
+        do {
+            network = try manager.network(named: config.name)
+            links = try manager.links(of: endpoint, on: network)
         } catch {
-            // A refused ADD changes nothing: a network made for it goes too (unless another
-            // container joined it meanwhile, which removeNetwork refuses).
-            if made { _ = try? manager.removeNetwork(named: network.name) }
+            _ = try? manager.detach([name])
+            if !exists { _ = try? manager.removeNetwork(named: config.name) }  // refused if another container joined
             throw error
         }
         var result = CNIResult(

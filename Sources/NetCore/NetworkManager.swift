@@ -43,13 +43,16 @@ public struct AttachRequest: Sendable {
     /// Routes added inside the namespace besides the default route(s), each through the
     /// network's gateway of its family unless it names one. Not recorded in state.
     public var routes: [StaticRoute]
+    /// Makes `network` from this spec if it does not exist yet, once the request's own
+    /// checks have passed; a refused attach removes it again.
+    public var createNetwork: NetworkSpec?
 
     public init(network: String? = nil, target: Target, ip: String? = nil, name: String? = nil,
                 interface: String = "eth0", mac: String? = nil, ports: [PortMapping] = [], portBackend: PortBackend = .nft,
-                routes: [StaticRoute] = []) {
+                routes: [StaticRoute] = [], createNetwork: NetworkSpec? = nil) {
         self.network = network; self.target = target; self.ip = ip; self.name = name
         self.interface = interface; self.mac = mac; self.ports = ports; self.portBackend = portBackend
-        self.routes = routes
+        self.routes = routes; self.createNetwork = createNetwork
     }
 }
 
@@ -294,14 +297,27 @@ public final class NetworkManager {
         return bridge.index
     }
 
-    /// The network to attach to: the named one, or the default network, made on first use.
-    /// Also says whether this call made the network, so a refused attach can take it away again.
-    private func networkForAttach(_ name: String?) throws -> (network: Network, made: Bool) {
+    /// The network to attach to: the named one, or one made on first use (the default
+    /// network, or `create`'s). Also says whether this call made the network, so a refused
+    /// attach can take it away again.
+    private func networkForAttach(_ name: String?, create: NetworkSpec?, ip: String?) throws -> (network: Network, made: Bool) {
         let name = name ?? NetworkManager.defaultNetworkName
         if let network = try store.network(named: name) { return (network, false) }
-        guard name == NetworkManager.defaultNetworkName else { throw NetctlError.networkNotFound(name) }
+        var spec = create
+        if spec == nil && name == NetworkManager.defaultNetworkName {
+            spec = NetworkSpec(name: name, bridge: NetworkManager.defaultBridgeName)
+        }
+        guard var spec else { throw NetctlError.networkNotFound(name) }
+        spec.name = name
+        // What can be checked against the spec alone is, before anything is made.
+        if let ip, let subnet = try spec.subnet.map({ try Validate.subnet($0, ipv6: false) }) {
+            let address = try Validate.hostAddress(ip, in: subnet, what: "--ip")
+            if let gateway = spec.gateway.flatMap(IPAddress.init), gateway == address {
+                throw NetctlError.invalidAddress(ip, reason: "--ip is the gateway of network \(name)")
+            }
+        }
         do {
-            return (try createNetwork(NetworkSpec(name: name, bridge: NetworkManager.defaultBridgeName)), true)
+            return (try createNetwork(spec), true)
         } catch NetctlError.networkExists {
             return (try network(named: name), false)  // another process made it first
         }
@@ -346,7 +362,7 @@ public final class NetworkManager {
         if let ip = request.ip, IPAddress(ip)?.isIPv4 != true {
             throw NetctlError.invalidAddress(ip, reason: "--ip must be an IPv4 address")
         }
-        let (network, madeNetwork) = try networkForAttach(request.network)
+        let (network, madeNetwork) = try networkForAttach(request.network, create: request.createNetwork, ip: request.ip)
         do {
             let routes = try extraRoutes(request.routes, network: network)
             let endpoint = try attach(request, to: network, mac: requestedMAC, namespace: namespace, netnsPath: netnsPath, pid: pid,

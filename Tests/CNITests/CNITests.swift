@@ -205,6 +205,18 @@ struct CNIProtocolTests {
         #expect(CNIPlugin.cniError(NetctlError.endpointBroken("e", reason: "r")).code == 102)
         #expect(CNIPlugin.cniError(NetctlError.state("disk full")).code == 100)
         #expect(CNIPlugin.cniError(NetctlError.addressPoolExhausted(network: "n", subnet: "s")).msg.contains("no free address"))
+        // Advice in configuration terms, never the CLI's flags or commands.
+        let advice: [NetctlError] = [
+            .invalidAddress("10.9.9.9", reason: "--ip is outside the subnet 10.88.0.0/24"),
+            .addressTaken(address: "10.88.0.5", network: "n", endpoint: "cni-1"),
+            .portAlreadyPublished(port: "8080/tcp", hostIP: "", endpoint: "cni-2"),
+            .subnetOverlapsNetwork(subnet: "10.88.0.0/24", network: "m", other: "10.88.0.0/16"),
+        ]
+        for error in advice {
+            let text = CNIPlugin.cniError(error).msg + " " + CNIPlugin.cniError(error).details
+            #expect(!text.contains("--") && !text.contains("netctl port"), "\(text)")
+        }
+        #expect(CNIPlugin.cniError(advice[0]).msg.contains("the requested IP is outside the subnet"))
     }
 
     @Test("Endpoint names are stable per (network, container, interface) and valid netctl names")

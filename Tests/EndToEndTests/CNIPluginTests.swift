@@ -257,6 +257,7 @@ struct CNIPluginTests {
         // A bridge someone else made (as the bridge plugin makes cni0): refused, not taken over.
         #expect(try s.run("/usr/sbin/ip", ["link", "add", "foreignbr", "type", "bridge"]).ok)
         let before = try s.snapshot()
+        let forwarding = try s.run("/usr/bin/cat", ["/proc/sys/net/ipv4/ip_forward"]).stdout
 
         let cases: [(String, CNIHarness.Run, Int)] = [
             ("malformed JSON", try cni.plugin("ADD", containerID: "b1", netns: netns, config: #"{"cniVersion": "1.0.0", "name": "#), 6),
@@ -271,6 +272,13 @@ struct CNIPluginTests {
             ("invalid subnet", try cni.plugin("ADD", containerID: "b1", netns: netns, config: CNIHarness.netConf(subnet: "10.88.0.0/33")), 7),
             ("bad port mapping", try cni.plugin("ADD", containerID: "b1", netns: netns,
                 config: CNIHarness.netConf(extra: #", "runtimeConfig": {"portMappings": [{"hostPort": 0, "containerPort": 80}]}"#)), 7),
+            // Checked before the configuration's (new) network is made: no bridge, no sysctl.
+            ("malformed MAC", try cni.plugin("ADD", containerID: "b1", netns: netns, config: CNIHarness.netConf(),
+                                             extra: ["CNI_ARGS": "MAC=02:42:zz:00:00:01"]), 7),
+            ("IP outside the subnet", try cni.plugin("ADD", containerID: "b1", netns: netns, config: CNIHarness.netConf(),
+                                                     extra: ["CNI_ARGS": "IP=10.99.0.5"]), 7),
+            ("IP is the gateway", try cni.plugin("ADD", containerID: "b1", netns: netns, config: CNIHarness.netConf(),
+                                                 extra: ["CNI_ARGS": "IP=10.88.0.1"]), 7),
         ]
         for (what, run, code) in cases {
             #expect(run.status != 0, "\(what): exit status 0")
@@ -279,6 +287,8 @@ struct CNIPluginTests {
             #expect(run.json["cniVersion"] is String, "\(what): no cniVersion")
         }
         #expect(try s.snapshot() == before, "a refused ADD changed something")
+        #expect(try s.run("/usr/bin/cat", ["/proc/sys/net/ipv4/ip_forward"]).stdout == forwarding,
+                "a refused ADD changed IPv4 forwarding")
     }
 
     @Test("An exhausted address pool is code 11 (try again later) and leaves nothing behind")

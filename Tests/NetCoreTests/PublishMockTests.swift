@@ -1,3 +1,4 @@
+import CNetlink
 import Glibc
 import Netlink
 import Testing
@@ -80,5 +81,69 @@ extension Array where Element == UInt8 {
     func contains(subsequence: [UInt8]) -> Bool {
         guard subsequence.count <= count else { return false }
         return (0...(count - subsequence.count)).contains { Array(self[$0..<($0 + subsequence.count)]) == subsequence }
+    }
+}
+
+/// Detaching in the background over a mock host socket: the exact requests. No root needed.
+@Suite("Detaching in the background over a mock host socket")
+struct RetireMockTests {
+    @Test("the host end goes down, off the bridge and into the retired group; its deletion goes to a detached process")
+    func retireRequests() throws {
+        let directory = makeTemporaryDirectory()
+        defer { removeTree(directory) }
+        let socket = MockNetlinkSocket()
+        // The kernel's answer to "look up nc00000001": index 7, our endpoint group, peer #3 in namespace id 0.
+        socket.responder = { request in
+            guard request.type == NetlinkMessageType.getLink else { return nil }
+            var link = MessageBuilder(type: NetlinkMessageType.newLink, flags: 0)
+            link.ifinfo(index: 7)
+            link.attribute(UInt16(IFLA_IFNAME), string: "nc00000001")
+            link.attribute(UInt16(IFLA_GROUP), LinkGroups.endpoint)
+            link.attribute(UInt16(IFLA_LINK), Int32(3))
+            link.attribute(UInt16(IFLA_LINK_NETNSID), Int32(0))
+            return try? NetlinkMessage.parse(link.finish(sequence: request.sequence))
+        }
+        let manager = try NetworkManager(stateDirectory: directory, host: RouteNetlink(socket: socket), firewall: MockNetlinkSocket())
+        let endpoint = Endpoint(id: "e1", name: "web1", network: "web", hostInterface: "nc00000001", interface: "eth0",
+                                mac: "02:6e:0a:58:00:02", ipv4: "10.88.0.2/24", ipv6: nil, gateway: "10.88.0.1",
+                                gateway6: nil, netns: "/run/netns/x", pid: nil, ownsNetns: false, state: .active,
+                                created: timestamp())
+        try manager.retire([endpoint])
+
+        let changes = socket.sent.filter { $0.type == NetlinkMessageType.newLink }
+        #expect(changes.count == 1)
+        let change = try #require(changes.first)
+        // ifinfomsg: index at 4, flags at 8, change mask at 12 (host byte order).
+        func word(_ offset: Int) -> UInt32 { change.payload[offset..<offset + 4].reversed().reduce(0) { $0 << 8 | UInt32($1) } }
+        #expect(word(4) == 7)                      // by index
+        #expect(word(8) & LinkFlags.up == 0)       // down...
+        #expect(word(12) & LinkFlags.up != 0)      // ...as a change
+        let attributes = change.attributes(after: 16)
+        #expect(attributes.integer(UInt16(IFLA_MASTER), as: Int32.self) == 0)          // off the bridge
+        #expect(attributes.integer(UInt16(IFLA_GROUP), as: UInt32.self) == LinkGroups.retired)
+        // The namespace /run/netns/x is not the endpoint's (it has no recorded identity): untouched.
+        #expect(socket.sent.allSatisfy { $0.type != NetlinkMessageType.delLink })
+        #expect(socket.detached.count == 1)
+        let deletion = try #require(try NetlinkMessage.parse(socket.detached[0]).first)
+        #expect(deletion.type == NetlinkMessageType.delLink)
+        #expect(deletion.attributes(after: 16).integer(UInt16(IFLA_GROUP), as: UInt32.self) == LinkGroups.retired)
+    }
+
+    @Test("a link that is gone, or no longer netctl's, is left alone and nothing is deleted")
+    func retireSkipsForeign() throws {
+        let directory = makeTemporaryDirectory()
+        defer { removeTree(directory) }
+        let socket = MockNetlinkSocket()
+        socket.responder = { request in
+            guard request.type == NetlinkMessageType.getLink else { return nil }
+            return [MockNetlinkSocket.ack(request, error: ENODEV)]
+        }
+        let manager = try NetworkManager(stateDirectory: directory, host: RouteNetlink(socket: socket), firewall: MockNetlinkSocket())
+        try manager.retire([Endpoint(id: "e2", name: "web2", network: "web", hostInterface: "nc00000002", interface: "eth0",
+                                     mac: "02:6e:0a:58:00:03", ipv4: "10.88.0.3/24", ipv6: nil, gateway: "10.88.0.1",
+                                     gateway6: nil, netns: "/run/netns/y", pid: nil, ownsNetns: false, state: .active,
+                                     created: timestamp())])
+        #expect(socket.sent.allSatisfy { $0.type == NetlinkMessageType.getLink })
+        #expect(socket.detached.isEmpty)
     }
 }

@@ -41,8 +41,9 @@ int cshim_pipe2(int fds[2], int flags);
 /// happen only on such threads, never on a Swift concurrency thread. Returns 0 or -errno.
 int cshim_run_on_new_thread(void (*fn)(void *), void *ctx);
 
-/// Sends a netlink datagram from a detached process in `socket_fd`'s network namespace and
-/// waits for its kernel reply there, not here. 0 once that process runs, or -errno.
+/// Sends a netlink request from a detached process in `socket_fd`'s network namespace, and
+/// waits for its kernel reply there, not here; that process repeats it every 100 ms until
+/// the kernel says ENODEV (batching a burst; one per namespace). 0 once it runs, or -errno.
 int cshim_send_detached(int socket_fd, const void *datagram, size_t length);
 
 // MARK: Proxy: splice, accept4, batched UDP, packet info.
