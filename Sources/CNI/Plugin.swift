@@ -38,6 +38,7 @@ public enum CNIPlugin {
             // need not be part of that wait once the interface is out of use and its name free.
             manager.detachesInBackground = true
             let plugin = Operations(manager: manager, env: env, config: config)
+            defer { manager.holdSocketsUntilExit() }
             switch env.command {
             case .add: return Output(stdout: try plugin.add().json(cniVersion: version).text, status: 0)
             case .check: try plugin.check()

@@ -228,19 +228,61 @@ int cshim_forward_signal(int signal) {
     return sigaction(signal, &action, NULL) == 0 ? 0 : -errno;
 }
 
-/* Sends a netlink request (a deletion) from a detached grandchild process, in the network
- * namespace of `socket_fd`, and returns once that process exists: the caller does not wait
- * for the kernel. The grandchild is reparented at once (the middle child exits), so the
- * caller never has to reap it, and it holds none of the caller's descriptors (a CNI runtime
- * reads the plugin's stdout until every copy of it is closed).
- * The middle child shares the caller's memory (CLONE_VM | CLONE_VFORK: no copy of the
- * address space to make and tear down, ~0.5 ms of a CNI DEL) and makes the grandchild
- * with a raw clone, which copies it; after that, only raw system calls run.
- *
- * Batching: one such process per network namespace (an abstract socket name, which is per
+/* Detached helper processes, for work a short-lived caller (a CNI plugin call, a CLI
+ * command) need not wait for. A helper is a grandchild, reparented at once (the middle
+ * child exits), so the caller never has to reap it; it holds none of the caller's
+ * descriptors but those it needs (a CNI runtime reads the plugin's stdout until every copy
+ * of it is closed). The middle child shares the caller's memory (CLONE_VM | CLONE_VFORK: no
+ * copy of the address space to make and tear down, ~0.5 ms of a CNI DEL) and makes the
+ * helper with a raw clone, which copies it; after that, only raw system calls run. */
+struct detached_start { void (*work)(void *); void *arg; };
+
+static int detached_middle(void *p) {
+    const struct detached_start *start = p;
+    long helper = syscall(SYS_clone, (unsigned long)SIGCHLD, 0UL, 0UL, 0UL, 0UL);
+    if (helper == 0) {
+        setsid();
+        int null = open("/dev/null", O_RDWR);
+        if (null >= 0) { dup2(null, 0); dup2(null, 1); dup2(null, 2); if (null > 2) close(null); }
+        start->work(start->arg);
+        _exit(0);
+    }
+    _exit(helper < 0 ? 1 : 0);
+}
+
+static int spawn_detached(void (*work)(void *), void *arg) {
+    struct detached_start start = { work, arg };
+    enum { STACK = 64 * 1024 };
+    char *stack = malloc(STACK);
+    if (!stack) return -ENOMEM;
+    pid_t middle = clone(detached_middle, stack + STACK, CLONE_VM | CLONE_VFORK | SIGCHLD, &start);
+    int rc = middle < 0 ? -errno : 0;
+    int status = 0;
+    while (middle > 0 && waitpid(middle, &status, 0) < 0) {
+        if (errno != EINTR) { rc = -errno; break; }
+    }
+    free(stack);
+    if (rc == 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) rc = -ECHILD;
+    return rc;
+}
+
+/* Closes every descriptor from 3 up but those in keep[0..count). */
+static void close_all_but(const int *keep, int count) {
+    int highest = 2;
+    for (int i = 0; i < count; i++) if (keep[i] > highest) highest = keep[i];
+    for (int fd = 3; fd <= highest; fd++) {
+        int kept = 0;
+        for (int i = 0; i < count; i++) kept |= keep[i] == fd;
+        if (!kept) close(fd);
+    }
+    syscall(SYS_close_range, (unsigned)highest + 1, ~0U, 0U);
+}
+
+/* A netlink request (a deletion), sent from the helper in the namespace of `socket_fd`.
+ * Batching: one such helper per network namespace (an abstract socket name, which is per
  * namespace, is its lock) repeats the request every 100 ms until the kernel answers ENODEV,
  * so a burst of detaches costs the kernel one unregister batch (one RCU barrier) per round
- * instead of one each, and holds the RTNL lock less while the burst runs. A process that
+ * instead of one each, and holds the RTNL lock less while the burst runs. A helper that
  * finds the lock taken leaves its work to the holder, which sends once more after letting
  * the lock go: nothing requested before that is missed. */
 struct detached_send { int socket_fd; const void *datagram; size_t length; };
@@ -255,50 +297,59 @@ static int detached_request(int fd, const struct detached_send *d) {
     return -((struct nlmsgerr *)NLMSG_DATA(&reply.header))->error;
 }
 
-static void detached_worker(const struct detached_send *d) {
-    setsid();
+static void send_worker(void *p) {
+    const struct detached_send *d = p;
     int ns = ioctl(d->socket_fd, SIOCGSKNS);
     if (ns < 0 || setns(ns, CLONE_NEWNET) != 0) _exit(2);
-    int null = open("/dev/null", O_RDWR);
-    if (null >= 0) { dup2(null, 0); dup2(null, 1); dup2(null, 2); }
     int s = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
     int lock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (s < 0 || lock < 0 || dup2(s, 3) != 3 || dup2(lock, 4) != 4) _exit(3);
-    syscall(SYS_close_range, 5U, ~0U, 0U);
+    if (s < 0 || lock < 0) _exit(3);
+    int keep[] = { s, lock };
+    close_all_but(keep, 2);
     struct timeval timeout = { .tv_sec = 30 };
-    setsockopt(3, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
     static const char name[] = "netctl-detached-deletions";
     struct sockaddr_un address = { .sun_family = AF_UNIX };
     memcpy(address.sun_path + 1, name, sizeof(name) - 1);
-    if (bind(4, (struct sockaddr *)&address, offsetof(struct sockaddr_un, sun_path) + sizeof(name)) != 0) _exit(0);
+    if (bind(lock, (struct sockaddr *)&address, offsetof(struct sockaddr_un, sun_path) + sizeof(name)) != 0) _exit(0);
     for (int round = 0; round < 600; round++) {  /* at most a minute */
         struct timespec pause = { .tv_nsec = 100 * 1000 * 1000 };
         nanosleep(&pause, NULL);
-        if (detached_request(3, d) != 0) break;  /* ENODEV: nothing left to delete */
+        if (detached_request(s, d) != 0) break;  /* ENODEV: nothing left to delete */
     }
-    close(4);
-    detached_request(3, d);
-    _exit(0);
-}
-
-static int detached_middle(void *arg) {
-    long worker = syscall(SYS_clone, (unsigned long)SIGCHLD, 0UL, 0UL, 0UL, 0UL);
-    if (worker == 0) detached_worker(arg);
-    _exit(worker < 0 ? 1 : 0);
+    close(lock);
+    detached_request(s, d);
 }
 
 int cshim_send_detached(int socket_fd, const void *datagram, size_t length) {
     struct detached_send d = { socket_fd, datagram, length };
-    enum { STACK = 64 * 1024 };
-    char *stack = malloc(STACK);
-    if (!stack) return -ENOMEM;
-    pid_t middle = clone(detached_middle, stack + STACK, CLONE_VM | CLONE_VFORK | SIGCHLD, &d);
-    int rc = middle < 0 ? -errno : 0;
-    int status = 0;
-    while (middle > 0 && waitpid(middle, &status, 0) < 0) {
-        if (errno != EINTR) { rc = -errno; break; }
+    return spawn_detached(send_worker, &d);
+}
+
+/* Holding descriptors until the caller has exited: the helper waits for end-of-file on a
+ * pipe whose only writer is the caller, then exits, and its copies are the last ones. */
+struct detached_hold { const int *fds; int count; int exited; };
+
+static void hold_worker(void *p) {
+    const struct detached_hold *h = p;
+    int keep[64];
+    int count = h->count < 63 ? h->count : 63;
+    for (int i = 0; i < count; i++) keep[i] = h->fds[i];
+    keep[count] = h->exited;
+    close_all_but(keep, count + 1);
+    char byte;
+    while (read(h->exited, &byte, 1) != 0) {
+        if (errno != EINTR) break;
     }
-    free(stack);
-    if (rc == 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) rc = -ECHILD;
+}
+
+int cshim_hold_until_exit(const int *fds, int count) {
+    int ends[2];
+    if (pipe2(ends, O_CLOEXEC) != 0) return -errno;
+    struct detached_hold h = { fds, count, ends[0] };
+    int rc = spawn_detached(hold_worker, &h);
+    close(ends[0]);
+    if (rc != 0) close(ends[1]);
+    /* ends[1] stays open until this process exits: that is the helper's signal. */
     return rc;
 }

@@ -13,6 +13,8 @@ public final class ConntrackClient {
         self.socket = socket
     }
 
+    public var descriptor: Int32? { socket.descriptor }
+
     public convenience init() throws {
         self.init(socket: try MnlSocket())
     }

@@ -254,6 +254,9 @@ public final class NftClient {
     private let socket: NetlinkSocket
     private var sequence = UInt32(truncatingIfNeeded: time(nil))
 
+    /// The socket's descriptor (see `NetworkManager.holdSocketsUntilExit`).
+    public var descriptor: Int32? { socket.descriptor }
+
     public init(socket: NetlinkSocket) {
         self.socket = socket
     }

@@ -8,6 +8,8 @@ public final class MnlSocket: NetlinkSocket {
     private let handle: OpaquePointer
     private var buffer = [UInt8](repeating: 0, count: 1 << 17)
 
+    public var descriptor: Int32? { mnl_socket_get_fd(handle) }
+
     /// Opens a socket in the calling thread's network namespace.
     public init() throws {
         guard let handle = mnl_socket_open(NETLINK_NETFILTER) else {

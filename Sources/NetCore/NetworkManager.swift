@@ -1,3 +1,4 @@
+import CShim
 import Firewall
 import Glibc
 import Logging
@@ -127,6 +128,16 @@ public final class NetworkManager {
     }
 
     var namespaceDirectory: String { stateDirectory + "/netns" }
+
+    /// For a short-lived process (a CNI call, a CLI command), before it exits: the last close
+    /// of an nftables or conntrack socket waits for the kernel to free the last transaction,
+    /// a full RCU grace period (4-14 ms measured in a CNI DEL), so a detached process takes
+    /// copies of them and closes them after this process has exited. Best effort.
+    public func holdSocketsUntilExit() {
+        let descriptors = [firewallClient?.descriptor, conntrackClient?.descriptor].compactMap { $0 }
+        guard !descriptors.isEmpty else { return }
+        _ = descriptors.withUnsafeBufferPointer { cshim_hold_until_exit($0.baseAddress, Int32($0.count)) }
+    }
 
     /// The nftables client, opened on first use (in the namespace of the thread that made
     /// the manager's host socket, which is the caller's).

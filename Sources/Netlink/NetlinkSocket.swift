@@ -12,9 +12,13 @@ public protocol NetlinkSocket: AnyObject {
     /// Hands one datagram to a detached process that sends it from this socket's network
     /// namespace and waits for the kernel itself: for work the caller need not wait for.
     func sendDetached(_ datagram: [UInt8]) throws
+    /// The kernel socket's descriptor; nil for sockets that have none (mocks).
+    var descriptor: Int32? { get }
 }
 
 extension NetlinkSocket {
+    public var descriptor: Int32? { nil }
+
     /// Sockets that never hand work to another process (nftables) don't implement it.
     public func sendDetached(_ datagram: [UInt8]) throws {
         throw NetlinkError(operation: "sending a netlink request from a detached process", code: EOPNOTSUPP)
@@ -91,6 +95,8 @@ public final class LibnlSocket: NetlinkSocket {
             throw NetlinkError(operation: "sending a netlink request (\(String(cString: nl_geterror(rc))))", code: EIO)
         }
     }
+
+    public var descriptor: Int32? { nl_socket_get_fd(handle) }
 
     public func sendDetached(_ datagram: [UInt8]) throws {
         let rc = datagram.withUnsafeBytes { cshim_send_detached(nl_socket_get_fd(handle), $0.baseAddress, $0.count) }

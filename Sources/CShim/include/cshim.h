@@ -46,6 +46,10 @@ int cshim_run_on_new_thread(void (*fn)(void *), void *ctx);
 /// the kernel says ENODEV (batching a burst; one per namespace). 0 once it runs, or -errno.
 int cshim_send_detached(int socket_fd, const void *datagram, size_t length);
 
+/// Gives copies of `fds` to a detached process that closes them once this process has
+/// exited, so the last close (and any kernel work it waits for) happens there. 0 or -errno.
+int cshim_hold_until_exit(const int *fds, int count);
+
 // MARK: Proxy: splice, accept4, batched UDP, packet info.
 
 /// splice(2) between two descriptors (no offsets); bytes moved or -errno.
