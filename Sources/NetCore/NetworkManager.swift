@@ -129,10 +129,11 @@ public final class NetworkManager {
 
     var namespaceDirectory: String { stateDirectory + "/netns" }
 
-    /// For a short-lived process (a CNI call, a CLI command), before it exits: the last close
-    /// of an nftables or conntrack socket waits for the kernel to free the last transaction,
-    /// a full RCU grace period (4-14 ms measured in a CNI DEL), so a detached process takes
-    /// copies of them and closes them after this process has exited. Best effort.
+    /// For a short-lived process (a CNI call, a CLI command), before it exits: after map
+    /// elements were removed, the last close of an nftables or conntrack socket waits for the
+    /// kernel to release that transaction, a full RCU grace period (4-14 ms measured in a CNI
+    /// DEL), so a detached process takes copies of them and closes them after this process
+    /// has exited. Best effort; it costs a process start, so only worth it after removals.
     public func holdSocketsUntilExit() {
         let descriptors = [firewallClient?.descriptor, conntrackClient?.descriptor].compactMap { $0 }
         guard !descriptors.isEmpty else { return }

@@ -45,6 +45,11 @@ public struct RouteRequest {
         if let mtu = spec.mtu { m.attribute(UInt16(IFLA_MTU), mtu) }
         if let master = spec.master { m.attribute(UInt16(IFLA_MASTER), master) }
         if let group = spec.group { m.attribute(UInt16(IFLA_GROUP), group) }
+        // One queue each way, as veth uses anyway: left out, the kernel allocates one per
+        // CPU and then cuts the pair down to one, which waits for two expedited RCU grace
+        // periods under the RTNL lock (seen with perf sched in every CNI ADD).
+        m.attribute(UInt16(IFLA_NUM_TX_QUEUES), UInt32(1))
+        m.attribute(UInt16(IFLA_NUM_RX_QUEUES), UInt32(1))
         m.nested(UInt16(IFLA_LINKINFO)) { info in
             info.attribute(UInt16(IFLA_INFO_KIND), string: "veth")
             info.nested(UInt16(IFLA_INFO_DATA)) { data in
@@ -54,6 +59,8 @@ public struct RouteRequest {
                     if let fd = spec.peerNamespaceFD { peer.attribute(UInt16(IFLA_NET_NS_FD), UInt32(bitPattern: fd)) }
                     if let mac = spec.peerMAC { peer.attribute(UInt16(IFLA_ADDRESS), bytes: mac) }
                     if let mtu = spec.mtu { peer.attribute(UInt16(IFLA_MTU), mtu) }
+                    peer.attribute(UInt16(IFLA_NUM_TX_QUEUES), UInt32(1))
+                    peer.attribute(UInt16(IFLA_NUM_RX_QUEUES), UInt32(1))
                 }
             }
         }

@@ -75,6 +75,11 @@ struct MessageBuilderTests {
         #expect(peer.integer(UInt16(IFLA_NET_NS_FD), as: UInt32.self) == 9)
         #expect(peer[UInt16(IFLA_ADDRESS)] == [2, 0x6e, 10, 0, 0, 2])
         #expect(peer.integer(UInt16(IFLA_MTU), as: UInt32.self) == 1500)
+        // One queue each way on both ends: no queue cut (and RCU wait) after creation.
+        for side in [attrs, peer] {
+            #expect(side.integer(UInt16(IFLA_NUM_TX_QUEUES), as: UInt32.self) == 1)
+            #expect(side.integer(UInt16(IFLA_NUM_RX_QUEUES), as: UInt32.self) == 1)
+        }
     }
 
     @Test("default route: gateway, no destination, universe scope")
