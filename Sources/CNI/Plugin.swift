@@ -278,7 +278,9 @@ struct Operations {
         } catch NetctlError.networkNotFound {
             return
         }
-        let stale = endpoints.map(\.name).filter { $0.hasPrefix("cni-") && !keep.contains($0) }
+        // Only settled attachments: one still being made is an ADD in flight (the runtime's
+        // list predates it); one whose maker died is netctl gc's to clear, below.
+        let stale = endpoints.filter { $0.state == .active && $0.name.hasPrefix("cni-") && !keep.contains($0.name) }.map(\.name)
         if !stale.isEmpty { try manager.detach(stale) }
         _ = try manager.gc()
     }
