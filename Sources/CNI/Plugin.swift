@@ -38,11 +38,9 @@ public enum CNIPlugin {
             // need not be part of that wait once the interface is out of use and its name free.
             manager.detachesInBackground = true
             let plugin = Operations(manager: manager, env: env, config: config)
-            // Removing map elements leaves nf_tables a release that the socket's last close
-            // waits for (4-14 ms of a DEL); adding them does not (measured), and handing the
-            // sockets off costs a process, so only commands that remove do it.
-            let removes = env.command == .del || env.command == .gc
-            defer { if removes { manager.holdSocketsUntilExit() } }
+            // After a removal (DEL, GC, a refused ADD's rollback), closing the nftables socket
+            // would wait for the kernel's release of it: 4-14 ms of a DEL.
+            defer { manager.holdSocketsUntilExit() }
             switch env.command {
             case .add: return Output(stdout: try plugin.add().json(cniVersion: version).text, status: 0)
             case .check: try plugin.check()

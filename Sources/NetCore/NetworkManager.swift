@@ -129,12 +129,17 @@ public final class NetworkManager {
 
     var namespaceDirectory: String { stateDirectory + "/netns" }
 
+    /// Set once this manager removed map elements (see `holdSocketsUntilExit`).
+    var firewallReleasePending = false
+
     /// For a short-lived process (a CNI call, a CLI command), before it exits: after map
     /// elements were removed, the last close of an nftables or conntrack socket waits for the
     /// kernel to release that transaction, a full RCU grace period (4-14 ms measured in a CNI
     /// DEL), so a detached process takes copies of them and closes them after this process
-    /// has exited. Best effort; it costs a process start, so only worth it after removals.
+    /// has exited. Nothing happens when nothing was removed (an added element's close does
+    /// not wait, measured), since the hand-off costs a process. Best effort.
     public func holdSocketsUntilExit() {
+        guard firewallReleasePending else { return }
         let descriptors = [firewallClient?.descriptor, conntrackClient?.descriptor].compactMap { $0 }
         guard !descriptors.isEmpty else { return }
         _ = descriptors.withUnsafeBufferPointer { cshim_hold_until_exit($0.baseAddress, Int32($0.count)) }

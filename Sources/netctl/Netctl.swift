@@ -30,9 +30,18 @@ struct GlobalOptions: ParsableArguments {
     /// Opens the library with these options; everything a command does is a call on it.
     func manager() throws -> NetworkManager {
         setUpLogging()
-        return try NetworkManager(stateDirectory: stateDir ?? NetworkManager.defaultStateDirectory)
+        let manager = try NetworkManager(stateDirectory: stateDir ?? NetworkManager.defaultStateDirectory)
+        if openedManagers.isEmpty {
+            // A command that removed published ports would wait on exit for the kernel to
+            // release them (the nftables socket's last close); a detached process takes that.
+            atexit { openedManagers.forEach { $0.holdSocketsUntilExit() } }
+        }
+        openedManagers.append(manager)
+        return manager
     }
 }
+
+nonisolated(unsafe) private var openedManagers: [NetworkManager] = []
 
 nonisolated(unsafe) private var loggingReady = false
 
