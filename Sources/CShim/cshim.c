@@ -23,6 +23,8 @@
 #include <sys/wait.h>
 #include <linux/sockios.h>
 #include <sys/un.h>
+#include <sys/file.h>
+#include <stdio.h>
 #include <stddef.h>
 #include <time.h>
 
@@ -279,13 +281,13 @@ static void close_all_but(const int *keep, int count) {
 }
 
 /* A netlink request (a deletion), sent from the helper in the namespace of `socket_fd`.
- * Batching: one such helper per network namespace (an abstract socket name, which is per
- * namespace, is its lock) repeats the request every 100 ms until the kernel answers ENODEV,
- * so a burst of detaches costs the kernel one unregister batch (one RCU barrier) per round
- * instead of one each, and holds the RTNL lock less while the burst runs. A helper that
- * finds the lock taken leaves its work to the holder, which sends once more after letting
- * the lock go: nothing requested before that is missed. */
-struct detached_send { int socket_fd; const void *datagram; size_t length; };
+ * Batching: one such helper per network namespace (an exclusive flock on a file of that
+ * namespace's inode in `lock_directory`, root's) repeats the request every 100 ms until the
+ * kernel answers ENODEV, so a burst of detaches costs the kernel one unregister batch (one
+ * RCU barrier) per round instead of one each, and holds the RTNL lock less while the burst
+ * runs. A helper that finds the lock taken leaves its work to the holder, which sends once
+ * more after letting the lock go: nothing requested before that is missed. */
+struct detached_send { int socket_fd; const void *datagram; size_t length; char lock_path[4096]; };
 
 /* Sends the request and returns the kernel's errno for it (0 = done), or -1. */
 static int detached_request(int fd, const struct detached_send *d) {
@@ -302,27 +304,32 @@ static void send_worker(void *p) {
     int ns = ioctl(d->socket_fd, SIOCGSKNS);
     if (ns < 0 || setns(ns, CLONE_NEWNET) != 0) _exit(2);
     int s = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
-    int lock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (s < 0 || lock < 0) _exit(3);
+    int lock = open(d->lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (s < 0) _exit(3);
     int keep[] = { s, lock };
-    close_all_but(keep, 2);
+    close_all_but(keep, lock >= 0 ? 2 : 1);
+    if (lock >= 0 && flock(lock, LOCK_EX | LOCK_NB) != 0) _exit(0);  /* the holder will do it */
     struct timeval timeout = { .tv_sec = 30 };
     setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-    static const char name[] = "netctl-detached-deletions";
-    struct sockaddr_un address = { .sun_family = AF_UNIX };
-    memcpy(address.sun_path + 1, name, sizeof(name) - 1);
-    if (bind(lock, (struct sockaddr *)&address, offsetof(struct sockaddr_un, sun_path) + sizeof(name)) != 0) _exit(0);
     for (int round = 0; round < 600; round++) {  /* at most a minute */
         struct timespec pause = { .tv_nsec = 100 * 1000 * 1000 };
         nanosleep(&pause, NULL);
         if (detached_request(s, d) != 0) break;  /* ENODEV: nothing left to delete */
     }
-    close(lock);
+    if (lock >= 0) close(lock);
     detached_request(s, d);
 }
 
-int cshim_send_detached(int socket_fd, const void *datagram, size_t length) {
-    struct detached_send d = { socket_fd, datagram, length };
+int cshim_send_detached(int socket_fd, const void *datagram, size_t length, const char *lock_directory) {
+    struct detached_send d = { socket_fd, datagram, length, "" };
+    /* The lock is per network namespace: named by the namespace's inode. */
+    int ns = ioctl(socket_fd, SIOCGSKNS);
+    struct stat st;
+    if (ns < 0 || fstat(ns, &st) != 0) { int code = errno; if (ns >= 0) close(ns); return -code; }
+    close(ns);
+    int n = snprintf(d.lock_path, sizeof(d.lock_path), "%s/.detached-deletions-%llu.lock", lock_directory,
+                     (unsigned long long)st.st_ino);
+    if (n < 0 || n >= (int)sizeof(d.lock_path)) return -ENAMETOOLONG;
     return spawn_detached(send_worker, &d);
 }
 

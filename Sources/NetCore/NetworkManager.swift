@@ -577,7 +577,7 @@ public final class NetworkManager {
                 RouteRequest.setLink(index: peer.index, LinkChange(name: "ncrt" + peer.endpoint.id.prefix(8))).ignoring(ENODEV),
             ])
         }
-        try host.deleteLinksDetached(inGroup: LinkGroups.retired)
+        try host.deleteLinksDetached(inGroup: LinkGroups.retired, lockDirectory: stateDirectory)
     }
 
     // MARK: Reconciliation

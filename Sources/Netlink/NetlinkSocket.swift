@@ -11,7 +11,8 @@ public protocol NetlinkSocket: AnyObject {
     func receive() throws -> [UInt8]
     /// Hands one datagram to a detached process that sends it from this socket's network
     /// namespace and waits for the kernel itself: for work the caller need not wait for.
-    func sendDetached(_ datagram: [UInt8]) throws
+    /// `lockDirectory` (root's) holds the lock that makes one such process per namespace.
+    func sendDetached(_ datagram: [UInt8], lockDirectory: String) throws
     /// The kernel socket's descriptor; nil for sockets that have none (mocks).
     var descriptor: Int32? { get }
 }
@@ -20,7 +21,7 @@ extension NetlinkSocket {
     public var descriptor: Int32? { nil }
 
     /// Sockets that never hand work to another process (nftables) don't implement it.
-    public func sendDetached(_ datagram: [UInt8]) throws {
+    public func sendDetached(_ datagram: [UInt8], lockDirectory: String) throws {
         throw NetlinkError(operation: "sending a netlink request from a detached process", code: EOPNOTSUPP)
     }
 
@@ -98,8 +99,8 @@ public final class LibnlSocket: NetlinkSocket {
 
     public var descriptor: Int32? { nl_socket_get_fd(handle) }
 
-    public func sendDetached(_ datagram: [UInt8]) throws {
-        let rc = datagram.withUnsafeBytes { cshim_send_detached(nl_socket_get_fd(handle), $0.baseAddress, $0.count) }
+    public func sendDetached(_ datagram: [UInt8], lockDirectory: String) throws {
+        let rc = datagram.withUnsafeBytes { cshim_send_detached(nl_socket_get_fd(handle), $0.baseAddress, $0.count, lockDirectory) }
         if rc < 0 { throw NetlinkError(operation: "starting a process to send a netlink request", code: -rc) }
     }
 
@@ -143,7 +144,7 @@ public final class MockNetlinkSocket: NetlinkSocket {
         }
     }
 
-    public func sendDetached(_ datagram: [UInt8]) throws {
+    public func sendDetached(_ datagram: [UInt8], lockDirectory: String) throws {
         detached.append(datagram)
     }
 

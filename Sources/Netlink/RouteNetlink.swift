@@ -278,10 +278,11 @@ public final class RouteNetlink {
     /// unregister (an RCU barrier, 16-35 ms here) then costs the caller nothing. One such
     /// process per namespace deletes the group every 100 ms until it is empty, so a burst
     /// of calls is one kernel batch per round; links go 0.1-0.2 s after the call.
-    public func deleteLinksDetached(inGroup group: UInt32) throws {
+    /// `lockDirectory` must be root's: the lock file that makes that one process lives there.
+    public func deleteLinksDetached(inGroup group: UInt32, lockDirectory: String) throws {
         let message = RouteRequest.deleteLinks(inGroup: group).message.finish(sequence: sequence)
         sequence &+= 1
-        try socket.sendDetached(message)
+        try socket.sendDetached(message, lockDirectory: lockDirectory)
     }
 
     // MARK: Addresses and routes

@@ -43,8 +43,9 @@ int cshim_run_on_new_thread(void (*fn)(void *), void *ctx);
 
 /// Sends a netlink request from a detached process in `socket_fd`'s network namespace, and
 /// waits for its kernel reply there, not here; that process repeats it every 100 ms until
-/// the kernel says ENODEV (batching a burst; one per namespace). 0 once it runs, or -errno.
-int cshim_send_detached(int socket_fd, const void *datagram, size_t length);
+/// the kernel says ENODEV (batching a burst: one per namespace, by a lock file in
+/// `lock_directory`). 0 once it runs, or -errno.
+int cshim_send_detached(int socket_fd, const void *datagram, size_t length, const char *lock_directory);
 
 /// Gives copies of `fds` to a detached process that closes them once this process has
 /// exited, so the last close (and any kernel work it waits for) happens there. 0 or -errno.
