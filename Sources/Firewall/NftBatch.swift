@@ -96,9 +96,6 @@ public struct NftBatch {
     public let family: UInt16
     /// Each message as encoded, sequence number still 0 (set on encoding).
     public private(set) var messages: [[UInt8]] = []
-    /// Where libnftnl builds each message before it is copied out; one per batch. Messages
-    /// stay far below its size (element lists are cut into chunks of 256).
-    private var scratch = [CChar](repeating: 0, count: 1 << 16)
 
     public init(family: UInt16 = UInt16(NFPROTO_INET)) {
         self.family = family
@@ -216,8 +213,11 @@ public struct NftBatch {
         return (datagram, (first &+ 1)..<endSequence)
     }
 
+    /// libnftnl builds each message in a scratch buffer, copied out. Messages stay far below
+    /// its size (element lists are cut into chunks of 256). Not zeroed: libnftnl writes all
+    /// it uses, and zeroing 64 KB cost 16 page faults per short-lived process.
     private mutating func append(_ type: nf_tables_msg_types, flags: UInt16, _ payload: (UnsafeMutablePointer<nlmsghdr>) -> Void) {
-        let message = scratch.withUnsafeMutableBufferPointer { buf in
+        let message = withUnsafeTemporaryAllocation(of: CChar.self, capacity: 1 << 16) { buf in
             let header = nftnl_nlmsg_build_hdr(buf.baseAddress, UInt16(type.rawValue), family, flags, 0)!
             payload(header)
             return Array(UnsafeRawBufferPointer(start: header, count: Int(header.pointee.nlmsg_len)))

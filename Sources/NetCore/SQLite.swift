@@ -12,6 +12,7 @@ final class SQLiteDatabase {
         guard sqlite3_open_v2(path, &handle, flags, nil) == SQLITE_OK else {
             let message = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
             sqlite3_close(handle)
+            handle = nil  // the throw runs deinit, which closes it otherwise
             throw NetctlError.state("cannot open state database \(path): \(message)")
         }
         // Wait for other netctl processes instead of failing with SQLITE_BUSY.

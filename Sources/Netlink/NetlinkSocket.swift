@@ -74,9 +74,9 @@ public final class LibnlSocket: NetlinkSocket {
             throw NetlinkError(operation: "allocating a netlink socket", code: ENOMEM)
         }
         self.handle = handle
+        // From here on a throw runs deinit, which frees the socket.
         let rc = nl_connect(handle, NETLINK_ROUTE)
         if rc < 0 {
-            nl_socket_free(handle)
             throw NetlinkError(operation: "connecting a netlink socket (\(String(cString: nl_geterror(rc))))", code: EIO)
         }
         // Peek so a large dump message is never truncated; a receive timeout so a lost

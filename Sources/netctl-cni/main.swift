@@ -19,7 +19,7 @@ while let pointer = entry.pointee {
     entry += 1
 }
 var input: [UInt8] = []
-var buffer = [UInt8](repeating: 0, count: 65536)
+var buffer = [UInt8](repeating: 0, count: 8192)  // a configuration is a few KB; more takes more reads
 while true {
     let n = read(0, &buffer, buffer.count)
     if n > 0 { input += buffer[0..<n]; continue }
