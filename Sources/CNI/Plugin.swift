@@ -208,11 +208,10 @@ struct Operations {
             result.ips.append(.init(address: ipv6, gateway: gateway6, interface: 2))
             result.routes.append(.init(dst: "::/0", gw: gateway6))
         }
-        for route in config.routes {
-            let isDefault = route.destination == "0.0.0.0/0" || route.destination == "::/0"
-            if isDefault { continue }
-            let gw = route.gateway ?? (route.destination.contains(":") ? endpoint.gateway6 : endpoint.gateway)
-            result.routes.append(.init(dst: route.destination, gw: gw))
+        // As attach installed them (destinations masked, next hops filled in).
+        for route in try manager.extraRoutes(config.routes, network: network) {
+            let destination = route.destination.map { "\($0)" } ?? (route.isIPv4 ? "0.0.0.0/0" : "::/0")
+            result.routes.append(.init(dst: destination, gw: route.gateway.map { "\($0)" }))
         }
         return previous.map { result.appended(to: $0) } ?? result
     }

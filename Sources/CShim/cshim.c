@@ -237,33 +237,46 @@ int cshim_forward_signal(int signal) {
  * of it is closed). The middle child shares the caller's memory (CLONE_VM | CLONE_VFORK: no
  * copy of the address space to make and tear down, ~0.5 ms of a CNI DEL) and makes the
  * helper with a raw clone, which copies it; after that, only raw system calls run. */
-struct detached_start { void (*work)(void *); void *arg; };
+struct detached_start { void (*work)(void *); void *arg; int error; };
 
 static int detached_middle(void *p) {
-    const struct detached_start *start = p;
+    struct detached_start *start = p;
     long helper = syscall(SYS_clone, (unsigned long)SIGCHLD, 0UL, 0UL, 0UL, 0UL);
     if (helper == 0) {
+        /* The caller's handlers are not the helper's business; signals arrive again. */
+        struct sigaction dfl = { .sa_handler = SIG_DFL };
+        for (int sig = 1; sig < NSIG; sig++) sigaction(sig, &dfl, NULL);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
         setsid();
         int null = open("/dev/null", O_RDWR);
         if (null >= 0) { dup2(null, 0); dup2(null, 1); dup2(null, 2); if (null > 2) close(null); }
         start->work(start->arg);
         _exit(0);
     }
+    if (helper < 0) start->error = errno;  /* shared memory: the caller reads it */
     _exit(helper < 0 ? 1 : 0);
 }
 
 static int spawn_detached(void (*work)(void *), void *arg) {
-    struct detached_start start = { work, arg };
+    struct detached_start start = { work, arg, 0 };
     enum { STACK = 64 * 1024 };
     char *stack = malloc(STACK);
     if (!stack) return -ENOMEM;
+    /* No handler may run in the middle child: it would run on the caller's memory. */
+    sigset_t all, saved;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &saved);
     pid_t middle = clone(detached_middle, stack + STACK, CLONE_VM | CLONE_VFORK | SIGCHLD, &start);
     int rc = middle < 0 ? -errno : 0;
     int status = 0;
     while (middle > 0 && waitpid(middle, &status, 0) < 0) {
         if (errno != EINTR) { rc = -errno; break; }
     }
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
     free(stack);
+    if (rc == 0 && start.error != 0) rc = -start.error;
     if (rc == 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) rc = -ECHILD;
     return rc;
 }

@@ -96,6 +96,8 @@ public struct NftBatch {
     public let family: UInt16
     /// Each message as encoded, sequence number still 0 (set on encoding).
     public private(set) var messages: [[UInt8]] = []
+    /// Whether the batch deletes anything (a table, map elements).
+    public private(set) var removes = false
 
     public init(family: UInt16 = UInt16(NFPROTO_INET)) {
         self.family = family
@@ -117,6 +119,7 @@ public struct NftBatch {
         nftnl_table_set_u32(table, UInt16(NFTNL_TABLE_FAMILY.rawValue), UInt32(family))
         nftnl_table_set_str(table, UInt16(NFTNL_TABLE_NAME.rawValue), name)
         append(NFT_MSG_DELTABLE, flags: UInt16(NLM_F_ACK)) { nftnl_table_nlmsg_build_payload($0, table) }
+        removes = true
     }
 
     /// A chain; a base chain when `hook` is given: (type "nat"/"filter", hook number, priority).
@@ -171,6 +174,7 @@ public struct NftBatch {
 
     /// Adds (or deletes) map elements, key -> data, in messages of bounded size.
     public mutating func setElements(table: String, set name: String, _ elements: [(key: [UInt8], data: [UInt8]?)], delete: Bool = false) {
+        if delete && !elements.isEmpty { removes = true }
         for chunk in stride(from: 0, to: elements.count, by: 256).map({ elements[$0..<min($0 + 256, elements.count)] }) {
             let set = nftnl_set_alloc()!
             defer { nftnl_set_free(set) }
@@ -215,14 +219,15 @@ public struct NftBatch {
 
     /// libnftnl builds each message in a scratch buffer, copied out. Messages stay far below
     /// its size (element lists are cut into chunks of 256). Not zeroed: libnftnl writes all
-    /// it uses, and zeroing 64 KB cost 16 page faults per short-lived process.
+    /// it uses, and zeroing 64 KB cost 16 page faults per short-lived process. A plain
+    /// allocation: a temporary one this large checks the stack's size, which on the main
+    /// thread reads /proc/self/maps.
     private mutating func append(_ type: nf_tables_msg_types, flags: UInt16, _ payload: (UnsafeMutablePointer<nlmsghdr>) -> Void) {
-        let message = withUnsafeTemporaryAllocation(of: CChar.self, capacity: 1 << 16) { buf in
-            let header = nftnl_nlmsg_build_hdr(buf.baseAddress, UInt16(type.rawValue), family, flags, 0)!
-            payload(header)
-            return Array(UnsafeRawBufferPointer(start: header, count: Int(header.pointee.nlmsg_len)))
-        }
-        messages.append(message)
+        let scratch = UnsafeMutablePointer<CChar>.allocate(capacity: 1 << 16)
+        defer { scratch.deallocate() }
+        let header = nftnl_nlmsg_build_hdr(scratch, UInt16(type.rawValue), family, flags, 0)!
+        payload(header)
+        messages.append(Array(UnsafeRawBufferPointer(start: header, count: Int(header.pointee.nlmsg_len))))
     }
 }
 
@@ -312,8 +317,13 @@ public final class NftClient {
         }
     }
 
+    /// Whether a batch sent on this socket deleted something: the kernel then frees what it
+    /// deleted after an RCU grace period, and the socket's last close waits for that.
+    public private(set) var sentRemovals = false
+
     public func commit(_ batch: NftBatch, _ operation: String) throws {
         guard !batch.messages.isEmpty else { return }
+        if batch.removes { sentRemovals = true }
         let (datagram, acknowledged) = batch.encoded(first: sequence)
         sequence = acknowledged.upperBound &+ 1
         let codes = try socket.transact(datagram, sequences: acknowledged)

@@ -8,7 +8,7 @@ public final class MnlSocket: NetlinkSocket {
     private let handle: OpaquePointer
     /// Receive buffer, not zeroed: its pages are touched only as far as replies reach (a
     /// zeroed one cost 32 page faults in every short-lived process that opens the socket).
-    private let buffer = UnsafeMutableRawPointer.allocate(byteCount: MnlSocket.bufferSize, alignment: 16)
+    private let buffer: UnsafeMutableRawPointer
     private static let bufferSize = 1 << 17
 
     public var descriptor: Int32? { mnl_socket_get_fd(handle) }
@@ -19,6 +19,7 @@ public final class MnlSocket: NetlinkSocket {
             throw NetlinkError(operation: "opening an nftables netlink socket", code: errno)
         }
         self.handle = handle
+        buffer = UnsafeMutableRawPointer.allocate(byteCount: MnlSocket.bufferSize, alignment: 16)
         // From here on a throw runs deinit, which closes the socket.
         guard mnl_socket_bind(handle, 0, pid_t(MNL_SOCKET_AUTOPID)) == 0 else {
             throw NetlinkError(operation: "binding an nftables netlink socket", code: errno)

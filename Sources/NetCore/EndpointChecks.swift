@@ -14,26 +14,12 @@ public struct EndpointLinks: Equatable, Sendable {
 extension NetworkManager {
     /// Routes for inside an endpoint's namespace, checked against the network: destinations
     /// as subnets (host bits masked), next hops default to the network's gateway of the
-    /// family. Default routes are dropped (attach always adds them).
-    func extraRoutes(_ specs: [StaticRoute], network: Network) throws -> [Route] {
+    /// family. Default routes of a family the network serves are dropped (attach always adds
+    /// them). What attach installs for `AttachRequest.routes`.
+    public func extraRoutes(_ specs: [StaticRoute], network: Network) throws -> [Route] {
         try specs.compactMap { spec in
-            guard let destination = IPNetwork(spec.destination, strict: false) else {
-                throw NetctlError.invalidRoute(spec.destination, reason: "the destination is not a subnet like 10.0.0.0/8")
-            }
-            let gateway: IPAddress
-            if let text = spec.gateway {
-                guard let ip = IPAddress(text), ip.isIPv4 == destination.isIPv4 else {
-                    throw NetctlError.invalidRoute(spec.destination, reason: "next hop \"\(text)\" is not an address of the destination's family")
-                }
-                gateway = ip
-            } else if destination.isIPv4 {
-                gateway = network.ipv4Gateway
-            } else {
-                guard let gateway6 = network.ipv6Gateway else {
-                    throw NetctlError.invalidRoute(spec.destination, reason: "network \(network.name) has no IPv6 subnet; give a next hop or drop the route")
-                }
-                gateway = gateway6
-            }
+            let (destination, nextHop) = try NetworkManager.checkRoute(spec, network: network.name, servesIPv6: network.ipv6Gateway != nil)
+            let gateway = nextHop ?? (destination.isIPv4 ? network.ipv4Gateway : network.ipv6Gateway!)
             if destination.prefixLength == 0 {
                 // The default route of a family the network serves is added by attach anyway.
                 if destination.isIPv4 || network.ipv6Subnet != nil { return nil }
@@ -43,13 +29,25 @@ extension NetworkManager {
         }
     }
 
-    /// The bridge and host veth of an attached endpoint, read from the kernel.
-    public func links(of name: String) throws -> EndpointLinks {
-        let endpoint = try self.endpoint(named: name)
-        return try links(of: endpoint, on: try self.network(named: endpoint.network))
+    /// A route's destination and next hop (nil: the network's gateway), checked as far as
+    /// the network's name and families allow: callable before the network exists.
+    static func checkRoute(_ spec: StaticRoute, network: String, servesIPv6: Bool) throws -> (IPNetwork, IPAddress?) {
+        guard let destination = IPNetwork(spec.destination, strict: false) else {
+            throw NetctlError.invalidRoute(spec.destination, reason: "the destination is not a subnet like 10.0.0.0/8")
+        }
+        guard let text = spec.gateway else {
+            if !destination.isIPv4 && !servesIPv6 {
+                throw NetctlError.invalidRoute(spec.destination, reason: "network \(network) has no IPv6 subnet; give a next hop or drop the route")
+            }
+            return (destination, nil)
+        }
+        guard let ip = IPAddress(text), ip.isIPv4 == destination.isIPv4 else {
+            throw NetctlError.invalidRoute(spec.destination, reason: "next hop \"\(text)\" is not an address of the destination's family")
+        }
+        return (destination, ip)
     }
 
-    /// The same for an endpoint and network at hand (no state lookups).
+    /// The bridge and host veth of an attached endpoint, read from the kernel.
     public func links(of endpoint: Endpoint, on network: Network) throws -> EndpointLinks {
         let name = endpoint.name
         guard let bridge = try wrapKernel({ try host.link(named: network.bridge) }) else {

@@ -129,17 +129,14 @@ public final class NetworkManager {
 
     var namespaceDirectory: String { stateDirectory + "/netns" }
 
-    /// Set once this manager removed map elements (see `holdSocketsUntilExit`).
-    var firewallReleasePending = false
-
-    /// For a short-lived process (a CNI call, a CLI command), before it exits: after map
-    /// elements were removed, the last close of an nftables or conntrack socket waits for the
-    /// kernel to release that transaction, a full RCU grace period (4-14 ms measured in a CNI
-    /// DEL), so a detached process takes copies of them and closes them after this process
-    /// has exited. Nothing happens when nothing was removed (an added element's close does
-    /// not wait, measured), since the hand-off costs a process. Best effort.
+    /// For a short-lived process (a CNI call, a CLI command), before it exits: after a batch
+    /// that deleted something, the last close of an nftables or conntrack socket waits for the
+    /// kernel to release it, a full RCU grace period (4-14 ms measured in a CNI DEL), so a
+    /// detached process takes copies of them and closes them after this process has exited.
+    /// Nothing happens when nothing was deleted (an added element's close does not wait,
+    /// measured), since the hand-off costs a process. Best effort.
     public func holdSocketsUntilExit() {
-        guard firewallReleasePending else { return }
+        guard firewallClient?.sentRemovals == true else { return }
         let descriptors = [firewallClient?.descriptor, conntrackClient?.descriptor].compactMap { $0 }
         guard !descriptors.isEmpty else { return }
         _ = descriptors.withUnsafeBufferPointer { cshim_hold_until_exit($0.baseAddress, Int32($0.count)) }
@@ -317,7 +314,8 @@ public final class NetworkManager {
     /// The network to attach to: the named one, or one made on first use (the default
     /// network, or `create`'s). Also says whether this call made the network, so a refused
     /// attach can take it away again.
-    private func networkForAttach(_ name: String?, create: NetworkSpec?, ip: String?) throws -> (network: Network, made: Bool) {
+    private func networkForAttach(_ name: String?, create: NetworkSpec?, ip: String?,
+                                  routes: [StaticRoute]) throws -> (network: Network, made: Bool) {
         let name = name ?? NetworkManager.defaultNetworkName
         if let network = try store.network(named: name) { return (network, false) }
         var spec = create
@@ -328,11 +326,10 @@ public final class NetworkManager {
         spec.name = name
         // What can be checked against the spec alone is, before anything is made.
         if let ip, let subnet = try spec.subnet.map({ try Validate.subnet($0, ipv6: false) }) {
-            let address = try Validate.hostAddress(ip, in: subnet, what: "--ip")
-            if let gateway = spec.gateway.flatMap(IPAddress.init), gateway == address {
-                throw NetctlError.invalidAddress(ip, reason: "--ip is the gateway of network \(name)")
-            }
+            let gateway = spec.gateway.flatMap(IPAddress.init) ?? subnet.address.advanced(by: 1)!  // as createNetwork's
+            _ = try Validate.requestedAddress(ip, in: subnet, gateway: gateway, network: name)
         }
+        for route in routes { _ = try NetworkManager.checkRoute(route, network: name, servesIPv6: spec.subnet6 != nil) }
         do {
             return (try createNetwork(spec), true)
         } catch NetctlError.networkExists {
@@ -379,7 +376,8 @@ public final class NetworkManager {
         if let ip = request.ip, IPAddress(ip)?.isIPv4 != true {
             throw NetctlError.invalidAddress(ip, reason: "--ip must be an IPv4 address")
         }
-        let (network, madeNetwork) = try networkForAttach(request.network, create: request.createNetwork, ip: request.ip)
+        let (network, madeNetwork) = try networkForAttach(request.network, create: request.createNetwork, ip: request.ip,
+                                                         routes: request.routes)
         do {
             let routes = try extraRoutes(request.routes, network: network)
             let endpoint = try attach(request, to: network, mac: requestedMAC, namespace: namespace, netnsPath: netnsPath, pid: pid,
@@ -402,9 +400,8 @@ public final class NetworkManager {
     private func attach(_ request: AttachRequest, to network: Network, mac requestedMAC: [UInt8]?, namespace: NetworkNamespace?,
                         netnsPath: String, pid: Int32?, routes: [Route]) throws -> Endpoint {
         var namespace = namespace
-        let requestedIP = try request.ip.map { try Validate.hostAddress($0, in: network.ipv4Subnet, what: "--ip") }
-        if requestedIP == network.ipv4Gateway {
-            throw NetctlError.invalidAddress(request.ip!, reason: "--ip is the gateway of network \(network.name)")
+        let requestedIP = try request.ip.map {
+            try Validate.requestedAddress($0, in: network.ipv4Subnet, gateway: network.ipv4Gateway, network: network.name)
         }
         let id = NetworkManager.randomHex(bytes: 6)
         let name = request.name ?? "ep-\(id.prefix(8))"
@@ -568,16 +565,29 @@ public final class NetworkManager {
         }
         guard !hostRequests.isEmpty else { return }
         try host.perform(hostRequests)
+        // Retired pairs are deleted whatever happens below; without a process for it, here.
+        do {
+            try host.deleteLinksDetached(inGroup: LinkGroups.retired, lockDirectory: stateDirectory)
+        } catch {
+            logger.notice("deleting retired links in the background failed (\(error)); deleting them now")
+            try host.perform(.deleteLinks(inGroup: LinkGroups.retired).ignoring(ENODEV))
+            return
+        }
+        // Freeing the container's interface name is a courtesy to the next attach: the pair
+        // is out of use and its deletion under way, so a failure here fails nothing.
         for peer in peers {
             // Only in the namespace the endpoint was made in: the file may name another one now.
             guard let identity = peer.endpoint.namespaceIdentity,
                   let namespace = try? NetworkNamespace(path: peer.endpoint.netns), namespace.identity == identity else { continue }
-            try RouteNetlink.open(in: namespace).perform([
-                RouteRequest.setLink(index: peer.index, LinkChange(up: false)).ignoring(ENODEV),
-                RouteRequest.setLink(index: peer.index, LinkChange(name: "ncrt" + peer.endpoint.id.prefix(8))).ignoring(ENODEV),
-            ])
+            do {
+                try RouteNetlink.open(in: namespace).perform([
+                    RouteRequest.setLink(index: peer.index, LinkChange(up: false)).ignoring(ENODEV),
+                    RouteRequest.setLink(index: peer.index, LinkChange(name: "ncrt" + peer.endpoint.id.prefix(8))).ignoring(ENODEV),
+                ])
+            } catch {
+                logger.notice("renaming \(peer.endpoint.interface) in \(peer.endpoint.netns) failed: \(error)")
+            }
         }
-        try host.deleteLinksDetached(inGroup: LinkGroups.retired, lockDirectory: stateDirectory)
     }
 
     // MARK: Reconciliation
@@ -609,11 +619,17 @@ public final class NetworkManager {
 
         let knownLinks = Set(endpoints.map(\.hostInterface)).union(networks.map(\.bridge))
         let orphans = links.filter {
-            $0.group == LinkGroups.retired
-                || (($0.group == LinkGroups.endpoint || $0.group == LinkGroups.bridge) && !knownLinks.contains($0.name))
+            ($0.group == LinkGroups.endpoint || $0.group == LinkGroups.bridge) && !knownLinks.contains($0.name)
         }.map(\.name)
-        try wrapKernel { try host.deleteLinks(names: orphans) }
-        report.removedLinks = orphans
+        // Retired pairs a detached deletion has not reached yet (or never will): deleted like
+        // a detach would, in the background when this manager detaches that way.
+        let retired = links.filter { $0.group == LinkGroups.retired }.map(\.name)
+        let background = detachesInBackground && !retired.isEmpty
+        if background {
+            try wrapKernel { try host.deleteLinksDetached(inGroup: LinkGroups.retired, lockDirectory: stateDirectory) }
+        }
+        try wrapKernel { try host.deleteLinks(names: orphans + (background ? [] : retired)) }
+        report.removedLinks = orphans + retired
 
         let knownNamespaces = Set(endpoints.filter(\.ownsNetns).map(\.netns))
         for file in namespaceFiles where !knownNamespaces.contains("\(namespaceDirectory)/\(file)") {

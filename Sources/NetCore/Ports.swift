@@ -290,7 +290,6 @@ extension NetworkManager {
     func removePorts(_ ports: [PublishedPort], of endpoint: Endpoint) throws {
         guard !ports.isEmpty else { return }
         for p in ports { try store.delete(p) }
-        firewallReleasePending = true
         try commitFirewall("unpublishing ports of \(endpoint.name)") { batch in
             PublishRuleset.remove(ports.flatMap { NetworkManager.dnat($0, endpoint) }, to: &batch)
         }

@@ -57,6 +57,14 @@ enum Validate {
         return loose
     }
 
+    /// An endpoint's requested address on a network: a host address of its subnet that is not
+    /// its gateway.
+    static func requestedAddress(_ text: String, in subnet: IPNetwork, gateway: IPAddress, network: String) throws -> IPAddress {
+        let ip = try hostAddress(text, in: subnet, what: "--ip")
+        if ip == gateway { throw NetctlError.invalidAddress(text, reason: "--ip is the gateway of network \(network)") }
+        return ip
+    }
+
     /// An address that may be given to a host on `subnet`: inside it, and neither the
     /// network nor the broadcast address.
     static func hostAddress(_ text: String, in subnet: IPNetwork, what: String) throws -> IPAddress {

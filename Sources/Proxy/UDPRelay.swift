@@ -100,7 +100,6 @@ extension Worker {
                     }
                     let sent = cshim_sendmmsg(flows[flow].backend, b.messages + start, UInt32(end - start), Int32(MSG_DONTWAIT))
                     if sent < end - start { listener.counters.add(Counters.failures, UInt64(end - start - max(0, Int(sent)))) }
-                    flows[flow].lastActive = now
                 } else {
                     listener.counters.add(Counters.failures, UInt64(end - start))
                 }

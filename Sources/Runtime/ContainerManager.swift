@@ -79,12 +79,16 @@ public final class ContainerManager {
         let id = ContainerManager.randomID()
         let name = request.name ?? String(id.prefix(12))
         try NetworkManager.checkName(name, kind: "container")
+        // Cheap refusals before loading the image, which can take minutes the first time (the
+        // name is checked again under the lock below).
+        if let other = store.all().first(where: { $0.name == name }) { throw RuntimeError.nameInUse(name: name, id: other.id) }
+        if let network = request.network { _ = try NetworkManager(stateDirectory: stateDirectory).network(named: network) }
 
         let image = try images.load(request.image)
         let config = image.config.config ?? .init()
         if request.publishAll {
             for exposed in (config.ExposedPorts ?? [:]).keys.sorted() {
-                mappings += try PortMapping.parse(exposed.contains("/") ? exposed : exposed + "/tcp")
+                mappings += try PortMapping.parse(exposed)  // "80" is 80/tcp, as in the image
             }
         }
         let args = (config.Entrypoint ?? []) + (request.command.isEmpty ? (config.Cmd ?? []) : request.command)
@@ -312,6 +316,11 @@ public final class ContainerManager {
     public func stop(_ reference: String, timeout: Double = 10) throws -> ContainerRecord {
         let record = try store.find(reference)
         guard record.state != .exited else { return record }
+        // Being made by a live `run`: there is nothing to signal yet, and the clean-up below
+        // would pull the endpoint from under it.
+        if record.state == .created && Processes.isAlive(record.monitorPID, start: record.monitorStart) {
+            throw RuntimeError.stillStarting(record.name)
+        }
         let runc = try Runc.locate(root: runcRoot)
         let log = directory(record) + "/runc.log"
         try? runc.run(["kill", record.id, record.stopSignal ?? "TERM"], container: record.name, logFile: log)
@@ -392,8 +401,7 @@ public final class ContainerManager {
 
     /// Releases a container and deletes its directory and record.
     private func discard(_ record: ContainerRecord) {
-        release(record)
-        try? RootFilesystem.remove(in: directory(record))
+        release(record)  // unmounts the rootfs; removing the directory takes the rest
         let parent = open(store.directory, O_DIRECTORY | O_RDONLY | O_CLOEXEC)
         defer { close(parent) }
         try? removeTree(parent, record.id)

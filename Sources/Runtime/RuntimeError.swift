@@ -9,6 +9,7 @@ public enum RuntimeError: Error, CustomStringConvertible, Equatable {
     case invalidEnvironment(String)
     case unknownUser(user: String, reason: String)
     case stillRunning(String)
+    case stillStarting(String)
     case monitorFailed(container: String, message: String)
     case io(what: String, errno: Int32)
 
@@ -32,6 +33,8 @@ public enum RuntimeError: Error, CustomStringConvertible, Equatable {
             return "cannot run as user \"\(user)\": \(reason)"
         case .stillRunning(let name):
             return "container \(name) is running; stop it first with `netctl stop \(name)` or remove it with `netctl rm -f \(name)`"
+        case .stillStarting(let name):
+            return "container \(name) is still starting; try again once `netctl ps` shows it running"
         case .monitorFailed(let container, let message):
             return "container \(container) did not start: \(message)"
         case .io(let what, let code):

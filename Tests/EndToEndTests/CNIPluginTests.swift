@@ -246,6 +246,17 @@ struct CNIPluginTests {
         let ips = add.json["ips"] as? [[String: Any]] ?? []
         #expect(interfaces.first?["name"] as? String == "lo0" && interfaces.count == 4)
         #expect(ips.count == 2 && ips[0]["address"] as? String == "192.0.2.9/32" && ips[1]["interface"] as? Int == 3)
+
+        // Extra routes appear as installed: host bits masked, the next hop filled in.
+        let routed = try s.makeNamespaceFile("routed")
+        let config = CNIHarness.netConf(version: "1.0.0").replacingOccurrences(
+            of: #"[{"dst": "0.0.0.0/0"}]"#, with: #"[{"dst": "0.0.0.0/0"}, {"dst": "10.1.2.3/16"}, {"dst": "10.9.0.0/16", "gw": "10.88.0.7"}]"#)
+        let withRoutes = try cni.plugin("ADD", containerID: "routed", netns: routed, config: config)
+        #expect(withRoutes.status == 0, "\(withRoutes.stdout)")
+        let routes = (withRoutes.json["routes"] as? [[String: Any]] ?? []).map { "\($0["dst"] as? String ?? "") via \($0["gw"] as? String ?? "")" }
+        #expect(routes == ["0.0.0.0/0 via 10.88.0.1", "10.1.0.0/16 via 10.88.0.1", "10.9.0.0/16 via 10.88.0.7"], "\(routes)")
+        let inside = try s.run("/usr/bin/nsenter", ["--net=\(routed)", "ip", "-4", "route", "show", "10.1.0.0/16"]).stdout
+        #expect(inside.contains("10.1.0.0/16 via 10.88.0.1"), "\(inside)")
     }
 
     @Test("Bad input gets the specification's error JSON and code, and changes nothing")
@@ -279,6 +290,10 @@ struct CNIPluginTests {
                                                      extra: ["CNI_ARGS": "IP=10.99.0.5"]), 7),
             ("IP is the gateway", try cni.plugin("ADD", containerID: "b1", netns: netns, config: CNIHarness.netConf(),
                                                  extra: ["CNI_ARGS": "IP=10.88.0.1"]), 7),
+            ("IPv6 route without next hop on an IPv4 network", try cni.plugin("ADD", containerID: "b1", netns: netns,
+                config: CNIHarness.netConf().replacingOccurrences(of: #"[{"dst": "0.0.0.0/0"}]"#, with: #"[{"dst": "0.0.0.0/0"}, {"dst": "fd00:1::/64"}]"#)), 7),
+            ("route with a next hop of another family", try cni.plugin("ADD", containerID: "b1", netns: netns,
+                config: CNIHarness.netConf().replacingOccurrences(of: #"[{"dst": "0.0.0.0/0"}]"#, with: #"[{"dst": "10.1.0.0/16", "gw": "fd00::1"}]"#)), 7),
         ]
         for (what, run, code) in cases {
             #expect(run.status != 0, "\(what): exit status 0")
