@@ -150,13 +150,6 @@ struct AttachTests {
 }
 
 extension Sandbox {
-    @discardableResult
-    func netctlOK(_ arguments: [String]) throws -> Result {
-        let result = try run(Sandbox.netctl, arguments)
-        guard result.ok else { throw SandboxError("netctl \(arguments.joined(separator: " ")) failed: \(result.stderr)") }
-        return result
-    }
-
     func netctl(_ arguments: [String]) throws -> Result {
         try run(Sandbox.netctl, arguments)
     }

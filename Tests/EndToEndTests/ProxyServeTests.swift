@@ -5,16 +5,6 @@ import Testing
 
 @Suite("End to end: `netctl proxy serve` as a port backend", .enabled(if: Sandbox.isRoot, "needs root for namespaces"))
 struct ProxyServeTests {
-    /// Waits (bounded) until `body` holds.
-    func eventually(_ seconds: Double = 5, _ body: () throws -> Bool) rethrows -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if try body() { return true }
-            usleep(100_000)
-        }
-        return try body()
-    }
-
     @Test("auto and proxy backends: [::1], IPv6 to an IPv4-only container, UDP, live changes, stats, metrics, drain on SIGTERM")
     func serve() throws {
         let world = try World()

@@ -28,11 +28,7 @@ func exampleLayer() throws -> [UInt8] {
 
 extension World {
     @discardableResult
-    func netctlOK(_ arguments: String...) throws -> Sandbox.Result {
-        let result = try sandbox.run(Sandbox.netctl, arguments)
-        guard result.ok else { throw SandboxError("netctl \(arguments.joined(separator: " ")) failed (\(result.status)): \(result.stderr)") }
-        return result
-    }
+    func netctlOK(_ arguments: String...) throws -> Sandbox.Result { try sandbox.netctlOK(arguments) }
 
     /// `ps --json`, by container name.
     func containers() throws -> [String: [String: Any]] {
@@ -86,13 +82,6 @@ extension World {
         #expect(left == [], "left behind: \(left)", sourceLocation: sourceLocation)
     }
 
-    /// Waits up to 10 s for `body` to hold; the expectations after it say what did not.
-    func eventually(_ body: () throws -> Bool) rethrows {
-        for _ in 0..<200 {
-            if try body() { return }
-            usleep(50_000)
-        }
-    }
 }
 
 @Suite("End to end: netctl run", .enabled(if: Sandbox.isRoot, "needs root for namespaces, mounts and runc"), .serialized)
@@ -121,7 +110,7 @@ struct RunTests {
         #expect(ps.contains("CONTAINER ID") && ps.contains(String(id.prefix(12))) && ps.contains("web"))
         #expect(ps.contains("Up ") && ps.contains("0.0.0.0:8080->80/tcp"))
         #expect(try world.netctlOK("port", "ls", "web").stdout.contains("80/tcp -> 0.0.0.0:8080"))
-        try world.eventually { try world.netctlOK("logs", "web").stdout.contains("response:200") }
+        try eventually { try world.netctlOK("logs", "web").stdout.contains("response:200") }
         let logs = try world.netctlOK("logs", "web").stdout
         #expect(logs.contains("serving /www on port 80"))
         #expect(logs.contains("response:200"), "httpd logs each request: \(logs)")
@@ -135,7 +124,7 @@ struct RunTests {
                 "the image's init exits 0 on SIGTERM")
         #expect(try world.netctlOK("ps").stdout.split(separator: "\n").count == 1, "ps without -a lists running ones only")
         #expect(try world.netctlOK("ps", "-a").stdout.contains("Exited (0)"))
-        try world.eventually { try world.leftovers(pids: pids).isEmpty }
+        try eventually { try world.leftovers(pids: pids).isEmpty }
         try world.expectNothingLeft(pids: pids)
         #expect(throws: (any Error).self, "the port is closed") { try Traffic.httpGet(from: world.neighbour, World.hostIP, 8080) }
 
@@ -174,7 +163,7 @@ struct RunTests {
         try world.netctlOK("run", "-d", "--rm", "--name", "tmp", "-p", "8082:80", exampleImage)
         #expect(try world.page(from: world.neighbour, World.hostIP, 8082).contains(pageTitle))
         try world.netctlOK("stop", "tmp")
-        try world.eventually { try world.containers()["tmp"] == nil }
+        try eventually { try world.containers()["tmp"] == nil }
         #expect(try world.containers()["tmp"] == nil, "--rm removed it")
 
         // Attached, with a command and -e: output to our stdout, its exit code is ours.
@@ -189,7 +178,7 @@ struct RunTests {
         // logs -f follows the output until the container exits, then returns.
         let followed = try world.sandbox.run(Sandbox.netctl, ["logs", "-f", "brief"], timeout: 20)
         #expect(followed.ok && followed.stdout == "one\ntwo\n", "\(followed.stdout)")
-        try world.eventually { try world.containers()["brief"]?["state"] as? String == "exited" }
+        try eventually { try world.containers()["brief"]?["state"] as? String == "exited" }
         #expect((try world.containers()["brief"]?["exitCode"] as? NSNumber)?.int32Value == 7)
         #expect(try world.netctlOK("port", "ls").stdout.contains("8083") == false)
         try world.netctlOK("rm", "brief")
@@ -213,7 +202,7 @@ struct RunTests {
 
         try world.netctlOK("rm", "-f", "a", "b")
         #expect(try world.containers().isEmpty)
-        try world.eventually { try world.leftovers(pids: []).isEmpty }
+        try eventually { try world.leftovers(pids: []).isEmpty }
         try world.expectNothingLeft(pids: [])
     }
 
@@ -273,12 +262,12 @@ struct RunTests {
         let monitor = try #require((record["monitorPID"] as? NSNumber)?.int32Value)
         let pid = try #require((record["pid"] as? NSNumber)?.int32Value)
         kill(monitor, SIGKILL)
-        try world.eventually { try world.leftovers(pids: [monitor]).contains("process \(monitor)") == false }
+        try eventually { try world.leftovers(pids: [monitor]).contains("process \(monitor)") == false }
         // While the container runs, gc leaves it alone.
         #expect(try world.netctlOK("gc").stdout.contains("cleaned up containers") == false)
         #expect(try world.page(from: world.neighbour, World.hostIP, 8090).contains(pageTitle))
         kill(pid, SIGKILL)
-        try world.eventually { kill(pid, 0) != 0 }
+        try eventually { kill(pid, 0) != 0 }
         #expect(kill(pid, 0) != 0)
         #expect(try world.netctlOK("gc").stdout.contains("cleaned up containers: orphan"))
         #expect(try world.containers()["orphan"]?["state"] as? String == "exited")

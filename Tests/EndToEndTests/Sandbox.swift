@@ -107,7 +107,10 @@ final class Sandbox {
 
     /// Runs netctl and fails the test (by throwing) if it fails.
     @discardableResult
-    func netctlOK(_ arguments: String...) throws -> Result {
+    func netctlOK(_ arguments: String...) throws -> Result { try netctlOK(arguments) }
+
+    @discardableResult
+    func netctlOK(_ arguments: [String]) throws -> Result {
         let result = try run(Sandbox.netctl, arguments)
         guard result.ok else {
             throw SandboxError("netctl \(arguments.joined(separator: " ")) failed (\(result.status)): \(result.stderr)")
@@ -171,4 +174,16 @@ final class Sandbox {
 struct SandboxError: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
+}
+
+/// Waits (bounded, polling every 50 ms) until `body` holds; returns whether it did. The
+/// expectations after it say what did not.
+@discardableResult
+func eventually(_ seconds: Double = 10, _ body: () throws -> Bool) rethrows -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if try body() { return true }
+        usleep(50_000)
+    }
+    return try body()
 }

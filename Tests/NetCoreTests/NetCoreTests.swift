@@ -148,11 +148,7 @@ struct ManagerMockTests {
         defer { removeTree(directory) }
         let socket = MockNetlinkSocket()
         socket.responder = { request in
-            guard request.type == NetlinkMessageType.getLink else { return nil }
-            var link = MessageBuilder(type: NetlinkMessageType.newLink, flags: 0)
-            link.ifinfo(index: 9)
-            link.attribute(3 /* IFLA_IFNAME */, string: "docker0")
-            return [try! NetlinkMessage.parse(link.finish(sequence: request.sequence))[0]]
+            request.type == NetlinkMessageType.getLink ? linkReply(to: request, index: 9, name: "docker0") : nil
         }
         let manager = try NetworkManager(stateDirectory: directory, host: RouteNetlink(socket: socket))
         #expect(throws: NetctlError.bridgeNotOurs("docker0")) {

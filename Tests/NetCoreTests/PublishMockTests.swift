@@ -16,10 +16,7 @@ struct PublishMockTests {
         try manager.store.transaction {
             try manager.store.insert(Network(name: "web", bridge: "nc-web", subnet: "10.88.0.0/24", gateway: "10.88.0.1",
                                              subnet6: nil, gateway6: nil, mtu: 1500, created: timestamp()))
-            try manager.store.insert(Endpoint(id: "e1", name: "web1", network: "web", hostInterface: "nc00000001", interface: "eth0",
-                                              mac: "02:6e:0a:58:00:02", ipv4: "10.88.0.2/24", ipv6: nil, gateway: "10.88.0.1",
-                                              gateway6: nil, netns: "/run/netns/x", pid: nil, ownsNetns: false, state: .active,
-                                              created: timestamp()))
+            try manager.store.insert(webEndpoint(id: "e1", name: "web1", hostInterface: "nc00000001", ip: "10.88.0.2"))
         }
         return manager
     }
@@ -95,19 +92,10 @@ struct RetireMockTests {
         // The kernel's answer to "look up nc00000001": index 7, our endpoint group, peer #3 in namespace id 0.
         socket.responder = { request in
             guard request.type == NetlinkMessageType.getLink else { return nil }
-            var link = MessageBuilder(type: NetlinkMessageType.newLink, flags: 0)
-            link.ifinfo(index: 7)
-            link.attribute(UInt16(IFLA_IFNAME), string: "nc00000001")
-            link.attribute(UInt16(IFLA_GROUP), LinkGroups.endpoint)
-            link.attribute(UInt16(IFLA_LINK), Int32(3))
-            link.attribute(UInt16(IFLA_LINK_NETNSID), Int32(0))
-            return try? NetlinkMessage.parse(link.finish(sequence: request.sequence))
+            return linkReply(to: request, index: 7, name: "nc00000001", group: LinkGroups.endpoint, peer: 3)
         }
         let manager = try NetworkManager(stateDirectory: directory, host: RouteNetlink(socket: socket), firewall: MockNetlinkSocket())
-        let endpoint = Endpoint(id: "e1", name: "web1", network: "web", hostInterface: "nc00000001", interface: "eth0",
-                                mac: "02:6e:0a:58:00:02", ipv4: "10.88.0.2/24", ipv6: nil, gateway: "10.88.0.1",
-                                gateway6: nil, netns: "/run/netns/x", pid: nil, ownsNetns: false, state: .active,
-                                created: timestamp())
+        let endpoint = webEndpoint(id: "e1", name: "web1", hostInterface: "nc00000001", ip: "10.88.0.2")
         try manager.retire([endpoint])
 
         let changes = socket.sent.filter { $0.type == NetlinkMessageType.newLink }
@@ -139,10 +127,7 @@ struct RetireMockTests {
             return [MockNetlinkSocket.ack(request, error: ENODEV)]
         }
         let manager = try NetworkManager(stateDirectory: directory, host: RouteNetlink(socket: socket), firewall: MockNetlinkSocket())
-        try manager.retire([Endpoint(id: "e2", name: "web2", network: "web", hostInterface: "nc00000002", interface: "eth0",
-                                     mac: "02:6e:0a:58:00:03", ipv4: "10.88.0.3/24", ipv6: nil, gateway: "10.88.0.1",
-                                     gateway6: nil, netns: "/run/netns/y", pid: nil, ownsNetns: false, state: .active,
-                                     created: timestamp())])
+        try manager.retire([webEndpoint(id: "e2", name: "web2", hostInterface: "nc00000002", ip: "10.88.0.3", netns: "/run/netns/y")])
         #expect(socket.sent.allSatisfy { $0.type == NetlinkMessageType.getLink })
         #expect(socket.detached.isEmpty)
     }
