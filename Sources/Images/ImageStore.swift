@@ -64,8 +64,7 @@ public final class ImageStore {
                 throw ImageError.unsupported(what: what, reason: "zstd-compressed layers are not; use gzip or uncompressed layers")
             }
             let member = blobPath(layer.digest)
-            try verify(try archive.open(member, what: what), expected: layer.digest, size: layer.size, what: what)
-            directories.append(try unpack(diffID: diffID, what: what) { try archive.open(member, what: what) })
+            directories.append(try unpack(diffID: diffID, blob: layer, what: what) { try archive.open(member, what: what) })
         }
         return Image(id: manifest.config.digest, source: archive.path, config: config, layerDirectories: directories, tags: [])
     }
@@ -129,14 +128,22 @@ public final class ImageStore {
     }
 
     /// The layer's cache directory, unpacking it first if needed. The uncompressed stream
-    /// must match `diffID`; a layer is unpacked into a scratch directory and renamed into
-    /// the cache only once complete and verified, so a crash or a rejected layer leaves
-    /// nothing behind and concurrent loads of one layer never see half of it.
-    private func unpack(diffID: Digest, what: String, verifyCached: Bool = false, open: () throws -> ByteSource) throws -> String {
+    /// must match `diffID`, and the blob itself `blob`'s digest and size when the image has a
+    /// descriptor for it (checked in the same pass: the blob is read once). A layer is
+    /// unpacked into a scratch directory and renamed into the cache only once complete and
+    /// verified, so a rejected layer leaves nothing behind and concurrent loads of one
+    /// layer never see half of it. A cached layer is checked against `blob` (or, with
+    /// `verifyCached`, its stream against `diffID`) before it is used.
+    private func unpack(diffID: Digest, blob: Descriptor? = nil, what: String, verifyCached: Bool = false,
+                        open: () throws -> ByteSource) throws -> String {
         let final = layerDirectory(diffID)
         var st = stat()
         if stat(final, &st) == 0 {
-            if verifyCached { try verifyLayerStream(try open(), diffID: diffID, what: what) }
+            if let blob {
+                try verify(try open(), expected: blob.digest, size: blob.size, what: what)
+            } else if verifyCached {
+                try verifyLayerStream(try open(), diffID: diffID, what: what)
+            }
             return final
         }
         var template = Array((scratchDirectory + "/layer-XXXXXX").utf8CString)
@@ -149,9 +156,18 @@ public final class ImageStore {
             let root = Glibc.open(scratch, O_DIRECTORY | O_RDONLY | O_CLOEXEC)
             guard root >= 0 else { throw ImageError.io(what: "cannot open \(scratch)", errno: errno) }
             defer { close(root) }
-            let uncompressed = DigestingSource(try decompressed(try open(), what: what))
-            try LayerUnpacker(rootFD: root, layer: diffID.short).unpack(TarReader(uncompressed, what: what))
-            try uncompressed.drain()  // padding after the end marker counts toward the digest
+            let raw = DigestingSource(try open())
+            let uncompressed = DigestingSource(try decompressed(raw, what: what))
+            do {
+                try LayerUnpacker(rootFD: root, layer: diffID.short).unpack(TarReader(uncompressed, what: what))
+                try uncompressed.drain()  // padding after the end marker counts toward the digest
+                if let blob { try raw.drain() }
+            } catch {
+                // A blob that is not what the image says explains any failure reading it.
+                if let blob, (try? raw.drain()) != nil { try check(raw, expected: blob.digest, size: blob.size, what: what) }
+                throw error
+            }
+            if let blob { try check(raw, expected: blob.digest, size: blob.size, what: what) }
             let actual = uncompressed.finish()
             guard actual == diffID else {
                 throw ImageError.digestMismatch(what: "\(what) (uncompressed)", expected: diffID.description, actual: actual.description)
