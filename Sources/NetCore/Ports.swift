@@ -35,12 +35,16 @@ public struct PublishedPort: Codable, Equatable, Hashable, Sendable {
         self.backend = backend
     }
 
-    /// As `docker port` prints it: `80/tcp -> 0.0.0.0:8080`, one line per address served.
-    public var description: String {
+    /// The host addresses it is served on, as printed: `0.0.0.0`, `[::]`, `127.0.0.1`...
+    public var servedAddresses: [String] {
         var scope = HostScope(hostIP)
         if scope == .all && !servesIPv6 && backend == .nft { scope = .allIPv4 }  // the proxy serves [::] to IPv4
-        let hosts = scope.displayAddresses
-        return hosts.map { "\(containerPort)/\(proto.rawValue) -> \($0):\(hostPort)" }.joined(separator: "\n")
+        return scope.displayAddresses
+    }
+
+    /// As `docker port` prints it: `80/tcp -> 0.0.0.0:8080`, one line per address served.
+    public var description: String {
+        servedAddresses.map { "\(containerPort)/\(proto.rawValue) -> \($0):\(hostPort)" }.joined(separator: "\n")
     }
 
     /// Whether a `port rm` spec names this port: same container port and protocol, and the

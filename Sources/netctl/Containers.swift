@@ -61,11 +61,9 @@ struct PS: ParsableCommand {
             if json { return try printJSON(records) }
             let network = try global.manager()
             let rows = records.map { record -> [String] in
+                // As `docker ps` prints them: 0.0.0.0:8080->80/tcp.
                 let ports = ((try? network.ports(endpoint: record.endpointName)) ?? []).flatMap { port in
-                    port.description.split(separator: "\n").map { line -> String in
-                        let parts = line.components(separatedBy: " -> ")
-                        return parts.count == 2 ? "\(parts[1])->\(parts[0])" : String(line)
-                    }
+                    port.servedAddresses.map { "\($0):\(port.hostPort)->\(port.containerPort)/\(port.proto.rawValue)" }
                 }
                 let command = "\"" + String(record.command.joined(separator: " ").prefix(20)) + "\""
                 return [record.shortID, record.image, command, ago(record.created), status(record, manager),
