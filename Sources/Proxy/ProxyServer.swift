@@ -90,10 +90,8 @@ public final class ProxyServer {
                 handedOver.insert(fd)
             }
         }
-        // UDP sockets belong to the workers: a replaced UDP route lets go of its port first.
-        let udpListens = Set(wanted.filter { routes[$0] == nil && $0.proto == .udp }.map(\.listen))
-        let replacedUDP = gone.filter { $0.proto == .udp && udpListens.contains($0.listen) }
-        if !replacedUDP.isEmpty { remove(replacedUDP) }
+        // A replaced UDP route's new sockets bind beside the old ones (SO_REUSEPORT), and the
+        // old go in the same barrier: nothing to undo if the update is refused.
         var opened: [ProxyRoute: [Int32]] = [:]
         var failed: [ProxyRoute: ProxyError] = [:]
         for route in wanted where routes[route] == nil && reuse[route] == nil && opened[route] == nil && failed[route] == nil {
@@ -102,17 +100,13 @@ public final class ProxyServer {
             } catch let error as ProxyError where partial {
                 failed[route] = error
             } catch {
-                for fds in opened.values { fds.forEach { close($0) } }
-                // All or nothing: UDP routes that let go of their port for this update get it back.
-                for route in replacedUDP { if let fds = try? listenSockets(route) { install(route, fds) } }
-                if !replacedUDP.isEmpty { barrier() }
+                for fds in opened.values { fds.forEach { close($0) } }  // all or nothing
                 throw error
             }
         }
-        let leaving = routes.keys.filter { !wantedSet.contains($0) }
-        for route in leaving { workers.forEach { $0.post(.remove(route)) } }
-        let unwatched = leaving.compactMap { shared.removeValue(forKey: $0) }.filter { !handedOver.contains($0) }
-        for route in leaving { routes[route] = nil }
+        for route in gone { workers.forEach { $0.post(.remove(route)) } }
+        let unwatched = gone.compactMap { shared.removeValue(forKey: $0) }.filter { !handedOver.contains($0) }
+        for route in gone { routes[route] = nil }
         for (route, fd) in reuse { opened[route] = [fd] }
         for (route, fds) in opened { install(route, fds) }
         // Return only once every worker has applied the change: a removed route accepts
@@ -132,19 +126,6 @@ public final class ProxyServer {
         }
         routes[route] = counters
         if route.proto == .tcp { shared[route] = fds[0] }
-    }
-
-    /// Stops routes now: workers drop them (and what they carried), then their shared
-    /// listeners are closed.
-    private func remove(_ gone: [ProxyRoute]) {
-        var unwatched: [Int32] = []
-        for route in gone {
-            workers.forEach { $0.post(.remove(route)) }
-            routes[route] = nil
-            if let fd = shared.removeValue(forKey: route) { unwatched.append(fd) }
-        }
-        barrier()
-        unwatched.forEach { close($0) }
     }
 
     /// Returns once every worker has applied what was posted before.

@@ -382,8 +382,8 @@ struct ProxyRelayTests {
         shutdown(fd, Int32(SHUT_WR))
         #expect(Client.readAll(fd).bytes == Array("moved".utf8))
 
-        // A UDP route replaced in an update that is refused (a taken port) keeps serving:
-        // it gives up its port for the replacement, and gets it back.
+        // A UDP route replaced in an update that is refused (a taken port) keeps serving (its
+        // replacement's sockets, bound beside it, are closed again).
         let udp = ProxyRelayTests.route(.udp, listen: "0.0.0.0", 18013, s.backend.port)
         try s.serve([moved, udp])
         let refused = #expect(throws: ProxyError.self) {
