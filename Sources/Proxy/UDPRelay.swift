@@ -17,6 +17,10 @@ struct Flow {
     var hasLocal = false
     var lastActive: UInt64 = 0
     var key: FlowKey?
+    /// Neighbours in the worker's list of flows from least to most recently active, so the
+    /// flow to evict and the idle ones are found without scanning the table.
+    var older = -1
+    var newer = -1
 }
 
 struct FlowKey: Hashable {
@@ -116,7 +120,7 @@ extension Worker {
         let hasLocal = listener.route.listen.isWildcard && cshim_pktinfo_destination(&udp.messages[i].msg_hdr, &local) == 1
         let key = FlowKey(listener: listenerSlot, client: client, local: hasLocal ? SocketAddress(local)?.ip : nil)
         if let existing = flowIndex[key] {
-            flows[existing].lastActive = now  // now, not after the send: this batch uses it
+            touch(existing, now: now)  // now, not after the send: this batch uses it
             return existing
         }
         // Full: the least recently used flow goes, unless it is in use by this very batch
@@ -133,6 +137,7 @@ extension Worker {
         flows[slot] = Flow(inUse: true, backend: fd, listener: listenerSlot, counters: listener.counters, client: udp.names[i], clientLength: udp.messages[i].msg_hdr.msg_namelen,
                            local: local, hasLocal: hasLocal, lastActive: now, key: key)
         flowIndex[key] = slot
+        appendNewest(slot)
         watch(fd, Worker.token(.flow, slot), Worker.edgeIn)
         listener.counters.add(Counters.connections)
         listener.counters.add(Counters.active)
@@ -169,27 +174,50 @@ extension Worker {
             listener.counters.add(Counters.bytesOut, bytes)
             let sent = cshim_sendmmsg(listener.fd, b.messages, UInt32(count), Int32(MSG_DONTWAIT))
             if sent < count { listener.counters.add(Counters.failures, UInt64(count - max(0, Int(sent)))) }
-            flows[slot].lastActive = monotonicNanoseconds()
+            touch(slot, now: monotonicNanoseconds())
             if count < b.batch { return }
         }
     }
 
+    /// Closes the flows idle for the timeout: the oldest end of the list, up to the first
+    /// that is not.
     func sweepIdleFlows(now: UInt64) {
-        for slot in flows.indices where flows[slot].inUse && flows[slot].lastActive + options.udpIdleTimeout <= now {
-            closeFlow(slot)
-        }
+        while oldestFlow >= 0 && flows[oldestFlow].lastActive + options.udpIdleTimeout <= now { closeFlow(oldestFlow) }
     }
 
     private func evictOldestFlow(before now: UInt64) -> Bool {
-        // lazy: no array of candidates per datagram once the table is full
-        guard let oldest = flows.indices.lazy.filter({ self.flows[$0].inUse }).min(by: { self.flows[$0].lastActive < self.flows[$1].lastActive }),
-              flows[oldest].lastActive < now else { return false }
-        flows[oldest].counters?.add(Counters.failures)
-        closeFlow(oldest)
+        guard oldestFlow >= 0, flows[oldestFlow].lastActive < now else { return false }
+        flows[oldestFlow].counters?.add(Counters.failures)
+        closeFlow(oldestFlow)
         return true
     }
 
+    /// Marks a flow active now: it moves to the newest end of the list. `now` never goes
+    /// back, so the list stays in order of last activity.
+    private func touch(_ slot: Int, now: UInt64) {
+        flows[slot].lastActive = now
+        guard slot != newestFlow else { return }
+        unlink(slot)
+        appendNewest(slot)
+    }
+
+    private func appendNewest(_ slot: Int) {
+        flows[slot].older = newestFlow
+        flows[slot].newer = -1
+        if newestFlow >= 0 { flows[newestFlow].newer = slot } else { oldestFlow = slot }
+        newestFlow = slot
+    }
+
+    private func unlink(_ slot: Int) {
+        let older = flows[slot].older, newer = flows[slot].newer
+        if older >= 0 { flows[older].newer = newer } else { oldestFlow = newer }
+        if newer >= 0 { flows[newer].older = older } else { newestFlow = older }
+        flows[slot].older = -1
+        flows[slot].newer = -1
+    }
+
     func closeFlow(_ slot: Int) {
+        unlink(slot)
         close(flows[slot].backend)
         if let key = flows[slot].key { flowIndex[key] = nil }
         flows[slot].counters?.subtract(Counters.active)

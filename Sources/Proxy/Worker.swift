@@ -53,6 +53,9 @@ final class Worker {
     var flows: [Flow] = []
     var freeFlows: [Int] = []
     var flowIndex: [FlowKey: Int] = [:]
+    /// Ends of the flows' list by last activity (see `Flow.older`); -1 when empty.
+    var oldestFlow = -1
+    var newestFlow = -1
     let udp: UDPBuffers
     /// A descriptor kept open to be given up when accept fails with EMFILE, so the pending
     /// connection can be taken and closed instead of spinning or hanging.

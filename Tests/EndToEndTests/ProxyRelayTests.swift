@@ -134,7 +134,8 @@ struct ProxyRelayTests {
         let host: NetworkNamespace
 
         /// `connectTimeout`: short by default, so the refused-backend test is quick.
-        init(ipv6Network: Bool = false, copyThreshold: Int = 16384, connectTimeout: Double = 1) throws {
+        init(ipv6Network: Bool = false, copyThreshold: Int = 16384, connectTimeout: Double = 1,
+             workers: Int = 2, maxFlows: Int = 4096, udpIdleSeconds: Double = 90) throws {
             world = try World()
             host = world.sandbox.hostNamespace
             var create = ["network", "create", "px", "--subnet", "10.95.0.0/24"]
@@ -144,7 +145,8 @@ struct ProxyRelayTests {
             backend = try EchoBackend(in: try world.container("c1"))
             // Made on a thread in the sandbox: its workers start there and inherit the namespace.
             proxy = try world.sandbox.hostNamespace.run {
-                try ProxyServer(options: .init(workers: 2, connectTimeoutSeconds: connectTimeout, copyThreshold: copyThreshold))
+                try ProxyServer(options: .init(workers: workers, connectTimeoutSeconds: connectTimeout, udpIdleTimeoutSeconds: udpIdleSeconds,
+                                               maxFlows: maxFlows, copyThreshold: copyThreshold))
             }
         }
 
@@ -298,6 +300,34 @@ struct ProxyRelayTests {
         }
         let stats = s.proxy.stats().values.first
         #expect(stats?.connections == 2 && stats?.packetsIn == 2 && stats?.packetsOut == 2)
+    }
+
+    @Test("UDP: the flow table is bounded; the least recently active flow gives way, and idle flows close")
+    func udpFlowTable() throws {
+        // One worker, so one table of two flows; idle flows close after 1 s.
+        let s = try Setup(workers: 1, maxFlows: 2, udpIdleSeconds: 1)
+        try s.serve([ProxyRelayTests.route(.udp, listen: "0.0.0.0", 15354, s.backend.port)])
+        let clients = try (0..<3).map { _ in try Traffic.udpSocket(in: s.world.neighbour) }
+        defer { for client in clients { close(client.fd) } }
+        func exchange(_ i: Int) throws -> Bool {
+            try Traffic.sendUDP(clients[i].fd, to: World.hostIP, port: 15354, Array("ab\(i)".utf8))
+            return Traffic.receiveUDP(clients[i].fd)?.payload == Array("\(i)ba".utf8)
+        }
+        func stats() -> RouteStats? { s.proxy.stats().values.first }
+        // A, B, then A again: B is now the least recently active.
+        #expect(try exchange(0) && exchange(1) && exchange(0))
+        // C finds the table full: B's flow goes (counted as a failure), C is served.
+        #expect(try exchange(2))
+        #expect(stats()?.connections == 3 && stats()?.active == 2 && stats()?.failures == 1)
+        // A still has its flow (no new one); B needs a new one, and C's (older than A's) goes.
+        #expect(try exchange(0))
+        #expect(stats()?.connections == 3)
+        #expect(try exchange(1))
+        #expect(stats()?.connections == 4 && stats()?.active == 2 && stats()?.failures == 2)
+        // Idle flows close once their timeout has passed.
+        #expect(eventually(5) { stats()?.active == 0 })
+        #expect(try exchange(2))
+        #expect(stats()?.connections == 5 && stats()?.active == 1)
     }
 
     @Test("IPv6: [::1] and [::] listeners to an IPv4 backend, and an IPv4 listener to an IPv6 backend")

@@ -1,7 +1,8 @@
 // The proxy's in-process pieces, so a regression shows without the whole throughput suite:
-// one short TCP connection accepted and relayed, and one UDP datagram through an existing
-// flow (a flow-table hit both ways). Everything is on 127.0.0.1: a ProxyServer with two
-// routes, and echo servers on threads of this process.
+// one short TCP connection accepted and relayed, one UDP datagram through an existing
+// flow (a flow-table hit both ways), and a new UDP client arriving at a full flow table (the
+// least recently active flow is evicted). Everything is on 127.0.0.1: ProxyServers with
+// their routes, and echo servers on threads of this process.
 //
 //     cd Benchmarks && unshare --net --mount sh -c 'ip link set lo up && exec swift package benchmark --target ProxyBenchmarks'
 
@@ -43,15 +44,30 @@ let benchmarks: @Sendable () -> Void = {
         _ = recv(rig.udpClient, &byte, 1, 0)
         benchmark.stopMeasurement()
     }
+
+    // A client the relay has not seen, with its worker's table of 4,096 flows full: a new
+    // socket, one datagram out and its reply back, close. The proxy makes a flow and evicts one.
+    // CPU too: the whole process's (proxy and echo threads), which a slow eviction shows in.
+    Benchmark("udp-new-flow-table-full", configuration: .init(metrics: [.wallClock, .cpuTotal, .mallocCountTotal])) { benchmark in
+        guard let rig = Rig.shared, rig.fullTable else { return benchmark.error("setup failed") }
+        benchmark.startMeasurement()
+        _ = Rig.udpRoundTrip(to: Rig.udpFullPort)
+        benchmark.stopMeasurement()
+    }
 }
 
 /// The proxy and its backends, made once for the process.
 final class Rig: @unchecked Sendable {
     static let tcpPort: UInt16 = 47001, udpPort: UInt16 = 47002, backendTCP: UInt16 = 47003, backendUDP: UInt16 = 47004
+    static let udpFullPort: UInt16 = 47005
+    static let maxFlows = 4096
     nonisolated(unsafe) static let shared: Rig? = try? Rig()
 
     let proxy: ProxyServer
     let udpClient: Int32
+    /// A second proxy (one worker) whose UDP route's flow table was filled at setup.
+    let fullProxy: ProxyServer
+    let fullTable: Bool
 
     static func loopback(_ port: UInt16) -> sockaddr_in {
         var sa = sockaddr_in()
@@ -104,11 +120,26 @@ final class Rig: @unchecked Sendable {
             ProxyRoute(proto: .tcp, listen: SocketAddress(local, Rig.tcpPort), backend: SocketAddress(local, Rig.backendTCP)),
             ProxyRoute(proto: .udp, listen: SocketAddress(local, Rig.udpPort), backend: SocketAddress(local, Rig.backendUDP)),
         ])
+        fullProxy = try ProxyServer(options: .init(workers: 1, maxFlows: Rig.maxFlows))
+        try fullProxy.update([ProxyRoute(proto: .udp, listen: SocketAddress(local, Rig.udpFullPort), backend: SocketAddress(local, Rig.backendUDP))])
+        fullTable = (0..<Rig.maxFlows).allSatisfy { _ in Rig.udpRoundTrip(to: Rig.udpFullPort) }
         udpClient = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
         var timeout = timeval(tv_sec: 2, tv_usec: 0)
         setsockopt(udpClient, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         var sa = Rig.loopback(Rig.udpPort)
         _ = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(udpClient, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    }
+
+    /// From a new socket (a new client to the relay): one datagram, its echo, close.
+    static func udpRoundTrip(to port: UInt16) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var sa = Rig.loopback(port)
+        _ = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        var byte: UInt8 = 5
+        return send(fd, &byte, 1, 0) == 1 && recv(fd, &byte, 1, 0) == 1
     }
 
     static func thread(_ body: @escaping () -> Void) {
