@@ -28,8 +28,9 @@ struct Connection {
     var counters: Counters?
     var proxyProtocol = false
     var establishing = false
-    /// The client sent something before the backend answered (its edge was not acted on).
-    var clientWaiting = false
+    /// The client's epoll events that came before the backend answered (edges not yet acted
+    /// on): whether it sent something, and whether its FIN came too.
+    var clientWaiting: UInt32 = 0
     /// The client socket is watched for EPOLLOUT too (since a send to it first blocked).
     var clientWritable = false
     var deadline: UInt64 = 0
@@ -107,7 +108,13 @@ extension Worker {
         listener.counters.add(Counters.connections)
         listener.counters.add(Counters.active)
         active += 1
-        if rc == 0 { connections[slot].clientWaiting = true; established(slot) } else { connecting.insert(slot) }
+        if rc == 0 {
+            // Connected at once: nothing is known of either side, so both are read to EAGAIN.
+            connections[slot].clientWaiting = Worker.hangupEvents
+            established(slot, backendEvents: Worker.hangupEvents)
+        } else {
+            connecting.insert(slot)
+        }
     }
 
     func connectionEvent(slot: Int, generation: UInt32, backend: Bool, events: UInt32) {
@@ -115,7 +122,7 @@ extension Worker {
         if connections[slot].establishing {
             // Client events wait: whatever the client sent is relayed once the backend answers.
             guard backend else {
-                connections[slot].clientWaiting = true
+                connections[slot].clientWaiting |= events
                 return
             }
             // Writable without an error means connected (a refused or failed connect raises
@@ -124,7 +131,7 @@ extension Worker {
                 refuse(slot)
             } else if events & EPOLLOUT.rawValue != 0 {
                 connecting.remove(slot)
-                established(slot, backendReadable: events & EPOLLIN.rawValue != 0)
+                established(slot, backendEvents: events)
             }
             return
         }
@@ -135,7 +142,7 @@ extension Worker {
         let readable = events & (EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0
         let writable = events & EPOLLOUT.rawValue != 0
         let into = backend ? connections[slot].up : connections[slot].down
-        let hangup = events & (EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0
+        let hangup = events & Worker.hangupEvents != 0
         let closed = events & EPOLLHUP.rawValue != 0  // both ways: pump everything
         // The peer's FIN is here (and no error): what is read now is its last data.
         let finishing = events & (EPOLLRDHUP.rawValue | EPOLLERR.rawValue) == EPOLLRDHUP.rawValue
@@ -144,13 +151,16 @@ extension Worker {
              finishing: finishing ? (backend ? .down : .up) : nil)
     }
 
-    private func established(_ slot: Int, backendReadable: Bool = true) {
+    private func established(_ slot: Int, backendEvents: UInt32) {
         connections[slot].establishing = false
         if connections[slot].proxyProtocol {
             guard sendProxyHeader(slot) else { return reset(slot, both: true) }
         }
-        // Only what is known to be waiting: no splice calls that would just say EAGAIN.
-        pump(slot, up: connections[slot].clientWaiting, down: backendReadable)
+        // Only what is known to be waiting: no calls that would just say EAGAIN. A short read
+        // ends a side's reading unless its FIN (or an error) was among the edges that came.
+        let client = connections[slot].clientWaiting
+        pump(slot, up: client != 0, down: backendEvents & EPOLLIN.rawValue != 0,
+             hangup: (client | backendEvents) & Worker.hangupEvents != 0)
     }
 
     /// The backend refused or never answered: the client gets a reset at once.

@@ -101,6 +101,8 @@ final class Worker {
     /// A client socket until a send to it first blocks: no EPOLLOUT, whose edges would come
     /// with every ACK the client sends and wake the loop for nothing.
     static let edgeRead = EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLET.rawValue
+    /// Events after which a side is read to EOF or EAGAIN, not just to a short read.
+    static let hangupEvents = EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue
 
     func watch(_ fd: Int32, _ token: UInt64, _ events: UInt32, change: Bool = false) {
         var event = epoll_event()
