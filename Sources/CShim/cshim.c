@@ -19,6 +19,7 @@
 #include <linux/openat2.h>
 #include <sys/xattr.h>
 #include <signal.h>
+#include <malloc.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <linux/sockios.h>
@@ -373,3 +374,5 @@ int cshim_hold_until_exit(const int *fds, int count) {
     /* ends[1] stays open until this process exits: that is the helper's signal. */
     return rc;
 }
+
+void cshim_release_free_memory(void) { malloc_trim(0); }

@@ -150,6 +150,14 @@ public final class ProxyServer {
         }
     }
 
+    /// Every route's counters summed. Equal totals mean no counter moved: all but `active`
+    /// only grow, and `active` grows only with `connections`.
+    public func totals() -> RouteStats {
+        var total = RouteStats()
+        for counters in routes.values { counters.forEach { $0.add(to: &total) } }
+        return total
+    }
+
     /// Stops accepting, lets open connections finish for up to `drainSeconds`, then closes
     /// everything and joins the worker threads.
     public func stop(drainSeconds: Double) {

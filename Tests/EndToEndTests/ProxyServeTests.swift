@@ -66,6 +66,19 @@ struct ProxyServeTests {
         #expect(page.hasPrefix("HTTP/1.1 200 OK"))
         #expect(page.contains("netctl_proxy_connections_total{endpoint=\"c1\",proto=\"tcp\",host_ip=\"127.0.0.1\",host_port=\"9090\"}"))
 
+        // Idle, the stats file is left alone (it is written anew, by rename, once a second
+        // while counters move); traffic gets it written again.
+        func statsFile() -> ino_t? {
+            var st = stat()
+            return stat(s.stateDirectory + "/proxy-stats.json", &st) == 0 ? st.st_ino : nil
+        }
+        Thread.sleep(forTimeInterval: 1.2)  // a write for the last connection's close, if due
+        let before = statsFile()
+        Thread.sleep(forTimeInterval: 2.5)
+        #expect(before != nil && statsFile() == before)
+        #expect(echo("127.0.0.1", 9090) == "hi 127.0.0.1")
+        #expect(eventually(5) { statsFile() != before })
+
         // SIGTERM: drains, exits 0, leaves nothing listening.
         serve.kill(SIGTERM)
         #expect(try serve.wait(timeout: 10) == 0)

@@ -36,6 +36,8 @@ int cshim_umount_detach(const char *path);
 pid_t cshim_gettid(void);
 /// pipe2(2); 0 or -errno.
 int cshim_pipe2(int fds[2], int flags);
+/// Gives the pages malloc holds free back to the system (malloc_trim).
+void cshim_release_free_memory(void);
 
 /// Runs fn(ctx) on a new, dedicated OS thread and waits for it. Namespace switches (setns)
 /// happen only on such threads, never on a Swift concurrency thread. Returns 0 or -errno.
