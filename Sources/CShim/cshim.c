@@ -376,3 +376,20 @@ int cshim_hold_until_exit(const int *fds, int count) {
 }
 
 void cshim_release_free_memory(void) { malloc_trim(0); }
+
+int cshim_thread_cpus(pthread_t thread, int *cpus, int max) {
+    cpu_set_t set;
+    int rc = pthread_getaffinity_np(thread, sizeof set, &set);
+    if (rc != 0) return -rc;
+    int n = 0;
+    for (int cpu = 0; cpu < CPU_SETSIZE && n < max; cpu++)
+        if (CPU_ISSET(cpu, &set)) cpus[n++] = cpu;
+    return n;
+}
+
+int cshim_pin_thread(pthread_t thread, int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return -pthread_setaffinity_np(thread, sizeof set, &set);
+}

@@ -298,6 +298,8 @@ struct ProxyCommand: ParsableCommand {
         @Option(help: "Seconds open connections may take to finish after SIGTERM.") var drain: Double = 10
         @Option(help: "Copy reads up to this many bytes through user space, splice bigger transfers (0: always splice).")
         var copyThreshold: Int = 16384
+        @Flag(inversion: .prefixedNo, help: "Bind each event loop to a CPU of its own (when there are no more loops than CPUs).")
+        var pinWorkers = true
 
         func run() throws {
             try reportingErrors {
@@ -326,6 +328,7 @@ struct ProxyCommand: ParsableCommand {
                 var options = ProxyServer.Options()
                 if let workers { options.workers = max(1, workers) }
                 options.copyThreshold = max(0, copyThreshold)
+                options.pinWorkers = pinWorkers
                 let service = try ProxyService(manager: manager, options: options)
                 let endpoint = try metricsAddress.map { try MetricsEndpoint(listen: $0) }
                 try service.refresh(force: true)

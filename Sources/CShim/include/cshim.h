@@ -85,6 +85,11 @@ enum { CSHIM_PKTINFO_SPACE = 64 };
 
 /// Starts fn(ctx) on a new joinable thread; 0 or -errno.
 int cshim_thread_start(pthread_t *thread, void (*fn)(void *), void *ctx);
+/// The CPUs a thread may run on (the calling thread's: pthread_self()), lowest first,
+/// into cpus (up to max); returns how many, or -errno.
+int cshim_thread_cpus(pthread_t thread, int *cpus, int max);
+/// Binds a thread to one CPU; 0 or -errno.
+int cshim_pin_thread(pthread_t thread, int cpu);
 
 // MARK: Images and containers.
 
