@@ -31,27 +31,42 @@ public final class ProxyServer {
         /// workers won every figure: single stream +12-33%, connections/s +6-12%,
         /// keep-alive +7-11%.
         public var pinWorkers: Bool
+        /// Listening descriptors TCP routes may hold. While there is room, a TCP route gets a
+        /// listener per worker (SO_REUSEPORT; with bound workers, the kernel hands each
+        /// connection to the worker on the CPU that took its SYN); after that, one listener
+        /// that every worker watches. nil: a quarter of the open-files limit, the rest being
+        /// for connections. In two interleaved tools/bench-throughput runs, per-worker
+        /// listeners beat one shared listener on keep-alive (+14%, +18%), p99 and single
+        /// stream, and tied or won on connections/s.
+        public var maxListeners: Int?
 
         public init(workers: Int = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), pipeSize: Int = 1 << 20, sparePipes: Int = 64,
                     connectTimeoutSeconds: Double = 5, udpIdleTimeoutSeconds: Double = 90, maxFlows: Int = 4096, udpBatch: Int = 32,
-                    copyThreshold: Int = 16384, pinWorkers: Bool = true) {
+                    copyThreshold: Int = 16384, pinWorkers: Bool = true, maxListeners: Int? = nil) {
             self.workers = max(1, workers); self.pipeSize = pipeSize; self.sparePipes = sparePipes
             self.copyThreshold = max(0, copyThreshold)
             self.connectTimeout = UInt64(connectTimeoutSeconds * 1e9); self.udpIdleTimeout = UInt64(udpIdleTimeoutSeconds * 1e9)
             self.maxFlows = maxFlows; self.udpBatch = udpBatch; self.pinWorkers = pinWorkers
+            self.maxListeners = maxListeners
         }
     }
 
     private let workers: [Worker]
     private var threads: [pthread_t] = []
     private var routes: [ProxyRoute: [Counters]] = [:]
-    /// The one listening socket of each TCP route (closed here, once no worker watches it).
-    private var shared: [ProxyRoute: Int32] = [:]
+    /// Each TCP route's listening sockets: one per worker, or one that every worker watches.
+    /// Closed here, once no worker watches them.
+    private var tcpListeners: [ProxyRoute: [Int32]] = [:]
+    private let listenerBudget: Int
+    /// The CPU each worker is bound to, if they are.
+    private var boundCPUs: [Int32]? = nil
     private var stopped = false
 
     public init(options: Options = Options()) throws {
         workers = try (0..<options.workers).map { _ in try Worker(options: options) }
         let cpus = ProxyServer.cpus(of: pthread_self())
+        var files = rlimit()
+        listenerBudget = options.maxListeners ?? (getrlimit(Int32(RLIMIT_NOFILE.rawValue), &files) == 0 ? Int(files.rlim_cur / 4) : 256)
         for worker in workers {
             var thread = pthread_t()
             let context = Unmanaged.passRetained(worker).toOpaque()
@@ -64,8 +79,11 @@ public final class ProxyServer {
                 throw ProxyError.errno("starting a proxy worker thread", -rc)
             }
             threads.append(thread)
-            // Best effort: an unpinned worker still works.
-            if options.pinWorkers && workers.count <= cpus.count { _ = cshim_pin_thread(thread, cpus[threads.count - 1]) }
+        }
+        // Best effort: unbound workers still work.
+        if options.pinWorkers && workers.count <= cpus.count
+            && zip(threads, cpus).allSatisfy({ cshim_pin_thread($0, $1) == 0 }) {
+            boundCPUs = Array(cpus.prefix(workers.count))
         }
     }
 
@@ -100,22 +118,26 @@ public final class ProxyServer {
         if wantedSet == Set(routes.keys) { return [:] }  // nothing to change, no barrier to pay
         let gone = routes.keys.filter { !wantedSet.contains($0) }
         // A TCP route replaced on the same address (a new backend, say) hands its listening
-        // socket to the new route: no moment without a listener, no rebind.
-        var reuse: [ProxyRoute: Int32] = [:]
+        // sockets to the new route: no moment without a listener, no rebind.
+        var reuse: [ProxyRoute: [Int32]] = [:]
         var handedOver: Set<Int32> = []
         for route in wanted where routes[route] == nil && route.proto == .tcp && reuse[route] == nil {
-            if let old = gone.first(where: { $0.proto == .tcp && $0.listen == route.listen }), let fd = shared[old], !handedOver.contains(fd) {
-                reuse[route] = fd
-                handedOver.insert(fd)
+            if let old = gone.first(where: { $0.proto == .tcp && $0.listen == route.listen }), let fds = tcpListeners[old], !handedOver.contains(fds[0]) {
+                reuse[route] = fds
+                handedOver.formUnion(fds)
             }
         }
         // A replaced UDP route's new sockets bind beside the old ones (SO_REUSEPORT), and the
         // old go in the same barrier: nothing to undo if the update is refused.
         var opened: [ProxyRoute: [Int32]] = [:]
         var failed: [ProxyRoute: ProxyError] = [:]
+        var listening = tcpListeners.values.reduce(0) { $0 + $1.count }
         for route in wanted where routes[route] == nil && reuse[route] == nil && opened[route] == nil && failed[route] == nil {
             do {
-                opened[route] = try listenSockets(route)
+                let perWorker = route.proto == .udp || (workers.count > 1 && listening + workers.count <= listenerBudget)
+                let fds = try listenSockets(route, perWorker: perWorker)
+                if route.proto == .tcp { listening += fds.count }
+                opened[route] = fds
             } catch let error as ProxyError where partial {
                 failed[route] = error
             } catch {
@@ -124,9 +146,9 @@ public final class ProxyServer {
             }
         }
         for route in gone { workers.forEach { $0.post(.remove(route)) } }
-        let unwatched = gone.compactMap { shared.removeValue(forKey: $0) }.filter { !handedOver.contains($0) }
+        let unwatched = gone.flatMap { tcpListeners.removeValue(forKey: $0) ?? [] }.filter { !handedOver.contains($0) }
         for route in gone { routes[route] = nil }
-        for (route, fd) in reuse { opened[route] = [fd] }
+        for (route, fds) in reuse { opened[route] = fds }
         for (route, fds) in opened { install(route, fds) }
         // Return only once every worker has applied the change: a removed route accepts
         // nothing after this call, and an added one is being served. Only then may the
@@ -136,15 +158,15 @@ public final class ProxyServer {
         return failed
     }
 
-    /// Hands a route's listening sockets to the workers (one shared TCP listener, or a UDP
-    /// socket per worker); applied at the next barrier.
+    /// Hands a route's listening sockets to the workers (a socket each, or one TCP listener
+    /// for all); applied at the next barrier.
     private func install(_ route: ProxyRoute, _ fds: [Int32]) {
         let counters = workers.map { _ in Counters() }
         for (i, worker) in workers.enumerated() {
-            worker.post(.add(fd: route.proto == .tcp ? fds[0] : fds[i], route: route, counters: counters[i]))
+            worker.post(.add(fd: fds.count == 1 ? fds[0] : fds[i], route: route, counters: counters[i]))
         }
         routes[route] = counters
-        if route.proto == .tcp { shared[route] = fds[0] }
+        if route.proto == .tcp { tcpListeners[route] = fds }
     }
 
     /// Returns once every worker has applied what was posted before.
@@ -185,16 +207,29 @@ public final class ProxyServer {
         let deadline = monotonicNanoseconds() + UInt64(max(0, drainSeconds) * 1e9)
         workers.forEach { $0.post(.drain(deadline: deadline)) }
         for thread in threads { pthread_join(thread, nil) }
-        shared.values.forEach { close($0) }
-        shared = [:]
+        tcpListeners.values.forEach { $0.forEach { close($0) } }
+        tcpListeners = [:]
     }
 
-    /// TCP: one listening socket, shared by the workers. UDP: one per worker, sharing the
-    /// port with SO_REUSEPORT.
-    private func listenSockets(_ route: ProxyRoute) throws -> [Int32] {
+    /// A listening socket per worker, sharing the port with SO_REUSEPORT, or (TCP only) one
+    /// that every worker watches.
+    private func listenSockets(_ route: ProxyRoute, perWorker: Bool) throws -> [Int32] {
         var fds: [Int32] = []
         do {
-            for _ in 0..<(route.proto == .tcp ? 1 : workers.count) { fds.append(try listenSocket(route)) }
+            if perWorker && route.proto == .tcp {
+                // SO_REUSEPORT would also let us bind beside another program's listener that
+                // has it set: a plain bind first says whether the port is free.
+                close(try listenSocket(route, reusePort: false, listen: false))
+            }
+            for i in 0..<(perWorker ? workers.count : 1) {
+                let fd = try listenSocket(route, reusePort: perWorker, listen: route.proto == .tcp)
+                fds.append(fd)
+                if perWorker && route.proto == .tcp, var cpu = boundCPUs?[i] {
+                    // The kernel prefers the listener whose CPU took the SYN: the connection
+                    // stays on the CPU whose caches hold it.
+                    setsockopt(fd, SOL_SOCKET, SO_INCOMING_CPU, &cpu, socklen_t(MemoryLayout<Int32>.size))
+                }
+            }
         } catch {
             fds.forEach { close($0) }
             throw error
@@ -202,13 +237,13 @@ public final class ProxyServer {
         return fds
     }
 
-    private func listenSocket(_ route: ProxyRoute) throws -> Int32 {
+    private func listenSocket(_ route: ProxyRoute, reusePort: Bool, listen: Bool) throws -> Int32 {
         let type = route.proto == .tcp ? SOCK_STREAM.rawValue : SOCK_DGRAM.rawValue
         let fd = socket(route.listen.family, Int32(type) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw ProxyError.errno("opening a socket for \(route.proto.rawValue) \(route.listen)", errno) }
         var one: Int32 = 1
         let size = socklen_t(MemoryLayout<Int32>.size)
-        if route.proto == .udp { setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, size) }
+        if reusePort { setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, size) }
         if route.proto == .tcp {
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, size)
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, size)  // accepted sockets inherit it
@@ -228,7 +263,7 @@ public final class ProxyServer {
                 throw ProxyError.errno("cannot listen on \(route.listen)/\(route.proto.rawValue)", code)
             }
         }
-        if route.proto == .tcp && Glibc.listen(fd, 4096) != 0 {
+        if listen && Glibc.listen(fd, 4096) != 0 {
             let code = errno
             close(fd)
             throw ProxyError.errno("cannot listen on \(route.listen)/tcp", code)

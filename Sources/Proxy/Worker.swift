@@ -2,11 +2,12 @@ import CShim
 import Glibc
 
 /// One event loop on one thread: its own epoll set and every connection and flow it
-/// accepted. A TCP route has one listening socket that every worker watches with
+/// accepted. A route has a listening socket per worker (SO_REUSEPORT: the kernel picks one
+/// per connection, or hashes each UDP client to one, so a flow stays on one worker). Past
+/// `Options.maxListeners`, a TCP route has one listener that every worker watches with
 /// EPOLLEXCLUSIVE (the kernel wakes one idle worker per burst of connections), so 10,000
-/// routes cost 10,000 descriptors, not 10,000 per core. A UDP route has a socket per worker
-/// (SO_REUSEPORT hashes each client to one of them, so a flow stays on one worker). Nothing
-/// else is shared with other workers but the command queue: the hot path takes no lock.
+/// routes need not cost 10,000 descriptors per core. Nothing else is shared with other
+/// workers but the command queue: the hot path takes no lock.
 final class Worker {
     enum Command {
         case add(fd: Int32, route: ProxyRoute, counters: Counters)
@@ -40,8 +41,8 @@ final class Worker {
         /// The backend's sockaddr, encoded once, not per connection.
         var backend: sockaddr_storage
         var backendLength: socklen_t
-        /// TCP listeners are shared by the workers and closed by the server; UDP ones are
-        /// this worker's own.
+        /// TCP listeners are closed by the server (a replaced route hands them to its
+        /// successor); UDP ones are this worker's own.
         var owned: Bool { route.proto == .udp }
     }
     var listeners: [Listener?] = []

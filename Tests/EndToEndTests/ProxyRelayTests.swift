@@ -135,7 +135,7 @@ struct ProxyRelayTests {
 
         /// `connectTimeout`: short by default, so the refused-backend test is quick.
         init(ipv6Network: Bool = false, copyThreshold: Int = 16384, connectTimeout: Double = 1,
-             workers: Int = 2, maxFlows: Int = 4096, udpIdleSeconds: Double = 90) throws {
+             workers: Int = 2, maxFlows: Int = 4096, udpIdleSeconds: Double = 90, maxListeners: Int? = nil) throws {
             world = try World()
             host = world.sandbox.hostNamespace
             var create = ["network", "create", "px", "--subnet", "10.95.0.0/24"]
@@ -146,7 +146,7 @@ struct ProxyRelayTests {
             // Made on a thread in the sandbox: its workers start there and inherit the namespace.
             proxy = try world.sandbox.hostNamespace.run {
                 try ProxyServer(options: .init(workers: workers, connectTimeoutSeconds: connectTimeout, udpIdleTimeoutSeconds: udpIdleSeconds,
-                                               maxFlows: maxFlows, copyThreshold: copyThreshold))
+                                               maxFlows: maxFlows, copyThreshold: copyThreshold, maxListeners: maxListeners))
             }
         }
 
@@ -300,6 +300,37 @@ struct ProxyRelayTests {
         }
         let stats = s.proxy.stats().values.first
         #expect(stats?.connections == 2 && stats?.packetsIn == 2 && stats?.packetsOut == 2)
+    }
+
+    @Test("TCP: a listener per worker while the budget lasts, then one for all; both handed over on replacement; a program's SO_REUSEPORT listener still holds its port")
+    func listeners() throws {
+        let s = try Setup(maxListeners: 3)  // two workers: room for one route's pair
+        func echo(_ port: UInt16) throws -> Bool {
+            let fd = try Client.connect(in: s.host, to: World.hostIP, port: port)
+            defer { close(fd) }
+            guard Client.sendAll(fd, Array("x\(port)".utf8)) else { return false }
+            shutdown(fd, Int32(SHUT_WR))
+            return Client.readAll(fd).bytes == Array("x\(port)".utf8)
+        }
+        func listeners(_ port: UInt16) throws -> Int { try s.host.run { Traffic.listeners(port: port) } }
+        let a = ProxyRelayTests.route(listen: "0.0.0.0", 18020, s.backend.port)
+        let b = ProxyRelayTests.route(listen: "0.0.0.0", 18021, s.backend.port)
+        try s.serve([a])
+        try s.serve([a, b])
+        #expect(try listeners(18020) == 2 && listeners(18021) == 1)
+        // Enough connections that both workers' listeners take some.
+        #expect(try (0..<20).allSatisfy { _ in try echo(18020) && echo(18021) })
+        let other = try EchoBackend(in: try s.world.container("c1"))
+        try s.serve([ProxyRelayTests.route(listen: "0.0.0.0", 18020, other.port), b])
+        #expect(try listeners(18020) == 2)
+        #expect(try (0..<10).allSatisfy { _ in try echo(18020) })
+        // Room again, but the port is held, with SO_REUSEPORT, by a program: refused.
+        try s.serve([])
+        let holder = try Traffic.listen(in: s.host, port: 18022, reusePort: true)
+        defer { close(holder.fd) }
+        let error = #expect(throws: ProxyError.self) { try s.serve([ProxyRelayTests.route(listen: "0.0.0.0", 18022, s.backend.port)]) }
+        #expect(error?.description.contains("0.0.0.0:18022/tcp: another program holds it") == true)
+        #expect(try listeners(18022) == 1)
     }
 
     @Test("UDP: the flow table is bounded; the least recently active flow gives way, and idle flows close")

@@ -5,11 +5,13 @@ import Netlink
 /// belong to (a socket keeps its namespace), then used from here. Every wait is bounded.
 enum Traffic {
     /// Listens on `address` (any address of the family if nil) inside `namespace`.
-    static func listen(in namespace: NetworkNamespace, ipv6: Bool = false, address: String? = nil, port: UInt16 = 0) throws -> (fd: Int32, port: UInt16) {
+    static func listen(in namespace: NetworkNamespace, ipv6: Bool = false, address: String? = nil, port: UInt16 = 0,
+                       reusePort: Bool = false) throws -> (fd: Int32, port: UInt16) {
         let fd = try namespace.run { socket(ipv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
         guard fd >= 0 else { throw SandboxError("socket: \(errno)") }
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        if reusePort { setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, socklen_t(MemoryLayout<Int32>.size)) }
         setTimeouts(fd)
         var storage = try sockaddr(address ?? (ipv6 ? "::" : "0.0.0.0"), port: port)
         guard withSockaddr(&storage, { Glibc.bind(fd, $0, $1) }) == 0, Glibc.listen(fd, 16) == 0 else {
@@ -92,6 +94,18 @@ enum Traffic {
     // MARK: UDP
 
     /// A UDP socket bound inside `namespace`.
+    /// TCP sockets listening on `port` in the calling thread's namespace (IPv4 and IPv6).
+    static func listeners(port: UInt16) -> Int {
+        let hex = ":" + String(format: "%04X", port)
+        return ["tcp", "tcp6"].reduce(0) { count, file in
+            let text = (try? String(contentsOfFile: "/proc/thread-self/net/" + file, encoding: .utf8)) ?? ""
+            return count + text.split(separator: "\n").filter { line in
+                let fields = line.split(separator: " ")
+                return fields.count > 3 && fields[1].hasSuffix(hex) && fields[3] == "0A"
+            }.count
+        }
+    }
+
     static func udpSocket(in namespace: NetworkNamespace, ipv6: Bool = false, address: String? = nil, port: UInt16 = 0) throws -> (fd: Int32, port: UInt16) {
         let fd = try namespace.run { socket(ipv6 ? AF_INET6 : AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
         guard fd >= 0 else { throw SandboxError("socket: \(errno)") }
