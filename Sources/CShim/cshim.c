@@ -20,6 +20,8 @@
 #include <sys/xattr.h>
 #include <signal.h>
 #include <malloc.h>
+#include <linux/filter.h>
+#include <sys/socket.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <linux/sockios.h>
@@ -387,9 +389,25 @@ int cshim_thread_cpus(pthread_t thread, int *cpus, int max) {
     return n;
 }
 
-int cshim_pin_thread(pthread_t thread, int cpu) {
+int cshim_set_thread_cpus(pthread_t thread, const int *cpus, int count) {
     cpu_set_t set;
     CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
+    for (int i = 0; i < count; i++) CPU_SET(cpus[i], &set);
     return -pthread_setaffinity_np(thread, sizeof set, &set);
+}
+
+int cshim_reuseport_by_cpu(int fd, const int *cpus, int count) {
+    if (count < 1 || count > 1000) return -EINVAL;
+    struct sock_filter code[2 * 1000 + 4];
+    int k = 0;
+    code[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, SKF_AD_OFF + SKF_AD_CPU);
+    for (int i = 0; i < count; i++) {
+        code[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)cpus[i], 0, 1);
+        code[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, (unsigned)i);
+    }
+    code[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, SKF_AD_OFF + SKF_AD_RXHASH);
+    code[k++] = (struct sock_filter)BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, (unsigned)count);
+    code[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_A, 0);
+    struct sock_fprog program = { .len = (unsigned short)k, .filter = code };
+    return setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &program, sizeof program) == 0 ? 0 : -errno;
 }

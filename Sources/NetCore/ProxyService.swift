@@ -82,10 +82,12 @@ public final class ProxyService {
     public private(set) var failing: [ProxyRoute: String] = [:]
     private var nextRetry: UInt64 = 0
     static let retryInterval: UInt64 = 5_000_000_000
-    /// Bumped when the served routes change; with the counters' totals, what `countersMoved`
-    /// last saw.
+    /// Bumped when the served routes change; with the counters' totals, what the stats file
+    /// last showed.
     private var generation = 0
-    private var seen: (generation: Int, totals: RouteStats)?
+    private var written: (generation: Int, totals: RouteStats)?
+    /// The last write's buffers are to be given back once the counters rest.
+    private var trimDue = false
 
     public init(manager: NetworkManager, options: ProxyServer.Options = .init(), logger: Logger = Logger(label: "netctl-proxy")) throws {
         self.manager = manager
@@ -120,27 +122,41 @@ public final class ProxyService {
         return byPort.map { ($0.key, $0.value) }.sorted { ($0.port.endpoint, $0.port.hostPort) < ($1.port.endpoint, $1.port.hostPort) }
     }
 
-    /// True if the served routes changed or a counter moved since the last call: an idle proxy
-    /// need not rewrite its stats (encoding 10,000 ports took about 100 ms of CPU each time).
-    public func countersMoved() -> Bool {
+    /// Writes the counters where `netctl port stats` reads them (atomically: rename) if the
+    /// served routes changed, a counter moved or the file is gone since the last write; returns
+    /// whether anything changed. An idle proxy writes nothing: encoding 10,000 ports took
+    /// about 100 ms of CPU each time.
+    @discardableResult
+    public func writeStatsIfChanged() -> Bool {
         let now = (generation: generation, totals: server.totals())
-        defer { seen = now }
-        return seen.map { $0.generation != now.generation || $0.totals != now.totals } ?? true
+        guard written.map({ $0.generation != now.generation || $0.totals != now.totals }) ?? true
+                || access(manager.proxyStatsPath, F_OK) != 0 else {
+            if trimDue {
+                // The encoding's buffers (megabytes for 10,000 ports) are free, but malloc
+                // keeps their pages: without this the RSS stays at its high-water mark.
+                cshim_release_free_memory()
+                trimDue = false
+            }
+            return false
+        }
+        let routesChanged = written?.generation != now.generation
+        if writeStats() { written = now }  // else tried again next time
+        // After a change of routes at once (rare, and it leaves the most garbage); while
+        // traffic flows, once it rests: a trim per write would only fault the pages back in.
+        if routesChanged { cshim_release_free_memory() } else { trimDue = true }
+        return true
     }
 
     /// Writes the counters where `netctl port stats` reads them (atomically: rename).
-    public func writeStats() {
+    @discardableResult
+    public func writeStats() -> Bool {
         let entries = stats().map { StatsEntry(port: $0.port, stats: $0.stats) }
-        guard let json = try? JSONCoding.encode(entries) else { return }
+        guard let json = try? JSONCoding.encode(entries) else { return false }
         let temporary = manager.proxyStatsPath + ".tmp"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { return }
-        _ = json.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        close(fd)
-        rename(temporary, manager.proxyStatsPath)
-        // The encoding's buffers (megabytes for 10,000 ports) are free now, but malloc would
-        // keep their pages: the proxy's RSS would stay at its high-water mark.
-        cshim_release_free_memory()
+        guard fd >= 0 else { return false }
+        let complete = json.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == json.count
+        return close(fd) == 0 && complete && rename(temporary, manager.proxyStatsPath) == 0
     }
 
     /// The same counters in Prometheus' text format.

@@ -24,17 +24,18 @@ public final class ProxyServer {
         /// (connections/s +6%, p99 -9%, keep-alive +7%), though run by run it won only two
         /// of four on connections/s.
         public var copyThreshold: Int
-        /// Binds each worker to a CPU of its own (of those the process may use) when there
-        /// are no more workers than CPUs. Left to the scheduler, a worker often waited for
+        /// Binds each worker to a CPU of its own when there is one worker per CPU the process
+        /// may use (the default). Fewer workers are left to the scheduler: bound, they would
+        /// all crowd the lowest CPUs, in every proxy of the host. Left to the scheduler, a worker often waited for
         /// the CPU of the program it relays for while the other CPU idled, and moved between
         /// CPUs. In two tools/bench-throughput runs alternating both (3 rounds each), bound
         /// workers won every figure: single stream +12-33%, connections/s +6-12%,
         /// keep-alive +7-11%.
         public var pinWorkers: Bool
         /// Listening descriptors TCP routes may hold. While there is room, a TCP route gets a
-        /// listener per worker (SO_REUSEPORT; with bound workers, the kernel hands each
+        /// listener per worker (SO_REUSEPORT; with bound workers, a socket filter hands each
         /// connection to the worker on the CPU that took its SYN); after that, one listener
-        /// that every worker watches. nil: a quarter of the open-files limit, the rest being
+        /// that every worker watches. A route keeps the kind it started with. nil: a quarter of the open-files limit, the rest being
         /// for connections. In two interleaved tools/bench-throughput runs, per-worker
         /// listeners beat one shared listener on keep-alive (+14%, +18%), p99 and single
         /// stream, and tied or won on connections/s.
@@ -64,7 +65,7 @@ public final class ProxyServer {
 
     public init(options: Options = Options()) throws {
         workers = try (0..<options.workers).map { _ in try Worker(options: options) }
-        let cpus = ProxyServer.cpus(of: pthread_self())
+        let cpus = ProxyServer.allowedCPUs
         var files = rlimit()
         listenerBudget = options.maxListeners ?? (getrlimit(Int32(RLIMIT_NOFILE.rawValue), &files) == 0 ? Int(files.rlim_cur / 4) : 256)
         for worker in workers {
@@ -80,15 +81,22 @@ public final class ProxyServer {
             }
             threads.append(thread)
         }
-        // Best effort: unbound workers still work.
-        if options.pinWorkers && workers.count <= cpus.count
-            && zip(threads, cpus).allSatisfy({ cshim_pin_thread($0, $1) == 0 }) {
-            boundCPUs = Array(cpus.prefix(workers.count))
+        // One worker per CPU: each bound to its own. Best effort, all or none: unbound
+        // workers still work.
+        if options.pinWorkers && workers.count == cpus.count {
+            if zip(threads, cpus).allSatisfy({ thread, cpu in withUnsafePointer(to: cpu) { cshim_set_thread_cpus(thread, $0, 1) } == 0 }) {
+                boundCPUs = cpus
+            } else {
+                threads.forEach { _ = cshim_set_thread_cpus($0, cpus, Int32(cpus.count)) }
+            }
         }
     }
 
-    /// The CPUs each worker's thread may run on.
-    public var workerCPUs: [[Int32]] { threads.map { ProxyServer.cpus(of: $0) } }
+    /// The CPUs each worker's thread may run on (none once stopped).
+    public var workerCPUs: [[Int32]] { stopped ? [] : threads.map { ProxyServer.cpus(of: $0) } }
+
+    /// The CPUs the calling thread may run on: one worker each by default.
+    public static var allowedCPUs: [Int32] { cpus(of: pthread_self()) }
 
     static func cpus(of thread: pthread_t) -> [Int32] {
         var cpus = [Int32](repeating: 0, count: 1024)
@@ -193,11 +201,7 @@ public final class ProxyServer {
 
     /// Every route's counters summed. Equal totals mean no counter moved: all but `active`
     /// only grow, and `active` grows only with `connections`.
-    public func totals() -> RouteStats {
-        var total = RouteStats()
-        for counters in routes.values { counters.forEach { $0.add(to: &total) } }
-        return total
-    }
+    public func totals() -> RouteStats { stats().values.reduce(RouteStats(), +) }
 
     /// Stops accepting, lets open connections finish for up to `drainSeconds`, then closes
     /// everything and joins the worker threads.
@@ -221,14 +225,14 @@ public final class ProxyServer {
                 // has it set: a plain bind first says whether the port is free.
                 close(try listenSocket(route, reusePort: false, listen: false))
             }
-            for i in 0..<(perWorker ? workers.count : 1) {
-                let fd = try listenSocket(route, reusePort: perWorker, listen: route.proto == .tcp)
-                fds.append(fd)
-                if perWorker && route.proto == .tcp, var cpu = boundCPUs?[i] {
-                    // The kernel prefers the listener whose CPU took the SYN: the connection
-                    // stays on the CPU whose caches hold it.
-                    setsockopt(fd, SOL_SOCKET, SO_INCOMING_CPU, &cpu, socklen_t(MemoryLayout<Int32>.size))
-                }
+            for _ in 0..<(perWorker ? workers.count : 1) {
+                fds.append(try listenSocket(route, reusePort: perWorker, listen: route.proto == .tcp))
+            }
+            if perWorker && route.proto == .tcp, let cpus = boundCPUs {
+                // Each connection goes to the worker on the CPU that took its SYN, whose caches
+                // hold it; a program's socket that joins the port later gets none. (Without the
+                // program the kernel picks by hash, among any sockets that joined.)
+                _ = cshim_reuseport_by_cpu(fds[0], cpus, Int32(cpus.count))
             }
         } catch {
             fds.forEach { close($0) }

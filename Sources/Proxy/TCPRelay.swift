@@ -110,8 +110,8 @@ extension Worker {
         active += 1
         if rc == 0 {
             // Connected at once: nothing is known of either side, so both are read to EAGAIN.
-            connections[slot].clientWaiting = Worker.hangupEvents
-            established(slot, backendEvents: Worker.hangupEvents)
+            connections[slot].clientWaiting = EPOLLIN.rawValue | Worker.hangupEvents
+            established(slot, backendEvents: EPOLLIN.rawValue | Worker.hangupEvents)
         } else {
             connecting.insert(slot)
         }

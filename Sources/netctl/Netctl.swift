@@ -339,8 +339,7 @@ struct ProxyCommand: ParsableCommand {
                     if sigtimedwait(&signals, nil, &timeout) > 0 { break }
                     do { try service.refresh() } catch { fputs("netctl proxy: \(error)\n", stderr) }
                     tick += 1
-                    if tick % 4 == 0 && service.countersMoved() {
-                        service.writeStats()
+                    if tick % 4 == 0 && service.writeStatsIfChanged() {
                         endpoint?.update(service.metrics())
                     }
                 }

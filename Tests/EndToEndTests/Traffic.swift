@@ -93,7 +93,6 @@ enum Traffic {
 
     // MARK: UDP
 
-    /// A UDP socket bound inside `namespace`.
     /// TCP sockets listening on `port` in the calling thread's namespace (IPv4 and IPv6).
     static func listeners(port: UInt16) -> Int {
         let hex = ":" + String(format: "%04X", port)
@@ -106,6 +105,7 @@ enum Traffic {
         }
     }
 
+    /// A UDP socket bound inside `namespace`.
     static func udpSocket(in namespace: NetworkNamespace, ipv6: Bool = false, address: String? = nil, port: UInt16 = 0) throws -> (fd: Int32, port: UInt16) {
         let fd = try namespace.run { socket(ipv6 ? AF_INET6 : AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
         guard fd >= 0 else { throw SandboxError("socket: \(errno)") }

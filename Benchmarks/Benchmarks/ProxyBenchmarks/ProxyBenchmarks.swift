@@ -120,24 +120,32 @@ final class Rig: @unchecked Sendable {
             ProxyRoute(proto: .tcp, listen: SocketAddress(local, Rig.tcpPort), backend: SocketAddress(local, Rig.backendTCP)),
             ProxyRoute(proto: .udp, listen: SocketAddress(local, Rig.udpPort), backend: SocketAddress(local, Rig.backendUDP)),
         ])
-        fullProxy = try ProxyServer(options: .init(workers: 1, maxFlows: Rig.maxFlows))
+        // Flows never idle out here: every new client must evict one.
+        fullProxy = try ProxyServer(options: .init(workers: 1, udpIdleTimeoutSeconds: 1e9, maxFlows: Rig.maxFlows))
         try fullProxy.update([ProxyRoute(proto: .udp, listen: SocketAddress(local, Rig.udpFullPort), backend: SocketAddress(local, Rig.backendUDP))])
         fullTable = (0..<Rig.maxFlows).allSatisfy { _ in Rig.udpRoundTrip(to: Rig.udpFullPort) }
-        udpClient = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-        var timeout = timeval(tv_sec: 2, tv_usec: 0)
-        setsockopt(udpClient, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var sa = Rig.loopback(Rig.udpPort)
-        _ = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(udpClient, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        udpClient = Rig.udpSocket(connectedTo: Rig.udpPort)
     }
 
-    /// From a new socket (a new client to the relay): one datagram, its echo, close.
-    static func udpRoundTrip(to port: UInt16) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-        defer { close(fd) }
+    /// A UDP socket connected to the proxy's `port`, from `localPort` if given.
+    static func udpSocket(connectedTo port: UInt16, from localPort: UInt16? = nil) -> Int32 {
+        let fd = localPort.map { bound(Int32(SOCK_DGRAM.rawValue), $0) } ?? socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
         var timeout = timeval(tv_sec: 2, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         var sa = Rig.loopback(port)
         _ = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        return fd
+    }
+
+    /// Client ports never used twice in a run (the table's 4,096 plus at most 5,010
+    /// iterations), so each new socket is a client the relay has not seen.
+    nonisolated(unsafe) static var nextClientPort: UInt16 = 20000
+
+    /// From a new client of the relay: one datagram, its echo, close.
+    static func udpRoundTrip(to port: UInt16) -> Bool {
+        let fd = udpSocket(connectedTo: port, from: nextClientPort)
+        nextClientPort &+= 1
+        defer { close(fd) }
         var byte: UInt8 = 5
         return send(fd, &byte, 1, 0) == 1 && recv(fd, &byte, 1, 0) == 1
     }

@@ -88,8 +88,13 @@ int cshim_thread_start(pthread_t *thread, void (*fn)(void *), void *ctx);
 /// The CPUs a thread may run on (the calling thread's: pthread_self()), lowest first,
 /// into cpus (up to max); returns how many, or -errno.
 int cshim_thread_cpus(pthread_t thread, int *cpus, int max);
-/// Binds a thread to one CPU; 0 or -errno.
-int cshim_pin_thread(pthread_t thread, int cpu);
+/// Lets a thread run only on the given CPUs; 0 or -errno.
+int cshim_set_thread_cpus(pthread_t thread, const int *cpus, int count);
+/// Attaches a classic BPF program to the SO_REUSEPORT group of a listening socket: the
+/// group's i-th socket (in the order they started listening) takes the connections whose
+/// SYN was processed on cpus[i]; any other goes by packet hash to one of the first `count`.
+/// A socket that joins the group later is never chosen. 0 or -errno.
+int cshim_reuseport_by_cpu(int fd, const int *cpus, int count);
 
 // MARK: Images and containers.
 
