@@ -41,7 +41,9 @@ public final class ProxyServer {
         /// stream, and tied or won on connections/s.
         public var maxListeners: Int?
 
-        public init(workers: Int = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), pipeSize: Int = 1 << 20, sparePipes: Int = 64,
+        /// `workers`: by default one per CPU this thread may run on (a container limited to
+        /// two CPUs of sixteen gets two).
+        public init(workers: Int = max(1, ProxyServer.allowedCPUs.count), pipeSize: Int = 1 << 20, sparePipes: Int = 64,
                     connectTimeoutSeconds: Double = 5, udpIdleTimeoutSeconds: Double = 90, maxFlows: Int = 4096, udpBatch: Int = 32,
                     copyThreshold: Int = 16384, pinWorkers: Bool = true, maxListeners: Int? = nil) {
             self.workers = max(1, workers); self.pipeSize = pipeSize; self.sparePipes = sparePipes

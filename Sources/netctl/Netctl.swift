@@ -293,7 +293,7 @@ struct ProxyCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Serve every mapping whose backend is proxy (or auto's share), following state until SIGTERM or SIGINT, then drain.")
         @OptionGroup var global: GlobalOptions
-        @Option(help: "Event loops (default: one per core).") var workers: Int?
+        @Option(help: "Event loops (default: one per CPU the process may use).") var workers: Int?
         @Option(help: "Serve Prometheus metrics at http://IP:PORT/metrics.") var metrics: String?
         @Option(help: "Seconds open connections may take to finish after SIGTERM.") var drain: Double = 10
         @Option(help: "Copy reads up to this many bytes through user space, splice bigger transfers (0: always splice).")

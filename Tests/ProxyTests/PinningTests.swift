@@ -5,9 +5,10 @@ import Testing
 struct PinningTests {
     let allowed = ProxyServer.allowedCPUs
 
-    @Test("one worker per CPU: each bound to a CPU of its own, in order")
+    @Test("by default one worker per CPU the process may use, each bound to a CPU of its own, in order")
     func pinned() throws {
-        let server = try ProxyServer(options: .init(workers: allowed.count))
+        #expect(ProxyServer.Options().workers == allowed.count)
+        let server = try ProxyServer(options: .init())
         defer { server.stop(drainSeconds: 0) }
         #expect(server.workerCPUs == allowed.map { [$0] })
     }
