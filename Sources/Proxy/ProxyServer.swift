@@ -26,19 +26,19 @@ public final class ProxyServer {
         public var copyThreshold: Int
         /// Binds each worker to a CPU of its own when there is one worker per CPU the process
         /// may use (the default). Fewer workers are left to the scheduler: bound, they would
-        /// all crowd the lowest CPUs, in every proxy of the host. Left to the scheduler, a worker often waited for
-        /// the CPU of the program it relays for while the other CPU idled, and moved between
-        /// CPUs. In two tools/bench-throughput runs alternating both (3 rounds each), bound
-        /// workers won every figure: single stream +12-33%, connections/s +6-12%,
-        /// keep-alive +7-11%.
+        /// all crowd the lowest CPUs, in every proxy of the host. Left to the scheduler, a
+        /// worker often waited for the CPU of the program it relays for while the other CPU
+        /// idled, and moved between CPUs. In two tools/bench-throughput runs alternating both
+        /// (3 rounds each), bound workers won every figure: single stream +12-33%,
+        /// connections/s +6-12%, keep-alive +7-11%.
         public var pinWorkers: Bool
         /// Listening descriptors TCP routes may hold. While there is room, a TCP route gets a
         /// listener per worker (SO_REUSEPORT; with bound workers, a socket filter hands each
         /// connection to the worker on the CPU that took its SYN); after that, one listener
-        /// that every worker watches. A route keeps the kind it started with. nil: a quarter of the open-files limit, the rest being
-        /// for connections. In two interleaved tools/bench-throughput runs, per-worker
-        /// listeners beat one shared listener on keep-alive (+14%, +18%), p99 and single
-        /// stream, and tied or won on connections/s.
+        /// that every worker watches. A route keeps the kind it started with. nil: a quarter
+        /// of the open-files limit, the rest being for connections. In two interleaved
+        /// tools/bench-throughput runs, per-worker listeners beat one shared listener on
+        /// keep-alive (+14%, +18%), p99 and single stream, and tied or won on connections/s.
         public var maxListeners: Int?
 
         /// `workers`: by default one per CPU this thread may run on (a container limited to
