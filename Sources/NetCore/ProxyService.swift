@@ -88,6 +88,8 @@ public final class ProxyService {
     private var written: (generation: Int, totals: RouteStats)?
     /// The last write's buffers are to be given back once the counters rest.
     private var trimDue = false
+    /// No write before this (monotonic ns): writing may take at most 2% of a CPU.
+    private var nextWrite: UInt64 = 0
 
     public init(manager: NetworkManager, options: ProxyServer.Options = .init(), logger: Logger = Logger(label: "netctl-proxy")) throws {
         self.manager = manager
@@ -124,10 +126,13 @@ public final class ProxyService {
 
     /// Writes the counters where `netctl port stats` reads them (atomically: rename) if the
     /// served routes changed, a counter moved or the file is gone since the last write; returns
-    /// whether anything changed. An idle proxy writes nothing: encoding 10,000 ports took
-    /// about 100 ms of CPU each time.
+    /// whether it wrote. An idle proxy writes nothing, and a busy one waits 50 times as long as
+    /// its last write took: encoding 10,000 ports takes about 100 ms of CPU, so their file is
+    /// rewritten every 5 s, a few hundred ports' every second or so (the caller's pace).
     @discardableResult
     public func writeStatsIfChanged() -> Bool {
+        let start = monotonicNanoseconds()
+        guard start >= nextWrite else { return false }
         let now = (generation: generation, totals: server.totals())
         guard written.map({ $0.generation != now.generation || $0.totals != now.totals }) ?? true
                 || access(manager.proxyStatsPath, F_OK) != 0 else {
@@ -141,6 +146,8 @@ public final class ProxyService {
         }
         let routesChanged = written?.generation != now.generation
         if writeStats() { written = now }  // else tried again next time
+        let end = monotonicNanoseconds()
+        nextWrite = end + 50 * (end - start)
         // After a change of routes at once (rare, and it leaves the most garbage); while
         // traffic flows, once it rests: a trim per write would only fault the pages back in.
         if routesChanged { cshim_release_free_memory() } else { trimDue = true }
