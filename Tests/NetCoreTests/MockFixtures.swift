@@ -9,6 +9,29 @@ func webEndpoint(id: String, name: String, hostInterface: String, ip: String, ne
              netns: netns, pid: nil, ownsNetns: false, state: .active, created: timestamp())
 }
 
+/// A NetworkManager over mock host and firewall sockets (their responders play the kernel),
+/// in a state directory of its own: `defer { mock.remove() }` (a deinit could run before the
+/// test's last use of `manager`: Swift may end a local's lifetime after its last use).
+final class MockManager {
+    let directory = makeTemporaryDirectory()
+    let host = MockNetlinkSocket()
+    let firewall = MockNetlinkSocket()
+    let manager: NetworkManager
+
+    /// `web`: state holds network web (10.88.0.0/24) and its active endpoint web1 (10.88.0.2).
+    init(web: Bool = false) throws {
+        manager = try NetworkManager(stateDirectory: directory, host: RouteNetlink(socket: host), firewall: firewall)
+        guard web else { return }
+        try manager.store.transaction {
+            try manager.store.insert(Network(name: "web", bridge: "nc-web", subnet: "10.88.0.0/24", gateway: "10.88.0.1",
+                                             subnet6: nil, gateway6: nil, mtu: 1500, created: timestamp()))
+            try manager.store.insert(webEndpoint(id: "e1", name: "web1", hostInterface: "nc00000001", ip: "10.88.0.2"))
+        }
+    }
+
+    func remove() { removeTree(directory) }
+}
+
 /// The kernel's answer to a link lookup: one link, in `group`, and a veth's peer index in
 /// another namespace (id 0) when `peer` is given.
 func linkReply(to request: NetlinkMessage, index: Int32, name: String, group: UInt32? = nil, peer: Int32? = nil) -> [NetlinkMessage] {

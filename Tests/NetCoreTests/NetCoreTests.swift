@@ -144,13 +144,11 @@ struct StateStoreTests {
 struct ManagerMockTests {
     @Test("a bridge name held by someone else's interface is refused before anything changes")
     func bridgeNotOurs() throws {
-        let directory = makeTemporaryDirectory()
-        defer { removeTree(directory) }
-        let socket = MockNetlinkSocket()
+        let mock = try MockManager(), socket = mock.host, manager = mock.manager
+        defer { mock.remove() }
         socket.responder = { request in
             request.type == NetlinkMessageType.getLink ? linkReply(to: request, index: 9, name: "docker0") : nil
         }
-        let manager = try NetworkManager(stateDirectory: directory, host: RouteNetlink(socket: socket))
         #expect(throws: NetctlError.bridgeNotOurs("docker0")) {
             try manager.createNetwork(NetworkSpec(name: "web", bridge: "docker0"))
         }

@@ -10,23 +10,11 @@ import Testing
 struct PublishMockTests {
     static let newSetElem: UInt16 = 10 << 8 | 12, delTable: UInt16 = 10 << 8 | 2
 
-    /// A manager whose state holds one active endpoint, web1 (10.88.0.2), on network web.
-    func manager(_ firewall: MockNetlinkSocket, _ directory: String) throws -> NetworkManager {
-        let manager = try NetworkManager(stateDirectory: directory, host: RouteNetlink(socket: MockNetlinkSocket()), firewall: firewall)
-        try manager.store.transaction {
-            try manager.store.insert(Network(name: "web", bridge: "nc-web", subnet: "10.88.0.0/24", gateway: "10.88.0.1",
-                                             subnet6: nil, gateway6: nil, mtu: 1500, created: timestamp()))
-            try manager.store.insert(webEndpoint(id: "e1", name: "web1", hostInterface: "nc00000001", ip: "10.88.0.2"))
-        }
-        return manager
-    }
-
     @Test("one mapping is one element in one batch: key tcp . 18080, value 10.88.0.2 . 80")
     func exactRequest() throws {
-        let directory = makeTemporaryDirectory()
-        defer { removeTree(directory) }
-        let firewall = MockNetlinkSocket()
-        let published = try manager(firewall, directory).publish(endpoint: "web1", [PortMapping(hostPort: 18080, containerPort: 80)])
+        let mock = try MockManager(web: true), firewall = mock.firewall
+        defer { mock.remove() }
+        let published = try mock.manager.publish(endpoint: "web1", [PortMapping(hostPort: 18080, containerPort: 80)])
         #expect(published == [PublishedPort(endpoint: "web1", proto: .tcp, hostIP: "", hostPort: 18080, containerPort: 80, servesIPv6: false)])
         #expect(firewall.datagrams.count == 1)
         let elements = firewall.sent.filter { $0.type == PublishMockTests.newSetElem }
@@ -40,11 +28,9 @@ struct PublishMockTests {
 
     @Test("a batch the kernel rejects leaves state unchanged and says what failed")
     func rejected() throws {
-        let directory = makeTemporaryDirectory()
-        defer { removeTree(directory) }
-        let firewall = MockNetlinkSocket()
-        firewall.responder = { [MockNetlinkSocket.ack($0, error: $0.type == PublishMockTests.newSetElem ? EPERM : 0)] }
-        let manager = try manager(firewall, directory)
+        let mock = try MockManager(web: true), manager = mock.manager
+        defer { mock.remove() }
+        mock.firewall.responder = { [MockNetlinkSocket.ack($0, error: $0.type == PublishMockTests.newSetElem ? EPERM : 0)] }
         let error = #expect(throws: NetctlError.self) {
             try manager.publish(endpoint: "web1", [PortMapping(hostPort: 18081, containerPort: 80), PortMapping(hostPort: 18082, containerPort: 81)])
         }
@@ -55,16 +41,14 @@ struct PublishMockTests {
 
     @Test("a table that went missing is rebuilt from state, this mapping included")
     func rebuildsMissingTable() throws {
-        let directory = makeTemporaryDirectory()
-        defer { removeTree(directory) }
-        let firewall = MockNetlinkSocket()
+        let mock = try MockManager(web: true), firewall = mock.firewall, manager = mock.manager
+        defer { mock.remove() }
         var refused = false
         firewall.responder = { message in
             guard message.type == PublishMockTests.newSetElem, !refused else { return nil }
             refused = true
             return [MockNetlinkSocket.ack(message, error: ENOENT)]
         }
-        let manager = try manager(firewall, directory)
         try manager.publish(endpoint: "web1", [PortMapping(hostPort: 18083, containerPort: 80)])
         #expect(firewall.datagrams.count == 2)
         let rebuild = try NetlinkMessage.parse(firewall.datagrams[1])
@@ -86,15 +70,13 @@ extension Array where Element == UInt8 {
 struct RetireMockTests {
     @Test("the host end goes down, off the bridge and into the retired group; its deletion goes to a detached process")
     func retireRequests() throws {
-        let directory = makeTemporaryDirectory()
-        defer { removeTree(directory) }
-        let socket = MockNetlinkSocket()
+        let mock = try MockManager(), socket = mock.host, manager = mock.manager
+        defer { mock.remove() }
         // The kernel's answer to "look up nc00000001": index 7, our endpoint group, peer #3 in namespace id 0.
         socket.responder = { request in
             guard request.type == NetlinkMessageType.getLink else { return nil }
             return linkReply(to: request, index: 7, name: "nc00000001", group: LinkGroups.endpoint, peer: 3)
         }
-        let manager = try NetworkManager(stateDirectory: directory, host: RouteNetlink(socket: socket), firewall: MockNetlinkSocket())
         let endpoint = webEndpoint(id: "e1", name: "web1", hostInterface: "nc00000001", ip: "10.88.0.2")
         try manager.retire([endpoint])
 
@@ -119,14 +101,12 @@ struct RetireMockTests {
 
     @Test("a link that is gone, or no longer netctl's, is left alone and nothing is deleted")
     func retireSkipsForeign() throws {
-        let directory = makeTemporaryDirectory()
-        defer { removeTree(directory) }
-        let socket = MockNetlinkSocket()
+        let mock = try MockManager(), socket = mock.host, manager = mock.manager
+        defer { mock.remove() }
         socket.responder = { request in
             guard request.type == NetlinkMessageType.getLink else { return nil }
             return [MockNetlinkSocket.ack(request, error: ENODEV)]
         }
-        let manager = try NetworkManager(stateDirectory: directory, host: RouteNetlink(socket: socket), firewall: MockNetlinkSocket())
         try manager.retire([webEndpoint(id: "e2", name: "web2", hostInterface: "nc00000002", ip: "10.88.0.3", netns: "/run/netns/y")])
         #expect(socket.sent.allSatisfy { $0.type == NetlinkMessageType.getLink })
         #expect(socket.detached.isEmpty)
