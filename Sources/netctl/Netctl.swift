@@ -298,8 +298,14 @@ struct ProxyCommand: ParsableCommand {
         @Option(help: "Seconds open connections may take to finish after SIGTERM.") var drain: Double = 10
         @Option(help: "Copy reads up to this many bytes through user space, splice bigger transfers (0: always splice).")
         var copyThreshold: Int = 16384
-        @Flag(inversion: .prefixedNo, help: "Bind each event loop to a CPU of its own (when there are no more loops than CPUs).")
+        @Flag(inversion: .prefixedNo, help: "Bind each event loop to a CPU of its own (when there is one loop per CPU).")
         var pinWorkers = true
+
+        func validate() throws {
+            if let workers, workers < 1 { throw ValidationError("--workers must be 1 or more (default: one per CPU), not \(workers)") }
+            if copyThreshold < 0 { throw ValidationError("--copy-threshold must be 0 (always splice) or more, not \(copyThreshold)") }
+            if !(drain >= 0) { throw ValidationError("--drain must be 0 or more seconds, not \(drain)") }
+        }
 
         func run() throws {
             try reportingErrors {
@@ -326,8 +332,8 @@ struct ProxyCommand: ParsableCommand {
                 }
                 let manager = try global.manager()
                 var options = ProxyServer.Options()
-                if let workers { options.workers = max(1, workers) }
-                options.copyThreshold = max(0, copyThreshold)
+                if let workers { options.workers = workers }
+                options.copyThreshold = copyThreshold
                 options.pinWorkers = pinWorkers
                 let service = try ProxyService(manager: manager, options: options)
                 let endpoint = try metricsAddress.map { try MetricsEndpoint(listen: $0) }

@@ -33,3 +33,17 @@ struct PortParseCLITests {
         #expect(result.stderr == "netctl: error: invalid port mapping \"web:80:80\": host address \"web\" is not an IP address (host names are not accepted)\n")
     }
 }
+
+@Suite("netctl proxy serve options")
+struct ProxyServeOptionTests {
+    @Test("bad numbers are refused before anything starts, saying what is allowed",
+          arguments: [(["--workers", "0"], "--workers must be 1 or more"),
+                      (["--copy-threshold=-1"], "--copy-threshold must be 0 (always splice) or more"),
+                      (["--drain=-2"], "--drain must be 0 or more seconds")])
+    func badNumbers(arguments: [String], message: String) throws {
+        let result = try PortParseCLITests().run(["proxy", "serve", "--state-dir", "/nonexistent/netctl-state"] + arguments)
+        #expect(result.status == 64)
+        #expect(result.stderr.contains(message), "\(result.stderr)")
+        #expect(access("/nonexistent/netctl-state", F_OK) != 0)
+    }
+}
