@@ -430,22 +430,31 @@ public final class ContainerManager {
         }.joined()
     }
 
-    /// The host's resolvers, minus loopback ones (they don't exist inside the container).
-    static func resolvConf() -> String {
-        let host = readBytes("/etc/resolv.conf").map { String(decoding: $0, as: UTF8.self) } ?? ""
-        let kept = host.split(separator: "\n").filter { line in
-            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
-            guard fields.first == "nameserver", fields.count > 1 else { return fields.first == "search" || fields.first == "options" }
-            return !(fields[1].hasPrefix("127.") || fields[1] == "::1")
+    /// The host's resolvers, minus loopback ones (they don't exist inside the container),
+    /// with its search and options lines.
+    static func resolvConf(host hostFile: String = "/etc/resolv.conf",
+                           resolved resolvedFile: String = "/run/systemd/resolve/resolv.conf") -> String {
+        func lines(_ path: String) -> [Substring] {
+            (readBytes(path).map { String(decoding: $0, as: UTF8.self) } ?? "").split(separator: "\n")
         }
-        if !kept.contains(where: { $0.hasPrefix("nameserver") }),
-           let upstream = readBytes("/run/systemd/resolve/resolv.conf").map({ String(decoding: $0, as: UTF8.self) }) {
-            // systemd-resolved's stub (127.0.0.53) is unreachable from the container; its
-            // upstream servers are not.
-            return upstream.split(separator: "\n").filter { $0.hasPrefix("nameserver") && !$0.contains(" 127.") }
-                .joined(separator: "\n") + "\n"
+        // The nameservers (off loopback) and the search/options lines of a resolv.conf.
+        func kept(_ lines: [Substring]) -> (servers: [Substring], other: [Substring]) {
+            var servers: [Substring] = [], other: [Substring] = []
+            for line in lines {
+                let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+                if fields.first == "nameserver", fields.count > 1 {
+                    if !(fields[1].hasPrefix("127.") || fields[1] == "::1") { servers.append(line) }
+                } else if fields.first == "search" || fields.first == "options" {
+                    other.append(line)
+                }
+            }
+            return (servers, other)
         }
-        return kept.joined(separator: "\n") + "\n"
+        let host = kept(lines(hostFile))
+        // systemd-resolved's stub (127.0.0.53) is unreachable from the container; its
+        // upstream servers are not.
+        let servers = host.servers.isEmpty ? kept(lines(resolvedFile)).servers : host.servers
+        return (servers + host.other).joined(separator: "\n") + "\n"
     }
 
     static func ownExecutable() -> String {

@@ -67,6 +67,21 @@ import Testing
         #expect(id.count == 64 && id.allSatisfy(\.isHexDigit) && id != ContainerManager.randomID())
     }
 
+    @Test("resolv.conf: loopback nameservers dropped (resolved's upstream ones instead), search and options kept")
+    func resolvConf() throws {
+        var template = Array("/tmp/netctl-resolv-XXXXXX".utf8CString)
+        let directory = String(cString: mkdtemp(&template)!)
+        defer { unlink(directory + "/host"); unlink(directory + "/resolved"); rmdir(directory) }
+        func write(_ name: String, _ text: String) { FileManager.default.createFile(atPath: directory + "/" + name, contents: Data(text.utf8)) }
+        write("host", "# stub\nnameserver 127.0.0.53\nnameserver\t::1\nsearch corp.example\noptions edns0 trust-ad\n")
+        write("resolved", "nameserver 10.1.1.1\nnameserver 127.0.0.1\nsearch other.example\n")
+        #expect(ContainerManager.resolvConf(host: directory + "/host", resolved: directory + "/resolved")
+                == "nameserver 10.1.1.1\nsearch corp.example\noptions edns0 trust-ad\n")
+        write("host", "nameserver 192.0.2.53\nsearch corp.example\n")
+        #expect(ContainerManager.resolvConf(host: directory + "/host", resolved: directory + "/resolved")
+                == "nameserver 192.0.2.53\nsearch corp.example\n")
+    }
+
     @Test func processStartTimesTellProcessesApart() {
         let own = Processes.startTime(getpid())
         #expect(own != nil)
