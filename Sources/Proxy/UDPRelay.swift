@@ -83,12 +83,14 @@ extension Worker {
             let count = Int(cshim_recvmmsg(listener.fd, b.messages, UInt32(b.batch), Int32(MSG_DONTWAIT)))
             guard count > 0 else { return }
             let now = monotonicNanoseconds()
+            var bytes: UInt64 = 0
             for i in 0..<count {
                 b.flowOf[i] = flow(for: i, listener: slot, now: now) ?? -1
                 b.vectors[i].iov_len = Int(b.messages[i].msg_len)
-                listener.counters.add(Counters.packetsIn)
-                listener.counters.add(Counters.bytesIn, UInt64(b.messages[i].msg_len))
+                bytes += UInt64(b.messages[i].msg_len)
             }
+            listener.counters.add(Counters.packetsIn, UInt64(count))
+            listener.counters.add(Counters.bytesIn, bytes)
             var start = 0
             while start < count {
                 var end = start + 1
