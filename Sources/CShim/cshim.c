@@ -218,8 +218,10 @@ int cshim_spawn_close_from(posix_spawn_file_actions_t *actions, int low) {
 static volatile sig_atomic_t signal_target = 0;
 
 static void forward(int signal) {
+    int saved = errno;  /* kill may set it; the interrupted code must not see that */
     pid_t target = (pid_t)signal_target;
     if (target > 0) kill(target, signal);
+    errno = saved;
 }
 
 void cshim_set_signal_target(pid_t pid) { signal_target = (sig_atomic_t)pid; }
@@ -275,6 +277,9 @@ static int spawn_detached(void (*work)(void *), void *arg) {
     int rc = middle < 0 ? -errno : 0;
     int status = 0;
     while (middle > 0 && waitpid(middle, &status, 0) < 0) {
+        /* ECHILD: the caller ignores SIGCHLD, so the middle child was reaped for us; a
+         * failed clone still shows in start.error (vfork: it is set before we resume). */
+        if (errno == ECHILD) { status = 0; break; }
         if (errno != EINTR) { rc = -errno; break; }
     }
     pthread_sigmask(SIG_SETMASK, &saved, NULL);
