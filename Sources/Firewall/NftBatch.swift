@@ -119,7 +119,6 @@ public struct NftBatch {
         nftnl_table_set_u32(table, UInt16(NFTNL_TABLE_FAMILY.rawValue), UInt32(family))
         nftnl_table_set_str(table, UInt16(NFTNL_TABLE_NAME.rawValue), name)
         append(NFT_MSG_DELTABLE, flags: UInt16(NLM_F_ACK)) { nftnl_table_nlmsg_build_payload($0, table) }
-        removes = true
     }
 
     /// A chain; a base chain when `hook` is given: (type "nat"/"filter", hook number, priority).
@@ -174,7 +173,6 @@ public struct NftBatch {
 
     /// Adds (or deletes) map elements, key -> data, in messages of bounded size.
     public mutating func setElements(table: String, set name: String, _ elements: [(key: [UInt8], data: [UInt8]?)], delete: Bool = false) {
-        if delete && !elements.isEmpty { removes = true }
         for chunk in stride(from: 0, to: elements.count, by: 256).map({ elements[$0..<min($0 + 256, elements.count)] }) {
             let set = nftnl_set_alloc()!
             defer { nftnl_set_free(set) }
@@ -228,7 +226,11 @@ public struct NftBatch {
         let header = nftnl_nlmsg_build_hdr(scratch, UInt16(type.rawValue), family, flags, 0)!
         payload(header)
         messages.append(Array(UnsafeRawBufferPointer(start: header, count: Int(header.pointee.nlmsg_len))))
+        if NftBatch.deletions.contains(type) { removes = true }
     }
+
+    private static let deletions: Set<nf_tables_msg_types> = [NFT_MSG_DELTABLE, NFT_MSG_DELCHAIN, NFT_MSG_DELRULE,
+                                                              NFT_MSG_DELSET, NFT_MSG_DELSETELEM, NFT_MSG_DELOBJ]
 }
 
 /// nft data types, concatenations included: a type id as nft composes it (6 bits per part)

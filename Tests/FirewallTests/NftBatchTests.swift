@@ -26,6 +26,22 @@ struct NftBatchTests {
         #expect(sequences == Array(sequences[0]...(sequences[0] + 3)))
     }
 
+    @Test("a batch that deletes anything says so (its socket's close then waits for the kernel), one that only adds does not")
+    func removes() {
+        var adds = NftBatch()
+        PublishRuleset.add(mappings, to: &adds)
+        #expect(!adds.removes)
+        var removals = NftBatch()
+        PublishRuleset.remove(mappings, to: &removals)
+        #expect(removals.removes)
+        var table = NftBatch()
+        table.deleteTable("netctl")
+        #expect(table.removes)
+        var nothing = NftBatch()
+        nothing.setElements(table: "netctl", set: "m", [], delete: true)
+        #expect(!nothing.removes)
+    }
+
     @Test("element keys and values: fields padded to 4 bytes, ports in network order")
     func elementEncoding() {
         #expect(PublishRuleset.key(mappings[0]) == [6, 0, 0, 0, 0x1f, 0x90, 0, 0])
