@@ -379,8 +379,7 @@ extension NetworkManager {
         ip.isIPv4 ? ip.bytes[0] == 127 : ip == ipv6Loopback
     }
 
-    /// Drops UDP conntrack entries for the host ports, so a client that never pauses is
-    /// not left pinned to the old target. Best effort: the mapping change itself stands.
+    /// This host's addresses, on every interface.
     func localAddresses() throws -> Set<IPAddress> { Set(try host.addresses().map(\.address)) }
 
     /// Whether a tracked flow was addressed to this host (one of its addresses, or loopback):
@@ -390,6 +389,8 @@ extension NetworkManager {
         return local.contains(destination) || NetworkManager.isLoopback(destination)
     }
 
+    /// Drops UDP conntrack entries for the host ports, so a client that never pauses is
+    /// not left pinned to the old target. Best effort: the mapping change itself stands.
     func flushConntrack(_ ports: [PublishedPort]) {
         let udp = ports.filter { $0.proto == .udp }
         guard !udp.isEmpty else { return }
