@@ -175,6 +175,9 @@ public final class NetworkManager {
         return network
     }
 
+    /// A network's gateway unless one is given: its subnet's first address.
+    static func defaultGateway(of subnet: IPNetwork) -> IPAddress { subnet.address.advanced(by: 1)! }
+
     @discardableResult
     public func createNetwork(_ spec: NetworkSpec) throws -> Network {
         try Validate.objectName(spec.name, kind: "network")
@@ -227,8 +230,8 @@ public final class NetworkManager {
             if let subnet6, let error = clash(subnet6) { throw error }
             let network = Network(
                 name: spec.name, bridge: bridge, subnet: "\(chosen)",
-                gateway: "\(gateway ?? chosen.address.advanced(by: 1)!)",
-                subnet6: subnet6.map { "\($0)" }, gateway6: subnet6.map { "\(gateway6 ?? $0.address.advanced(by: 1)!)" },
+                gateway: "\(gateway ?? NetworkManager.defaultGateway(of: chosen))",
+                subnet6: subnet6.map { "\($0)" }, gateway6: subnet6.map { "\(gateway6 ?? NetworkManager.defaultGateway(of: $0))" },
                 mtu: mtu, created: timestamp())
             try store.insert(network)
             return network
@@ -326,7 +329,7 @@ public final class NetworkManager {
         spec.name = name
         // What can be checked against the spec alone is, before anything is made.
         if let ip, let subnet = try spec.subnet.map({ try Validate.subnet($0, ipv6: false) }) {
-            let gateway = spec.gateway.flatMap(IPAddress.init) ?? subnet.address.advanced(by: 1)!  // as createNetwork's
+            let gateway = spec.gateway.flatMap(IPAddress.init) ?? NetworkManager.defaultGateway(of: subnet)
             _ = try Validate.requestedAddress(ip, in: subnet, gateway: gateway, network: name)
         }
         for route in routes { _ = try NetworkManager.checkRoute(route, network: name, servesIPv6: spec.subnet6 != nil) }
