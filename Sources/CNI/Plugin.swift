@@ -81,7 +81,7 @@ public enum CNIPlugin {
             code = .invalidNetworkConfig
         case .portAlreadyPublished, .portInUse, .noFreeHostPort:
             code = .portConflict
-        case .namespace:
+        case .namespace, .interfaceExistsInNamespace:
             code = .invalidEnvironment
         case .endpointExists:
             code = .alreadyAttached
@@ -102,6 +102,13 @@ public enum CNIPlugin {
             return CNIError(code, e.description, details: "set another \"bridge\" in the configuration, or delete \(bridge) (e.g. left by the bridge plugin) once no container uses it")
         case .bridgeInUse(let bridge, let network):
             return CNIError(code, e.description, details: "bridge \(bridge) belongs to netctl network \(network); give this configuration its own \"bridge\"")
+        case .interfaceExistsInNamespace(let interface, let namespace):
+            return CNIError(code, "an interface named \(interface) already exists in \(namespace)",
+                            details: "give the attachment another CNI_IFNAME, or remove \(interface) from the container")
+        case .needsProxy(let spec, _):
+            // The plugin publishes with kernel DNAT only: a configuration has no backend to choose.
+            return CNIError(code, "cannot publish \(spec) with kernel DNAT, the only way this plugin publishes",
+                            details: "use an IPv4 hostIP, or none; an IPv6 one needs an IPv6 subnet in \"ipam\", and ::1 never works")
         case .subnetOverlapsNetwork, .subnetOverlapsRoute:
             return CNIError(code, configurationTerms(e.description), details: "change the subnet in \"ipam\"")
         default:

@@ -211,12 +211,15 @@ struct CNIProtocolTests {
             .addressTaken(address: "10.88.0.5", network: "n", endpoint: "cni-1"),
             .portAlreadyPublished(port: "8080/tcp", hostIP: "", endpoint: "cni-2"),
             .subnetOverlapsNetwork(subnet: "10.88.0.0/24", network: "m", other: "10.88.0.0/16"),
+            .interfaceExistsInNamespace(interface: "eth0", namespace: "/run/netns/c1"),
+            .needsProxy(spec: "::1 -> 80/tcp", reason: "the kernel does not DNAT from ::1; use --backend auto (or proxy), or publish on 127.0.0.1"),
         ]
         for error in advice {
             let text = CNIPlugin.cniError(error).msg + " " + CNIPlugin.cniError(error).details
             #expect(!text.contains("--") && !text.contains("netctl port"), "\(text)")
         }
         #expect(CNIPlugin.cniError(advice[0]).msg.contains("the requested IP is outside the subnet"))
+        #expect(CNIPlugin.cniError(advice[4]).code == 4)  // the environment (CNI_IFNAME) names a taken interface
     }
 
     @Test("Endpoint names are stable per (network, container, interface) and valid netctl names")
