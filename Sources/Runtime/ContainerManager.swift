@@ -82,7 +82,8 @@ public final class ContainerManager {
         // Cheap refusals before loading the image, which can take minutes the first time (the
         // name is checked again under the lock below).
         if let other = store.all().first(where: { $0.name == name }) { throw RuntimeError.nameInUse(name: name, id: other.id) }
-        if let network = request.network { _ = try NetworkManager(stateDirectory: stateDirectory).network(named: network) }
+        let networks = try NetworkManager(stateDirectory: stateDirectory)  // opened once, for this check and the attach
+        if let network = request.network { _ = try networks.network(named: network) }
 
         let image = try images.load(request.image)
         let config = image.config.config ?? .init()
@@ -109,8 +110,7 @@ public final class ContainerManager {
         do {
             record.rootfsMode = try RootFilesystem.create(layers: image.layerDirectories, in: dir).rawValue
             let user = try resolveUser(config.User, rootfs: dir + "/rootfs")
-            let network = try NetworkManager(stateDirectory: stateDirectory)
-            let endpoint = try network.attach(AttachRequest(
+            let endpoint = try networks.attach(AttachRequest(
                 network: request.network, target: .new(record.namespaceName), name: name, ports: mappings,
                 portBackend: request.portBackend))
             record.network = endpoint.network
