@@ -328,8 +328,15 @@ public final class ContainerManager {
         try? runc.run(["kill", record.id, "KILL"], container: record.name, logFile: log)
         if let done = waitUntilExited(record.id, seconds: 10) { return done }
         // No monitor finished it: do its work here.
+        return try finishForMonitor(record) ?? record
+    }
+
+    /// A dead monitor's clean-up, done by someone else: the container's endpoint, ports and
+    /// mounts go, and its record says exited.
+    @discardableResult
+    private func finishForMonitor(_ record: ContainerRecord) throws -> ContainerRecord? {
         release(record)
-        return try store.update(record.id) { $0.state = .exited; $0.finishedAt = Date() } ?? record
+        return try store.update(record.id) { $0.state = .exited; $0.finishedAt = Date() }
     }
 
     /// Waits for the monitor to record the exit. Without a monitor (it died), waits for the
@@ -341,8 +348,7 @@ public final class ContainerManager {
             if record.state == .exited { return record }
             if !Processes.isAlive(record.monitorPID, start: record.monitorStart)
                 && !Processes.isAlive(record.pid, start: record.pidStart) {
-                release(record)
-                return try? store.update(id) { $0.state = .exited; $0.finishedAt = Date() }
+                return try? finishForMonitor(record)
             }
             usleep(10_000)
             waited += 0.01
@@ -371,8 +377,7 @@ public final class ContainerManager {
             if record.state == .created || record.autoRemove {
                 discard(record)
             } else {
-                release(record)
-                try store.update(record.id) { $0.state = .exited; $0.finishedAt = Date() }
+                try finishForMonitor(record)
             }
             cleaned.append(record.name)
         }
