@@ -151,15 +151,8 @@ struct Operations {
                     subnet6: config.subnet6, gateway6: config.gateway6, mtu: config.mtu)
     }
 
-    /// Refuses a configuration whose network exists in netctl with other settings; says
-    /// whether it exists (if not, the attach makes it, after its own checks).
-    func checkExistingNetwork() throws -> Bool {
-        let existing: Network
-        do {
-            existing = try manager.network(named: config.name)
-        } catch NetctlError.networkNotFound {
-            return false
-        }
+    /// Refuses a configuration whose network exists in netctl with other settings.
+    func checkSameSettings(_ existing: Network) throws {
         // Compared as addresses, not text: "FD00::/64" is the subnet stored as "fd00::/64".
         func sameNetwork(_ a: String?, _ b: String) -> Bool { a.flatMap { IPNetwork($0) } == IPNetwork(b) }
         func sameAddress(_ a: String?, _ b: String) -> Bool { a.flatMap { IPAddress($0) } == IPAddress(b) }
@@ -174,12 +167,19 @@ struct Operations {
             throw CNIError(.invalidNetworkConfig, "network \(config.name) exists in netctl with \(differences.joined(separator: ", "))",
                            details: "change the configuration back, or remove the network (`netctl network rm \(config.name)`) once no container uses it")
         }
-        return true
     }
 
     func add() throws -> CNIResult {
         let previous = try config.prevResult.map(CNIResult.init)
-        let exists = try checkExistingNetwork()
+        // If the network exists, its settings must be the configuration's; if not, the
+        // attach makes it, after its own checks.
+        let exists: Bool
+        do {
+            try checkSameSettings(try manager.network(named: config.name))
+            exists = true
+        } catch NetctlError.networkNotFound {
+            exists = false
+        }
         let name = endpointName
         let endpoint: Endpoint
         do {
@@ -196,6 +196,9 @@ struct Operations {
         let network: Network, links: EndpointLinks
         do {
             network = try manager.network(named: config.name)
+            // A concurrent ADD of another configuration may have made it first, and the
+            // attach joined that one.
+            if !exists { try checkSameSettings(network) }
             links = try manager.links(of: endpoint, on: network)
         } catch {
             _ = try? manager.detach([name])
