@@ -76,6 +76,9 @@ public final class ProxyService {
     private var routes: [ProxyRoute: PublishedPort] = [:]
     /// How many routes are being served (those that could listen).
     public var serving: Int { routes.count - failing.count }
+    /// The TCP congestion control of connections to containers (see
+    /// `ProxyServer.Options.backendCongestionControl`).
+    public var backendCongestionControl: String { server.backendCongestionControl }
 
     /// Routes that could not listen (a port some program holds), tried again on state
     /// changes and every `retryInterval`.

@@ -83,6 +83,9 @@ extension Worker {
         var one: Int32 = 1, zero: Int32 = 0
         let size = socklen_t(MemoryLayout<Int32>.size)
         setsockopt(backend, Int32(IPPROTO_TCP), TCP_NODELAY, &one, size)
+        if let algorithm = backendCongestionControl {
+            setsockopt(backend, Int32(IPPROTO_TCP), TCP_CONGESTION, algorithm, socklen_t(algorithm.count - 1))
+        }
         // When the client has spoken already, the handshake's last ACK to the backend can
         // ride on those bytes (two segments fewer per connection, counted with nstat). Not
         // otherwise: a server that speaks first (SMTP, SSH, MySQL)

@@ -69,8 +69,12 @@ final class Worker {
     let scratch: UnsafeMutableRawPointer
     var active = 0
 
-    init(options: ProxyServer.Options) throws {
+    /// Set on each backend socket (NUL-terminated); nil: the system's default is it.
+    let backendCongestionControl: [CChar]?
+
+    init(options: ProxyServer.Options, backendCongestionControl: String?) throws {
         self.options = options
+        self.backendCongestionControl = backendCongestionControl.map { Array($0.utf8CString) }
         epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
         wake = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
         guard epoll >= 0, wake >= 0 else { throw ProxyError.errno("creating an event loop", errno) }

@@ -300,11 +300,16 @@ struct ProxyCommand: ParsableCommand {
         var copyThreshold: Int = 16384
         @Flag(inversion: .prefixedNo, help: "Bind each event loop to a CPU of its own (when there is one loop per CPU).")
         var pinWorkers = true
+        @Option(help: "TCP congestion control for connections to containers, which never leave the host (system: the host's default).")
+        var backendCongestionControl = "cubic"
 
         func validate() throws {
             if let workers, workers < 1 { throw ValidationError("--workers must be 1 or more (default: one per CPU), not \(workers)") }
             if copyThreshold < 0 { throw ValidationError("--copy-threshold must be 0 (always splice) or more, not \(copyThreshold)") }
             if !(drain >= 0) { throw ValidationError("--drain must be 0 or more seconds, not \(drain)") }
+            if backendCongestionControl.isEmpty || backendCongestionControl.utf8.count > 15 {
+                throw ValidationError("--backend-congestion-control needs an algorithm's name (e.g. cubic, reno, bbr) or system, not '\(backendCongestionControl)'")
+            }
         }
 
         func run() throws {
@@ -335,7 +340,12 @@ struct ProxyCommand: ParsableCommand {
                 if let workers { options.workers = workers }
                 options.copyThreshold = copyThreshold
                 options.pinWorkers = pinWorkers
+                let wanted = backendCongestionControl == "system" ? nil : backendCongestionControl
+                options.backendCongestionControl = wanted
                 let service = try ProxyService(manager: manager, options: options)
+                if let wanted, service.backendCongestionControl != wanted {
+                    fputs("netctl proxy: the kernel refused congestion control \(wanted) (see /proc/sys/net/ipv4/tcp_available_congestion_control); connections to containers use \(service.backendCongestionControl)\n", stderr)
+                }
                 let endpoint = try metricsAddress.map { try MetricsEndpoint(listen: $0) }
                 try service.refresh(force: true)
                 fputs("netctl proxy: serving \(service.serving) routes\n", stderr)

@@ -36,11 +36,12 @@ struct PortParseCLITests {
 
 @Suite("netctl proxy serve options")
 struct ProxyServeOptionTests {
-    @Test("bad numbers are refused before anything starts, saying what is allowed",
+    @Test("bad values are refused before anything starts, saying what is allowed",
           arguments: [(["--workers", "0"], "--workers must be 1 or more"),
                       (["--copy-threshold=-1"], "--copy-threshold must be 0 (always splice) or more"),
-                      (["--drain=-2"], "--drain must be 0 or more seconds")])
-    func badNumbers(arguments: [String], message: String) throws {
+                      (["--drain=-2"], "--drain must be 0 or more seconds"),
+                      (["--backend-congestion-control=a-name-longer-than-the-kernel-allows"], "--backend-congestion-control needs an algorithm's name")])
+    func badValues(arguments: [String], message: String) throws {
         let result = try PortParseCLITests().run(["proxy", "serve", "--state-dir", "/nonexistent/netctl-state"] + arguments)
         #expect(result.status == 64)
         #expect(result.stderr.contains(message), "\(result.stderr)")

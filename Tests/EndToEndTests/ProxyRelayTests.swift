@@ -135,9 +135,13 @@ struct ProxyRelayTests {
 
         /// `connectTimeout`: short by default, so the refused-backend test is quick.
         init(ipv6Network: Bool = false, copyThreshold: Int = 16384, connectTimeout: Double = 1,
-             workers: Int = 2, maxFlows: Int = 4096, udpIdleSeconds: Double = 90, maxListeners: Int? = nil) throws {
+             workers: Int = 2, maxFlows: Int = 4096, udpIdleSeconds: Double = 90, maxListeners: Int? = nil,
+             backendCongestionControl: String? = "cubic", defaultCongestionControl: String? = nil) throws {
             world = try World()
             host = world.sandbox.hostNamespace
+            if let defaultCongestionControl {  // the sandbox's default, before any socket is made
+                try world.sandbox.run("/usr/sbin/sysctl", ["-qw", "net.ipv4.tcp_congestion_control=\(defaultCongestionControl)"])
+            }
             var create = ["network", "create", "px", "--subnet", "10.95.0.0/24"]
             if ipv6Network { create += ["--subnet6", "fd00:95::/64"] }
             try world.sandbox.run(Sandbox.netctl, create)
@@ -146,7 +150,8 @@ struct ProxyRelayTests {
             // Made on a thread in the sandbox: its workers start there and inherit the namespace.
             proxy = try world.sandbox.hostNamespace.run {
                 try ProxyServer(options: .init(workers: workers, connectTimeoutSeconds: connectTimeout, udpIdleTimeoutSeconds: udpIdleSeconds,
-                                               maxFlows: maxFlows, copyThreshold: copyThreshold, maxListeners: maxListeners))
+                                               maxFlows: maxFlows, copyThreshold: copyThreshold, maxListeners: maxListeners,
+                                               backendCongestionControl: backendCongestionControl))
             }
         }
 
@@ -385,6 +390,25 @@ struct ProxyRelayTests {
             shutdown(fd, Int32(SHUT_WR))
             #expect(String(decoding: Client.readAll(fd).bytes, as: UTF8.self) == "via \(address)")
         }
+    }
+
+    @Test("connections to the backend get the congestion control asked for; nil, or one the kernel refuses, leaves the host's default",
+          arguments: [("cubic", "cubic"), (nil, "reno"), ("no-such-cc", "reno")] as [(String?, String)])
+    func backendCongestionControl(wanted: String?, expected: String) throws {
+        // reno as the sandbox's default: every kernel has it and allows it in any namespace,
+        // so cubic is a change.
+        let s = try Setup(backendCongestionControl: wanted, defaultCongestionControl: "reno")
+        #expect(s.proxy.backendCongestionControl == expected)
+        try s.serve([ProxyRelayTests.route(listen: "0.0.0.0", 18009, s.backend.port)])
+        let fd = try Client.connect(in: s.host, to: World.hostIP, port: 18009)
+        defer { close(fd) }
+        #expect(Client.sendAll(fd, Array("ping".utf8)))
+        var reply = [UInt8](repeating: 0, count: 4)
+        #expect(reply.withUnsafeMutableBytes { recv(fd, $0.baseAddress, 4, Int32(MSG_WAITALL)) } == 4)
+        // The proxy's connection to the backend, as the kernel reports it.
+        let ss = try s.world.sandbox.run("/usr/bin/ss", ["-tinH", "state", "established", "dst", "10.95.0.2:\(s.backend.port)"])
+        let algorithms = ss.stdout.split(whereSeparator: \.isWhitespace).filter { ["cubic", "reno", "bbr"].contains($0) }
+        #expect(algorithms == [Substring(expected)], "\(ss.stdout)")
     }
 
     @Test("PROXY protocol v2: the backend learns the client's address")
