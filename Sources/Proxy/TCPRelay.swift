@@ -46,6 +46,11 @@ extension Worker {
             var peer = sockaddr_storage()
             let fd = cshim_accept_nonblocking(listener.fd, &peer)
             if fd >= 0 {
+                if let other = lighterSibling() {
+                    other.load.add(1, ordering: .relaxed)  // now, so a burst spreads instead of all following
+                    if other.post(.adopt(client: fd, peer: peer, route: listener.route)) { continue }
+                    other.load.subtract(1, ordering: .relaxed)  // it has stopped
+                }
                 start(client: fd, peer: peer, listener: slot)
                 continue
             }
@@ -71,11 +76,35 @@ extension Worker {
         }
     }
 
-    private func start(client: Int32, peer: sockaddr_storage, listener listenerSlot: Int) {
+    /// A worker with `Worker.imbalance` fewer open connections than this one, if any, to take
+    /// the connection just accepted. The kernel picks the worker on the CPU that took the SYN,
+    /// which is right for each connection but not for the sum: when a client's threads
+    /// happened to share a CPU while connecting, its long-lived connections all stayed on one
+    /// worker while the other CPU idled.
+    func lighterSibling() -> Worker? {
+        guard !siblings.isEmpty else { return nil }
+        var lightest: Worker? = nil
+        var lowest = load.load(ordering: .relaxed) - Worker.imbalance
+        for sibling in siblings {
+            let other = sibling.load.load(ordering: .relaxed)
+            if other < lowest { lightest = sibling; lowest = other }
+        }
+        return lightest
+    }
+
+    /// How many more connections a worker holds than another before it hands new ones over.
+    /// Small differences come and go with short connections; moving those would cost the
+    /// locality of the worker on the SYN's CPU for nothing.
+    static let imbalance = ProxyServer.connectionImbalance
+
+    /// `counted`: the connection is in `load` already (handed over by another worker).
+    func start(client: Int32, peer: sockaddr_storage, listener listenerSlot: Int, counted: Bool = false) {
         let listener = listeners[listenerSlot]!
         let route = listener.route
+        if !counted { load.add(1, ordering: .relaxed) }
         let backend = socket(route.backend.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard backend >= 0 else {
+            load.subtract(1, ordering: .relaxed)
             listener.counters.add(Counters.failures)
             abort(client)
             return
@@ -97,6 +126,7 @@ extension Worker {
         var target = listener.backend
         let rc = withUnsafePointer(to: &target) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(backend, $0, listener.backendLength) } }
         if rc != 0 && errno != EINPROGRESS {
+            load.subtract(1, ordering: .relaxed)
             listener.counters.add(Counters.failures)
             close(backend)
             abort(client)
@@ -324,6 +354,7 @@ extension Worker {
         connecting.remove(slot)
         c.counters?.subtract(Counters.active)
         active -= 1
+        load.subtract(1, ordering: .relaxed)
         connections[slot] = Connection(generation: c.generation)  // kept: the next use bumps it
         freeConnections.append(slot)
     }

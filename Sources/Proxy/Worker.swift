@@ -1,13 +1,16 @@
 import CShim
 import Glibc
+import Synchronization
 
 /// One event loop on one thread: its own epoll set and every connection and flow it
 /// accepted. A route has a listening socket per worker (SO_REUSEPORT: the kernel picks one
 /// per connection, or hashes each UDP client to one, so a flow stays on one worker). Past
 /// `Options.maxListeners`, a TCP route has one listener that every worker watches with
 /// EPOLLEXCLUSIVE (the kernel wakes one idle worker per burst of connections), so 10,000
-/// routes need not cost 10,000 descriptors per core. Nothing else is shared with other
-/// workers but the command queue: the hot path takes no lock.
+/// routes need not cost 10,000 descriptors per core. A worker holding a few more
+/// connections than another hands new ones to it through its command queue (see
+/// `lighterSibling`). Workers share nothing else but their connection counts (atomics): the
+/// hot path takes no lock.
 final class Worker {
     enum Command {
         case add(fd: Int32, route: ProxyRoute, counters: Counters)
@@ -16,6 +19,8 @@ final class Worker {
         case drain(deadline: UInt64)
         /// Signals the eventfd once everything posted before it is applied.
         case barrier(Int32)
+        /// A connection another worker accepted, for this one to relay (see `lighterSibling`).
+        case adopt(client: Int32, peer: sockaddr_storage, route: ProxyRoute)
     }
 
     /// Epoll tokens: the kind in the top byte, an index below.
@@ -33,6 +38,8 @@ final class Worker {
     let wake: Int32
     private var lock = pthread_mutex_t()
     private var queue: [Command] = []
+    /// The loop returned: posting fails from then on (under `lock`).
+    private var ended = false
 
     struct Listener {
         var fd: Int32
@@ -68,6 +75,11 @@ final class Worker {
     /// The copy path's buffer (see `Options.copyThreshold`).
     let scratch: UnsafeMutableRawPointer
     var active = 0
+    /// Open TCP connections, for the other workers to read: `active`'s TCP share, plus
+    /// connections handed to this worker and not yet taken.
+    let load = Atomic<Int>(0)
+    /// The other workers, set before any thread starts (and cleared once they stopped).
+    var siblings: [Worker] = []
 
     /// Set on each backend socket (NUL-terminated); nil: the system's default is it.
     let backendCongestionControl: [CChar]?
@@ -93,12 +105,16 @@ final class Worker {
         pthread_mutex_destroy(&lock)
     }
 
-    func post(_ command: Command) {
+    /// Queues a command for the loop; false if the loop has ended (it would never be taken).
+    @discardableResult
+    func post(_ command: Command) -> Bool {
         pthread_mutex_lock(&lock)
-        queue.append(command)
+        let open = !ended
+        if open { queue.append(command) }
         pthread_mutex_unlock(&lock)
         var one: UInt64 = 1
-        _ = write(wake, &one, 8)
+        if open { _ = write(wake, &one, 8) }
+        return open
     }
 
     static let edgeIn = EPOLLIN.rawValue | EPOLLET.rawValue
@@ -191,6 +207,13 @@ final class Worker {
             case .barrier(let fd):
                 var one: UInt64 = 1
                 _ = write(fd, &one, 8)
+            case .adopt(let client, let peer, let route):
+                if let slot = listeners.firstIndex(where: { $0?.route == route }) {
+                    start(client: client, peer: peer, listener: slot, counted: true)
+                } else {  // the route went in between
+                    load.subtract(1, ordering: .relaxed)
+                    abort(client)
+                }
             case .drain(let deadline):
                 for slot in listeners.indices { release(slot) }
                 drainDeadline = deadline
@@ -199,6 +222,13 @@ final class Worker {
     }
 
     private func closeEverything() {
+        // Connections other workers handed over and this loop never took are reset too.
+        pthread_mutex_lock(&lock)
+        ended = true
+        let left = queue
+        queue = []
+        pthread_mutex_unlock(&lock)
+        for case .adopt(let client, _, _) in left { abort(client) }
         for slot in connections.indices where connections[slot].inUse { reset(slot, both: true) }
         for slot in flows.indices where flows[slot].inUse { closeFlow(slot) }
         for slot in listeners.indices { release(slot) }

@@ -1,3 +1,4 @@
+import CShim
 import Foundation
 import Glibc
 import Netlink
@@ -343,6 +344,39 @@ struct ProxyRelayTests {
         let error = #expect(throws: ProxyError.self) { try s.serve([ProxyRelayTests.route(listen: "0.0.0.0", 18022, s.backend.port)]) }
         #expect(error?.description.contains("0.0.0.0:18022/tcp: another program holds it") == true)
         #expect(try listeners(18022) == 1)
+    }
+
+    @Test("TCP: a few connections from one CPU stay with that CPU's worker; more are spread until no worker holds more than a few more than another",
+          .enabled(if: ProxyServer.allowedCPUs.count >= 2, "needs two CPUs"))
+    func balance() throws {
+        let cpus = ProxyServer.allowedCPUs
+        let s = try Setup(workers: cpus.count)  // a worker per CPU: bound, and steered by CPU
+        try s.serve([ProxyRelayTests.route(listen: "0.0.0.0", 18030, s.backend.port)])
+        /// `count` connections made from a thread bound to the first CPU, which takes their
+        /// SYNs, each echoed once through the proxy (so the proxy holds them all).
+        func connect(_ count: Int) throws -> [Int32] {
+            try s.host.run {
+                var cpu = cpus[0]
+                guard cshim_set_thread_cpus(pthread_self(), &cpu, 1) == 0 else { throw SandboxError("can't bind to CPU \(cpu)") }
+                var fds: [Int32] = []
+                for i in 0..<count {
+                    let fd = try Client.connect(in: s.host, to: World.hostIP, port: 18030)
+                    fds.append(fd)
+                    guard Client.sendAll(fd, [UInt8(i)]) else { throw SandboxError("send failed") }
+                    var byte: UInt8 = 0
+                    guard recv(fd, &byte, 1, 0) == 1, byte == UInt8(i) else { throw SandboxError("no echo") }
+                }
+                return fds
+            }
+        }
+        let few = try connect(ProxyServer.connectionImbalance - 1)
+        #expect(s.proxy.workerConnections == [few.count] + Array(repeating: 0, count: cpus.count - 1))
+        let more = try connect(8 * cpus.count)
+        let held = s.proxy.workerConnections
+        #expect(held.reduce(0, +) == few.count + more.count)
+        #expect(held.max()! - held.min()! <= ProxyServer.connectionImbalance + 1, "\(held)")
+        (few + more).forEach { close($0) }
+        #expect(eventually { s.proxy.workerConnections.allSatisfy { $0 == 0 } }, "\(s.proxy.workerConnections)")
     }
 
     @Test("UDP: the flow table is bounded; the least recently active flow gives way, and idle flows close")
