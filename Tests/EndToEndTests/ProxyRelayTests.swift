@@ -1,4 +1,3 @@
-import CShim
 import Foundation
 import Glibc
 import Netlink
@@ -356,8 +355,7 @@ struct ProxyRelayTests {
         /// SYNs, each echoed once through the proxy (so the proxy holds them all).
         func connect(_ count: Int) throws -> [Int32] {
             try s.host.run {
-                var cpu = cpus[0]
-                guard cshim_set_thread_cpus(pthread_self(), &cpu, 1) == 0 else { throw SandboxError("can't bind to CPU \(cpu)") }
+                guard bindThread(toCPU: cpus[0]) else { throw SandboxError("can't bind to CPU \(cpus[0])") }
                 var fds: [Int32] = []
                 for i in 0..<count {
                     let fd = try Client.connect(in: s.host, to: World.hostIP, port: 18030)

@@ -179,6 +179,13 @@ struct SandboxError: Error, CustomStringConvertible {
 /// Waits (bounded, polling every 50 ms) until `body` holds; returns whether it did. The
 /// expectations after it say what did not.
 @discardableResult
+/// Binds the calling thread to one CPU (threads it starts inherit that). Here, beside the
+/// other CShim calls: a test file importing CShim before Glibc broke clean builds.
+func bindThread(toCPU cpu: Int32) -> Bool {
+    var cpu = cpu
+    return cshim_set_thread_cpus(pthread_self(), &cpu, 1) == 0
+}
+
 func eventually(_ seconds: Double = 10, _ body: () throws -> Bool) rethrows -> Bool {
     let deadline = Date().addingTimeInterval(seconds)
     while Date() < deadline {

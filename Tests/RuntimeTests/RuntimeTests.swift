@@ -72,7 +72,7 @@ import Testing
         var template = Array("/tmp/netctl-resolv-XXXXXX".utf8CString)
         let directory = String(cString: mkdtemp(&template)!)
         defer { unlink(directory + "/host"); unlink(directory + "/resolved"); rmdir(directory) }
-        func write(_ name: String, _ text: String) { FileManager.default.createFile(atPath: directory + "/" + name, contents: Data(text.utf8)) }
+        func write(_ name: String, _ text: String) { _ = FileManager.default.createFile(atPath: directory + "/" + name, contents: Data(text.utf8)) }
         write("host", "# stub\nnameserver 127.0.0.53\nnameserver\t::1\nsearch corp.example\noptions edns0 trust-ad\n")
         write("resolved", "nameserver 10.1.1.1\nnameserver 127.0.0.1\nsearch other.example\n")
         #expect(ContainerManager.resolvConf(host: directory + "/host", resolved: directory + "/resolved")
