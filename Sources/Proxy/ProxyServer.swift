@@ -51,8 +51,8 @@ public final class ProxyServer {
         /// refuses the algorithm (not built, or not allowed without CAP_NET_ADMIN), backends
         /// get the default.
         public var backendCongestionControl: String?
-        /// A worker holding `connectionImbalance` more TCP connections than another hands new
-        /// ones to it. Without this, a client whose threads shared a CPU while connecting
+        /// A worker holding more than `connectionImbalance` TCP connections more than another
+        /// hands new ones to it. Without this, a client whose threads shared a CPU while connecting
         /// left its long-lived connections on one worker and the other CPU partly idle: in
         /// five interleaved pairs of tools/bench-throughput probes, keep-alive ran at 90-92%
         /// busy without it and 96-99% with it, 12% more requests/s; connections/s was the same.
@@ -73,7 +73,7 @@ public final class ProxyServer {
         }
     }
 
-    private let workers: [Worker]
+    let workers: [Worker]  // (internal for tests)
     private var threads: [pthread_t] = []
     private var routes: [ProxyRoute: [Counters]] = [:]
     /// Each TCP route's listening sockets: one per worker, or one that every worker watches.
@@ -123,8 +123,8 @@ public final class ProxyServer {
         }
     }
 
-    /// How many more TCP connections a worker holds than another before it hands new ones
-    /// over (with `Options.balanceConnections`).
+    /// How many more TCP connections a worker may hold than another; past that it hands new
+    /// ones over (with `Options.balanceConnections`).
     public static let connectionImbalance = 4
 
     /// Each worker's open TCP connections.
@@ -147,7 +147,7 @@ public final class ProxyServer {
     /// connects nowhere, so a refusal costs no call per connection.
     static func congestionControl(_ wanted: String?) -> (using: String, differs: Bool) {
         let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard probe >= 0 else { return (wanted ?? "", false) }
+        guard probe >= 0 else { return ("unknown", false) }
         defer { close(probe) }
         var name = [CChar](repeating: 0, count: 32)
         var length = socklen_t(name.count - 1)
@@ -231,7 +231,7 @@ public final class ProxyServer {
     }
 
     /// Returns once every worker has applied what was posted before.
-    private func barrier() {
+    func barrier() {
         let done = eventfd(0, Int32(EFD_CLOEXEC))
         guard done >= 0 else { return }
         defer { close(done) }

@@ -48,7 +48,7 @@ extension Worker {
             if fd >= 0 {
                 if let other = lighterSibling() {
                     other.load.add(1, ordering: .relaxed)  // now, so a burst spreads instead of all following
-                    if other.post(.adopt(client: fd, peer: peer, route: listener.route)) { continue }
+                    if other.post(.adopt(client: fd, peer: peer, route: listener.route, from: self, returned: false)) { continue }
                     other.load.subtract(1, ordering: .relaxed)  // it has stopped
                 }
                 start(client: fd, peer: peer, listener: slot)
@@ -76,7 +76,7 @@ extension Worker {
         }
     }
 
-    /// A worker with `Worker.imbalance` fewer open connections than this one, if any, to take
+    /// A worker with more than `Worker.imbalance` fewer open connections than this one, if any, to take
     /// the connection just accepted. The kernel picks the worker on the CPU that took the SYN,
     /// which is right for each connection but not for the sum: when a client's threads
     /// happened to share a CPU while connecting, its long-lived connections all stayed on one
@@ -92,7 +92,7 @@ extension Worker {
         return lightest
     }
 
-    /// How many more connections a worker holds than another before it hands new ones over.
+    /// How many more connections a worker may hold than another before it hands new ones over.
     /// Small differences come and go with short connections; moving those would cost the
     /// locality of the worker on the SYN's CPU for nothing.
     static let imbalance = ProxyServer.connectionImbalance

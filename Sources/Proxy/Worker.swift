@@ -9,8 +9,8 @@ import Synchronization
 /// EPOLLEXCLUSIVE (the kernel wakes one idle worker per burst of connections), so 10,000
 /// routes need not cost 10,000 descriptors per core. A worker holding a few more
 /// connections than another hands new ones to it through its command queue (see
-/// `lighterSibling`). Workers share nothing else but their connection counts (atomics): the
-/// hot path takes no lock.
+/// `lighterSibling`). Workers share nothing else but their connection counts (atomics):
+/// relaying takes no lock, and only a hand-over takes the receiver's queue lock.
 final class Worker {
     enum Command {
         case add(fd: Int32, route: ProxyRoute, counters: Counters)
@@ -19,8 +19,9 @@ final class Worker {
         case drain(deadline: UInt64)
         /// Signals the eventfd once everything posted before it is applied.
         case barrier(Int32)
-        /// A connection another worker accepted, for this one to relay (see `lighterSibling`).
-        case adopt(client: Int32, peer: sockaddr_storage, route: ProxyRoute)
+        /// A connection another worker (`from`) accepted, for this one to relay (see
+        /// `lighterSibling`). `returned`: this one accepted it, and the other could not take it.
+        case adopt(client: Int32, peer: sockaddr_storage, route: ProxyRoute, from: Worker, returned: Bool)
     }
 
     /// Epoll tokens: the kind in the top byte, an index below.
@@ -207,13 +208,21 @@ final class Worker {
             case .barrier(let fd):
                 var one: UInt64 = 1
                 _ = write(fd, &one, 8)
-            case .adopt(let client, let peer, let route):
+            case .adopt(let client, let peer, let route, let from, let returned):
                 if let slot = listeners.firstIndex(where: { $0?.route == route }) {
                     start(client: client, peer: peer, listener: slot, counted: true)
-                } else {  // the route went in between
-                    load.subtract(1, ordering: .relaxed)
-                    abort(client)
+                    continue
                 }
+                // Not (or no longer) serving the route: a new route's listener may not have
+                // reached this worker yet, or it is draining. The worker that accepted the
+                // connection serves it, unless the route has gone there too.
+                load.subtract(1, ordering: .relaxed)
+                if !returned {
+                    from.load.add(1, ordering: .relaxed)
+                    if from.post(.adopt(client: client, peer: peer, route: route, from: self, returned: true)) { continue }
+                    from.load.subtract(1, ordering: .relaxed)
+                }
+                abort(client)
             case .drain(let deadline):
                 for slot in listeners.indices { release(slot) }
                 drainDeadline = deadline
@@ -228,7 +237,10 @@ final class Worker {
         let left = queue
         queue = []
         pthread_mutex_unlock(&lock)
-        for case .adopt(let client, _, _) in left { abort(client) }
+        for case .adopt(let client, _, _, _, _) in left {
+            load.subtract(1, ordering: .relaxed)
+            abort(client)
+        }
         for slot in connections.indices where connections[slot].inUse { reset(slot, both: true) }
         for slot in flows.indices where flows[slot].inUse { closeFlow(slot) }
         for slot in listeners.indices { release(slot) }

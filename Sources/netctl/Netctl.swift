@@ -344,11 +344,11 @@ struct ProxyCommand: ParsableCommand {
                 options.backendCongestionControl = wanted
                 let service = try ProxyService(manager: manager, options: options)
                 if let wanted, service.backendCongestionControl != wanted {
-                    fputs("netctl proxy: the kernel refused congestion control \(wanted) (see /proc/sys/net/ipv4/tcp_available_congestion_control); connections to containers use \(service.backendCongestionControl)\n", stderr)
+                    fputs("netctl proxy: congestion control \(wanted) could not be set (see /proc/sys/net/ipv4/tcp_available_congestion_control)\n", stderr)
                 }
                 let endpoint = try metricsAddress.map { try MetricsEndpoint(listen: $0) }
                 try service.refresh(force: true)
-                fputs("netctl proxy: serving \(service.serving) routes\n", stderr)
+                fputs("netctl proxy: serving \(service.serving) routes; connections to containers use \(service.backendCongestionControl)\n", stderr)
                 var tick = 0
                 var timeout = timespec(tv_sec: 0, tv_nsec: 250_000_000)
                 while true {
