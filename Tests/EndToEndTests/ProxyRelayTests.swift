@@ -368,7 +368,7 @@ struct ProxyRelayTests {
                 return fds
             }
         }
-        let few = try connect(ProxyServer.connectionImbalance - 1)
+        let few = try connect(ProxyServer.connectionImbalance + 1)  // the most a worker keeps before handing over
         // (Only if the workers could be bound; otherwise the kernel hashes, and only the
         // spreading below is checked.)
         if s.proxy.workerCPUs == cpus.map({ [$0] }) {
