@@ -25,6 +25,25 @@ public final class ImageStore {
         for path in [directory, directory + "/layers", directory + "/tmp"] {
             if mkdir(path, 0o700) != 0 && errno != EEXIST { throw ImageError.io(what: "cannot create \(path)", errno: errno) }
         }
+        sweepScratch()
+    }
+
+    /// Removes the scratch directories of unpacks that were killed. A live unpack holds a
+    /// lock on its directory until it is renamed into the cache or removed; one made in the
+    /// last minute is left alone too (it is locked just after it is made).
+    func sweepScratch(olderThan seconds: Int = 60) {
+        let parent = Glibc.open(scratchDirectory, O_DIRECTORY | O_RDONLY | O_CLOEXEC)
+        guard parent >= 0 else { return }
+        defer { close(parent) }
+        let now = time(nil)
+        for name in (try? listDirectory(parent)) ?? [] where name.hasPrefix("layer-") {
+            let fd = openat(parent, name, O_DIRECTORY | O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+            guard fd >= 0 else { continue }
+            defer { close(fd) }
+            var st = stat()
+            guard fstat(fd, &st) == 0, now - st.st_mtim.tv_sec >= seconds, flock(fd, LOCK_EX | LOCK_NB) == 0 else { continue }
+            try? removeTree(parent, name)
+        }
     }
 
     /// The cache directory of a layer, whether or not it is unpacked yet.
@@ -156,6 +175,7 @@ public final class ImageStore {
             let root = Glibc.open(scratch, O_DIRECTORY | O_RDONLY | O_CLOEXEC)
             guard root >= 0 else { throw ImageError.io(what: "cannot open \(scratch)", errno: errno) }
             defer { close(root) }
+            flock(root, LOCK_EX)  // held while this process lives: see sweepScratch
             let raw = DigestingSource(try open())
             let uncompressed = DigestingSource(try decompressed(raw, what: what))
             do {

@@ -130,6 +130,23 @@ func upperLayer() -> [UInt8] {
         #expect(fromTar.id == loaded.id, "\(fromTar.config) \(loaded.config)")
     }
 
+    @Test("a killed unpack's scratch directory is swept; a live unpack's and a new one are kept")
+    func scratchOfKilledUnpacksIsSwept() throws {
+        let scratch = Scratch()
+        let tmp = scratch.path + "/store/tmp/"
+        _ = try ImageStore(directory: scratch.path + "/store")
+        for name in ["layer-dead", "layer-live", "layer-new"] {
+            #expect(mkdir(tmp + name, 0o700) == 0 && mkdir(tmp + name + "/usr", 0o755) == 0)
+        }
+        var hourAgo = [timespec(tv_sec: time(nil) - 3600, tv_nsec: 0), timespec(tv_sec: time(nil) - 3600, tv_nsec: 0)]
+        for name in ["layer-dead", "layer-live"] { #expect(utimensat(AT_FDCWD, tmp + name, &hourAgo, 0) == 0) }
+        let live = open(tmp + "layer-live", O_DIRECTORY | O_RDONLY)  // as an unpack in progress holds it
+        defer { close(live) }
+        #expect(flock(live, LOCK_EX) == 0)
+        _ = try ImageStore(directory: scratch.path + "/store")
+        #expect(scratch.list("store/tmp") == ["layer-live", "layer-new"])
+    }
+
     @Test func missingAndUnrecognisedImages() throws {
         let scratch = Scratch()
         let store = try ImageStore(directory: scratch.path + "/store")
