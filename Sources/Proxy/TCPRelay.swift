@@ -76,11 +76,11 @@ extension Worker {
         }
     }
 
-    /// A worker with more than `Worker.imbalance` fewer open connections than this one, if any, to take
-    /// the connection just accepted. The kernel picks the worker on the CPU that took the SYN,
-    /// which is right for each connection but not for the sum: when a client's threads
-    /// happened to share a CPU while connecting, its long-lived connections all stayed on one
-    /// worker while the other CPU idled.
+    /// A worker with more than `Worker.imbalance` fewer open connections than this one, if
+    /// any, to take the connection just accepted. The kernel picks the worker on the CPU that
+    /// took the SYN, which is right for each connection but not for the sum: when a client's
+    /// threads happened to share a CPU while connecting, its long-lived connections all stayed
+    /// on one worker while the other CPU idled.
     func lighterSibling() -> Worker? {
         guard !siblings.isEmpty else { return nil }
         var lightest: Worker? = nil
