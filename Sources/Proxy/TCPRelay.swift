@@ -140,7 +140,6 @@ extension Worker {
         watch(backend, Worker.connectionToken(slot: slot, generation: generation, backend: true), Worker.edgeAll)
         listener.counters.add(Counters.connections)
         listener.counters.add(Counters.active)
-        active += 1
         if rc == 0 {
             // Connected at once: nothing is known of either side, so both are read to EAGAIN.
             connections[slot].clientWaiting = EPOLLIN.rawValue | Worker.hangupEvents
@@ -353,7 +352,6 @@ extension Worker {
         if let pipe = c.down.pipe { givePipe(pipe, empty: c.down.pending == 0) }
         connecting.remove(slot)
         c.counters?.subtract(Counters.active)
-        active -= 1
         load.subtract(1, ordering: .relaxed)
         connections[slot] = Connection(generation: c.generation)  // kept: the next use bumps it
         freeConnections.append(slot)

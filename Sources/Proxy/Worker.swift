@@ -75,9 +75,8 @@ final class Worker {
     var retryAccept: Set<Int> = []
     /// The copy path's buffer (see `Options.copyThreshold`).
     let scratch: UnsafeMutableRawPointer
-    var active = 0
-    /// Open TCP connections, for the other workers to read: `active`'s TCP share, plus
-    /// connections handed to this worker and not yet taken.
+    /// Open TCP connections, plus connections handed to this worker and not yet taken: what
+    /// a drain waits for, and what the other workers compare theirs with.
     let load = Atomic<Int>(0)
     /// The other workers, set before any thread starts (and cleared once they stopped).
     var siblings: [Worker] = []
@@ -172,7 +171,7 @@ final class Worker {
                 sweepIdleFlows(now: now)
                 nextSweep = now + 250_000_000
             }
-            if let deadline = drainDeadline, active == 0 || now >= deadline {
+            if let deadline = drainDeadline, load.load(ordering: .relaxed) == 0 || now >= deadline {
                 closeEverything()
                 return
             }

@@ -19,18 +19,7 @@ struct ProxyHandOverTests {
         for worker in s.proxy.workers.dropFirst() { worker.post(.remove(route)) }
         s.proxy.barrier()  // applied
         let count = 2 * ProxyServer.connectionImbalance + 4  // enough that the first worker hands some over
-        let fds = try s.host.run {
-            guard bindThread(toCPU: cpus[0]) else { throw SandboxError("can't bind to CPU \(cpus[0])") }
-            var fds: [Int32] = []
-            for i in 0..<count {
-                let fd = try Client.connect(in: s.host, to: World.hostIP, port: 18031)
-                fds.append(fd)
-                guard Client.sendAll(fd, [UInt8(i)]) else { throw SandboxError("send failed") }
-                var byte: UInt8 = 0
-                guard recv(fd, &byte, 1, 0) == 1, byte == UInt8(i) else { throw SandboxError("connection \(i) was not relayed (errno \(errno))") }
-            }
-            return fds
-        }
+        let fds = try s.connectEchoing(port: 18031, count: count, fromCPU: cpus[0])
         #expect(s.proxy.workerConnections == [count] + Array(repeating: 0, count: cpus.count - 1))
         fds.forEach { close($0) }
         #expect(eventually { s.proxy.workerConnections.allSatisfy { $0 == 0 } })

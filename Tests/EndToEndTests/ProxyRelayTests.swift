@@ -158,6 +158,29 @@ struct ProxyRelayTests {
 
         func serve(_ routes: [ProxyRoute]) throws { try host.run { try proxy.update(routes) } }
 
+        /// `count` connections to the proxy's `port`, made from a thread bound to `cpu` (which
+        /// takes their SYNs), each echoed once through it, so the proxy holds them all.
+        func connectEchoing(port: UInt16, count: Int, fromCPU cpu: Int32) throws -> [Int32] {
+            try host.run {
+                guard bindThread(toCPU: cpu) else { throw SandboxError("can't bind to CPU \(cpu)") }
+                var fds: [Int32] = []
+                do {
+                    for i in 0..<count {
+                        let fd = try Client.connect(in: host, to: World.hostIP, port: port)
+                        fds.append(fd)
+                        var byte = UInt8(truncatingIfNeeded: i)
+                        guard Client.sendAll(fd, [byte]), recv(fd, &byte, 1, 0) == 1, byte == UInt8(truncatingIfNeeded: i) else {
+                            throw SandboxError("connection \(i) was not relayed (errno \(errno))")
+                        }
+                    }
+                } catch {
+                    fds.forEach { close($0) }
+                    throw error
+                }
+                return fds
+            }
+        }
+
         deinit { proxy.stop(drainSeconds: 0) }
     }
 
@@ -352,29 +375,14 @@ struct ProxyRelayTests {
         let cpus = ProxyServer.allowedCPUs
         let s = try Setup(workers: cpus.count)  // a worker per CPU: bound, and steered by CPU
         try s.serve([ProxyRelayTests.route(listen: "0.0.0.0", 18030, s.backend.port)])
-        /// `count` connections made from a thread bound to the first CPU, which takes their
-        /// SYNs, each echoed once through the proxy (so the proxy holds them all).
-        func connect(_ count: Int) throws -> [Int32] {
-            try s.host.run {
-                guard bindThread(toCPU: cpus[0]) else { throw SandboxError("can't bind to CPU \(cpus[0])") }
-                var fds: [Int32] = []
-                for i in 0..<count {
-                    let fd = try Client.connect(in: s.host, to: World.hostIP, port: 18030)
-                    fds.append(fd)
-                    guard Client.sendAll(fd, [UInt8(i)]) else { throw SandboxError("send failed") }
-                    var byte: UInt8 = 0
-                    guard recv(fd, &byte, 1, 0) == 1, byte == UInt8(i) else { throw SandboxError("no echo") }
-                }
-                return fds
-            }
-        }
-        let few = try connect(ProxyServer.connectionImbalance + 1)  // the most a worker keeps before handing over
+        // The most a worker keeps before handing over.
+        let few = try s.connectEchoing(port: 18030, count: ProxyServer.connectionImbalance + 1, fromCPU: cpus[0])
         // (Only if the workers could be bound; otherwise the kernel hashes, and only the
         // spreading below is checked.)
         if s.proxy.workerCPUs == cpus.map({ [$0] }) {
             #expect(s.proxy.workerConnections == [few.count] + Array(repeating: 0, count: cpus.count - 1))
         }
-        let more = try connect(8 * cpus.count)
+        let more = try s.connectEchoing(port: 18030, count: 8 * cpus.count, fromCPU: cpus[0])
         let held = s.proxy.workerConnections
         #expect(held.reduce(0, +) == few.count + more.count)
         #expect(held.max()! - held.min()! <= ProxyServer.connectionImbalance + 1, "\(held)")
