@@ -94,7 +94,10 @@ public final class ProxyServer {
         let (using, differs) = ProxyServer.congestionControl(options.backendCongestionControl)
         backendCongestionControl = using
         // Workers set it on each backend socket only when it is not the default already.
-        workers = try (0..<options.workers).map { _ in try Worker(options: options, backendCongestionControl: differs ? using : nil) }
+        let reserve = DescriptorReserve()
+        workers = try (0..<options.workers).map { _ in
+            try Worker(options: options, backendCongestionControl: differs ? using : nil, reserve: reserve)
+        }
         let cpus = ProxyServer.allowedCPUs
         var files = rlimit()
         listenerBudget = options.maxListeners ?? (getrlimit(Int32(RLIMIT_NOFILE.rawValue), &files) == 0 ? Int(files.rlim_cur / 4) : 256)

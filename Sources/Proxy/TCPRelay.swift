@@ -57,15 +57,16 @@ extension Worker {
             switch -fd {
             case EINTR, ECONNABORTED: continue
             case EMFILE, ENFILE:
-                // Out of descriptors: take the connection with the reserve descriptor and close
-                // it at once (the client sees a close, not a hang), then keep going.
+                // Out of descriptors. Pooled pipes are worth less than a connection: they go
+                // first. Else the connection is taken with the reserve and closed at once
+                // (the client sees a close, not a hang).
+                if closeSparePipes() { continue }
                 listener.counters.add(Counters.failures)
-                guard reserve >= 0 else { retryAccept.insert(slot); return }
-                close(reserve)
-                let dropped = cshim_accept_nonblocking(listener.fd, nil)
-                if dropped >= 0 { close(dropped) }
-                reserve = open("/dev/null", O_RDONLY | O_CLOEXEC)
-                if dropped < 0 { retryAccept.insert(slot); return }
+                switch reserve.shed(listener: listener.fd) {
+                case .dropped: continue
+                case .empty: return
+                case .failed: retryAccept.insert(slot); return
+                }
             case EAGAIN: return  // all taken
             default:
                 // ENOBUFS, ENOMEM...: connections may still wait, and no new edge will say
@@ -102,8 +103,12 @@ extension Worker {
         let listener = listeners[listenerSlot]!
         let route = listener.route
         if !counted { load.add(1, ordering: .relaxed) }
-        let backend = socket(route.backend.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard backend >= 0 else {
+        // A connection keeps its descriptors: none while the reserve is out (see
+        // DescriptorReserve), or a queued client could be left with no way to be told.
+        let permit = reserve.permit()
+        let backend = permit == nil ? -1 : socket(route.backend.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard backend >= 0, let permit, reserve.kept(permit) else {
+            if backend >= 0 { close(backend) }
             load.subtract(1, ordering: .relaxed)
             listener.counters.add(Counters.failures)
             abort(client)

@@ -128,8 +128,11 @@ extension Worker {
         // Full: the least recently used flow goes, unless it is in use by this very batch
         // (its slot would be reused under datagrams already routed to it): then drop this one.
         if flowIndex.count >= options.maxFlows && !evictOldestFlow(before: now) { return nil }
+        // A flow keeps its descriptor: none while the reserve is out (see DescriptorReserve).
+        guard let permit = reserve.permit() else { return nil }
         let fd = socket(listener.route.backend.family, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return nil }
+        guard reserve.kept(permit) else { close(fd); return nil }
         var target = listener.backend
         guard withUnsafePointer(to: &target, { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, listener.backendLength) } }) == 0 else {
             close(fd)

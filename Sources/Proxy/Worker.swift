@@ -66,9 +66,9 @@ final class Worker {
     var oldestFlow = -1
     var newestFlow = -1
     let udp: UDPBuffers
-    /// A descriptor kept open to be given up when accept fails with EMFILE, so the pending
-    /// connection can be taken and closed instead of spinning or hanging.
-    var reserve: Int32
+    /// For when accept fails with EMFILE: the pending connection is taken and closed instead
+    /// of spinning or hanging. Shared with the other workers.
+    let reserve: DescriptorReserve
     var drainDeadline: UInt64?
     /// Listeners whose accept loop stopped on an error other than EAGAIN: connections may be
     /// waiting with no edge to come, so the sweep accepts again.
@@ -84,14 +84,14 @@ final class Worker {
     /// Set on each backend socket (NUL-terminated); nil: the system's default is it.
     let backendCongestionControl: [CChar]?
 
-    init(options: ProxyServer.Options, backendCongestionControl: String?) throws {
+    init(options: ProxyServer.Options, backendCongestionControl: String?, reserve: DescriptorReserve) throws {
         self.options = options
+        self.reserve = reserve
         self.backendCongestionControl = backendCongestionControl.map { Array($0.utf8CString) }
         epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
         wake = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
         guard epoll >= 0, wake >= 0 else { throw ProxyError.errno("creating an event loop", errno) }
         pthread_mutex_init(&lock, nil)
-        reserve = open("/dev/null", O_RDONLY | O_CLOEXEC)
         udp = UDPBuffers(batch: options.udpBatch)
         scratch = UnsafeMutableRawPointer.allocate(byteCount: max(1, options.copyThreshold), alignment: 16)
         watch(wake, Worker.token(.wake, 0), EPOLLIN.rawValue)
@@ -100,8 +100,7 @@ final class Worker {
     deinit {
         close(epoll); close(wake)
         scratch.deallocate()
-        if reserve >= 0 { close(reserve) }
-        for pipe in pipes { close(pipe.read); close(pipe.write) }
+        _ = closeSparePipes()
         pthread_mutex_destroy(&lock)
     }
 
@@ -169,6 +168,7 @@ final class Worker {
                 for slot in retry where listeners.indices.contains(slot) { acceptAll(listener: slot) }
                 sweepConnectTimeouts(now: now)
                 sweepIdleFlows(now: now)
+                _ = reserve.refill()
                 nextSweep = now + 250_000_000
             }
             if let deadline = drainDeadline, load.load(ordering: .relaxed) == 0 || now >= deadline {
@@ -269,10 +269,19 @@ final class Worker {
     }
 
     func givePipe(_ pipe: (read: Int32, write: Int32), empty: Bool) {
-        if empty && pipes.count < options.sparePipes {
+        // No pooling while the reserve is out: the pool would keep the number it needs.
+        if empty && pipes.count < options.sparePipes && reserve.isHeld {
             pipes.append(pipe)
         } else {
             close(pipe.read); close(pipe.write)
         }
+    }
+
+    /// Empties the pool; whether it held any.
+    func closeSparePipes() -> Bool {
+        guard !pipes.isEmpty else { return false }
+        for pipe in pipes { close(pipe.read); close(pipe.write) }
+        pipes.removeAll()
+        return true
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Netlink
+import Proxy
 import Testing
 
 @Suite("End to end: `netctl proxy serve` as a port backend", .enabled(if: Sandbox.isRoot, "needs root for namespaces"))
@@ -115,6 +116,26 @@ struct ProxyDescriptorTests {
         return (Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0)  // fields 14 and 15
     }
 
+    /// `count` connections from each CPU, all CPUs at once; the ones that connected.
+    func openClients(_ s: Sandbox, port: UInt16, count: Int, fromCPUs cpus: [Int32]) -> [Int32] {
+        let opened = cpus.map { _ in Box<[Int32]>([]) }
+        let group = DispatchGroup()
+        for (cpu, box) in zip(cpus, opened) {
+            group.enter()
+            Thread.detachNewThread {
+                defer { group.leave() }
+                _ = try? s.hostNamespace.run {
+                    guard bindThread(toCPU: cpu) else { return }
+                    for _ in 0..<count {
+                        if let fd = try? Client.connect(in: s.hostNamespace, to: "127.0.0.1", port: port, timeout: 2) { box.value.append(fd) }
+                    }
+                }
+            }
+        }
+        group.wait()
+        return opened.flatMap(\.value)
+    }
+
     @Test("with no descriptors left the loop neither spins nor hangs clients, and recovers")
     func exhausted() throws {
         let world = try World()
@@ -136,33 +157,35 @@ struct ProxyDescriptorTests {
         }
         #expect(ready)
 
-        // 100 clients that stay open: the first ones are relayed, the rest can't be.
-        var clients: [Int32] = []
-        defer { clients.forEach { close($0) } }
-        for _ in 0..<100 {
-            if let fd = try? Client.connect(in: s.hostNamespace, to: "127.0.0.1", port: 9200, timeout: 2) { clients.append(fd) }
+        // Rounds of clients that stay open, connecting from every CPU at once so the workers
+        // run out of descriptors together: the first ones are relayed, the rest can't be.
+        let cpus = Array(ProxyServer.allowedCPUs.prefix(2))
+        for round in 0..<4 {
+            let clients = openClients(s, port: 9200, count: 120 / cpus.count, fromCPUs: cpus)
+            defer { clients.forEach { close($0) } }
+            #expect(clients.count == 120 / cpus.count * cpus.count)  // the kernel accepts them into the backlog either way
+            if round == 0 {
+                usleep(300_000)
+                let before = cpuTicks(serve.pid)
+                sleep(1)
+                let used = cpuTicks(serve.pid) - before
+                #expect(used < 30, "the proxy used \(used) ticks of CPU in one idle second: it is spinning")
+            }
+            // Each client either gets its echo or a prompt close, never a hang.
+            var echoed = 0, closed = 0, hung = 0
+            for fd in clients {
+                var tv = timeval(tv_sec: 3, tv_usec: 0)
+                setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+                _ = Client.sendAll(fd, Array("x".utf8))
+                var byte: UInt8 = 0
+                let n = recv(fd, &byte, 1, 0)
+                if n == 1 { echoed += 1 } else if n == 0 || errno == ECONNRESET { closed += 1 } else { hung += 1 }
+            }
+            #expect(echoed > 0 && closed > 0 && hung == 0, "round \(round): echoed \(echoed), closed \(closed), no answer \(hung)")
+            usleep(200_000)  // the proxy closes the echoed ones' backends
         }
-        #expect(clients.count == 100)  // the kernel accepts them into the backlog either way
-        usleep(300_000)
-        let before = cpuTicks(serve.pid)
-        sleep(1)
-        let used = cpuTicks(serve.pid) - before
-        #expect(used < 30, "the proxy used \(used) ticks of CPU in one idle second: it is spinning")
-        // Each client either gets its echo or a prompt close, never a hang.
-        var echoed = 0, closed = 0
-        for fd in clients {
-            var tv = timeval(tv_sec: 3, tv_usec: 0)
-            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-            _ = Client.sendAll(fd, Array("x".utf8))
-            var byte: UInt8 = 0
-            let n = recv(fd, &byte, 1, 0)
-            if n == 1 { echoed += 1 } else if n == 0 || errno == ECONNRESET { closed += 1 }
-        }
-        #expect(echoed > 0 && closed > 0 && echoed + closed == clients.count, "echoed \(echoed), closed \(closed)")
         // Descriptors back: new connections are relayed again.
-        clients.forEach { close($0) }
-        clients = []
-        usleep(500_000)
+        usleep(300_000)
         let again = try Client.connect(in: s.hostNamespace, to: "127.0.0.1", port: 9200)
         defer { close(again) }
         #expect(Client.sendAll(again, Array("back".utf8)))

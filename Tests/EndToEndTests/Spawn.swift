@@ -20,6 +20,9 @@ struct Child {
                 posix_spawn_file_actions_addopen(&actions, target, "/dev/null", target == 0 ? O_RDONLY : O_WRONLY, 0)
             }
         }
+        // Nothing else: a socket some other test opened without CLOEXEC would otherwise stay
+        // open in the child (and count against its descriptor limit).
+        cshim_spawn_close_from(&actions, 3)
         var env = [String: String]()
         var entry = environ
         while let pointer = entry.pointee {
