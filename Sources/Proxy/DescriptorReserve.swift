@@ -9,12 +9,13 @@ import Synchronization
 /// One reserve for all workers, because their threads share one descriptor table: the number
 /// a worker frees can be taken by another worker's accept or socket call before its own accept
 /// runs, and the reserve is then out. While it is out no worker opens a descriptor that would
-/// live on (a new connection's backend socket, a UDP flow, a pooled pipe), and one opened just
+/// live on (a new connection's backend socket, a UDP flow), and one opened just
 /// as it went out is closed again (`permit`, `kept`). So whoever took the number gives it
 /// back, and the next worker to need the reserve, or the sweep, takes it again. Without that
 /// rule a new connection could keep the number, and with no reserve and no free descriptor
 /// left, queued clients would hang until some connection closed (the end-to-end test that
-/// exhausts descriptors from both CPUs at once hung that way in 10 of 12 runs).
+/// exhausts descriptors from both CPUs at once hung that way in 10 of 12 runs). Pooled pipes
+/// need no rule: accept's EMFILE closes them before it sheds.
 final class DescriptorReserve: @unchecked Sendable {
     /// The reserve's descriptor, -1 while out.
     private let fd = Mutex<Int32>(-1)

@@ -269,8 +269,7 @@ final class Worker {
     }
 
     func givePipe(_ pipe: (read: Int32, write: Int32), empty: Bool) {
-        // No pooling while the reserve is out: the pool would keep the number it needs.
-        if empty && pipes.count < options.sparePipes && reserve.isHeld {
+        if empty && pipes.count < options.sparePipes {
             pipes.append(pipe)
         } else {
             close(pipe.read); close(pipe.write)
