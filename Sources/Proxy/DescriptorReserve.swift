@@ -32,7 +32,7 @@ final class DescriptorReserve: @unchecked Sendable {
         fd.withLock { if $0 >= 0 { close($0) } }
     }
 
-    var isHeld: Bool { state.load(ordering: .sequentiallyConsistent) & 1 == 1 }
+    private var isHeld: Bool { state.load(ordering: .sequentiallyConsistent) & 1 == 1 }
 
     /// Takes the reserve back if it is out; whether it is held now.
     func refill() -> Bool {

@@ -61,9 +61,8 @@ extension Worker {
                 // first. Else the connection is taken with the reserve and closed at once
                 // (the client sees a close, not a hang).
                 if closeSparePipes() { continue }
-                listener.counters.add(Counters.failures)
                 switch reserve.shed(listener: listener.fd) {
-                case .dropped: continue
+                case .dropped: listener.counters.add(Counters.failures); continue
                 case .empty: return
                 case .failed: retryAccept.insert(slot); return
                 }

@@ -9,8 +9,9 @@ import Synchronization
 /// EPOLLEXCLUSIVE (the kernel wakes one idle worker per burst of connections), so 10,000
 /// routes need not cost 10,000 descriptors per core. A worker holding a few more
 /// connections than another hands new ones to it through its command queue (see
-/// `lighterSibling`). Workers share nothing else but their connection counts (atomics):
-/// relaying takes no lock, and only a hand-over takes the receiver's queue lock.
+/// `lighterSibling`). Workers share nothing else but their connection counts (atomics) and
+/// the descriptor reserve for running out (see `DescriptorReserve`): relaying takes no lock,
+/// only a hand-over takes the receiver's queue lock, and only running out the reserve's.
 final class Worker {
     enum Command {
         case add(fd: Int32, route: ProxyRoute, counters: Counters)
