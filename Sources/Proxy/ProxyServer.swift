@@ -52,12 +52,16 @@ public final class ProxyServer {
         /// get the default.
         public var backendCongestionControl: String?
         /// A worker holding more than `connectionImbalance` TCP connections more than another
-        /// hands new ones to it. Without this, a client whose threads shared a CPU while connecting
-        /// left its long-lived connections on one worker and the other CPU partly idle: in
-        /// five interleaved pairs of tools/bench-throughput probes, keep-alive ran at 90-92%
-        /// busy without it and 96-99% with it, 12% more requests/s; connections/s was the same.
-        /// Handing over past one connection more rather than past four: keep-alive +4% (four
-        /// of five pairs), connections/s the same, so locality lost nothing measurable.
+        /// hands new ones to it, for hosts whose local clients open many long-lived
+        /// connections from one CPU (they all land on that CPU's worker). Off by default: a
+        /// handed-over connection is served away from the CPU that takes its packets for the
+        /// rest of its life. On this project's 2-CPU machine (tools/bench-ab: one setup, wrk
+        /// with 32 connections for 3 s, 10-12 rounds), not handing over won:
+        /// connections/s in 10 of 12 and 10 of 10 pairs (medians +2.6%, +5.8%), and in a third
+        /// run +4% and +2% against a slack of one and of eight connections; keep-alive
+        /// medians +3% (8 of 12 pairs), and +8% and +9% against slack one and eight. (Five
+        /// pairs of whole-suite runs had once shown keep-alive +12% with it; those runs vary
+        /// more than that between rounds.)
         public var balanceConnections: Bool
 
         /// `workers`: by default one per CPU this thread may run on (a container limited to
@@ -65,7 +69,7 @@ public final class ProxyServer {
         public init(workers: Int = max(1, ProxyServer.allowedCPUs.count), pipeSize: Int = 1 << 20, sparePipes: Int = 64,
                     connectTimeoutSeconds: Double = 5, udpIdleTimeoutSeconds: Double = 90, maxFlows: Int = 4096, udpBatch: Int = 32,
                     copyThreshold: Int = 16384, pinWorkers: Bool = true, maxListeners: Int? = nil,
-                    backendCongestionControl: String? = "cubic", balanceConnections: Bool = true) {
+                    backendCongestionControl: String? = "cubic", balanceConnections: Bool = false) {
             self.workers = max(1, workers); self.pipeSize = pipeSize; self.sparePipes = sparePipes
             self.copyThreshold = max(0, copyThreshold)
             self.connectTimeout = UInt64(connectTimeoutSeconds * 1e9); self.udpIdleTimeout = UInt64(udpIdleTimeoutSeconds * 1e9)

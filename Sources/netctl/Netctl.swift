@@ -302,6 +302,8 @@ struct ProxyCommand: ParsableCommand {
         var pinWorkers = true
         @Option(help: "TCP congestion control for connections to containers, which never leave the host (system: the host's default).")
         var backendCongestionControl = "cubic"
+        @Flag(inversion: .prefixedNo, help: "Hand new TCP connections from a worker holding more than others to the least busy one (for local clients that open many long-lived connections from one CPU).")
+        var balanceConnections = false
 
         func validate() throws {
             if let workers, workers < 1 { throw ValidationError("--workers must be 1 or more (default: one per CPU), not \(workers)") }
@@ -340,6 +342,7 @@ struct ProxyCommand: ParsableCommand {
                 if let workers { options.workers = workers }
                 options.copyThreshold = copyThreshold
                 options.pinWorkers = pinWorkers
+                options.balanceConnections = balanceConnections
                 let wanted = backendCongestionControl == "system" ? nil : backendCongestionControl
                 options.backendCongestionControl = wanted
                 let service = try ProxyService(manager: manager, options: options)

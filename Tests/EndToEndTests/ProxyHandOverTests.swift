@@ -10,7 +10,7 @@ struct ProxyHandOverTests {
           .enabled(if: ProxyServer.allowedCPUs.count >= 2, "needs two CPUs"))
     func handedBack() throws {
         let cpus = ProxyServer.allowedCPUs
-        let s = try ProxyRelayTests.Setup(workers: cpus.count)
+        let s = try ProxyRelayTests.Setup(workers: cpus.count, balanceConnections: true)
         try #require(s.proxy.workerCPUs == cpus.map { [$0] }, "workers could not be bound to CPUs")
         let route = ProxyRelayTests.route(listen: "0.0.0.0", 18031, s.backend.port)
         try s.serve([route])

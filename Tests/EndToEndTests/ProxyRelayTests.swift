@@ -136,7 +136,8 @@ struct ProxyRelayTests {
         /// `connectTimeout`: short by default, so the refused-backend test is quick.
         init(ipv6Network: Bool = false, copyThreshold: Int = 16384, connectTimeout: Double = 1,
              workers: Int = 2, maxFlows: Int = 4096, udpIdleSeconds: Double = 90, maxListeners: Int? = nil,
-             backendCongestionControl: String? = "cubic", defaultCongestionControl: String? = nil) throws {
+             backendCongestionControl: String? = "cubic", defaultCongestionControl: String? = nil,
+             balanceConnections: Bool = false) throws {
             world = try World()
             host = world.sandbox.hostNamespace
             if let defaultCongestionControl {  // the sandbox's default, before any socket is made
@@ -152,7 +153,7 @@ struct ProxyRelayTests {
             proxy = try world.sandbox.hostNamespace.run {
                 try ProxyServer(options: .init(workers: workers, connectTimeoutSeconds: connectTimeout, udpIdleTimeoutSeconds: udpIdleSeconds,
                                                maxFlows: maxFlows, copyThreshold: copyThreshold, maxListeners: maxListeners,
-                                               backendCongestionControl: backendCongestionControl))
+                                               backendCongestionControl: backendCongestionControl, balanceConnections: balanceConnections))
             }
         }
 
@@ -369,11 +370,24 @@ struct ProxyRelayTests {
         #expect(try listeners(18022) == 1)
     }
 
-    @Test("TCP: a few connections from one CPU stay with that CPU's worker; more are spread until no worker holds more than a few more than another",
+    @Test("TCP: by default, connections stay with the worker on the CPU that took their SYN, however many",
+          .enabled(if: ProxyServer.allowedCPUs.count >= 2, "needs two CPUs"))
+    func locality() throws {
+        let cpus = ProxyServer.allowedCPUs
+        let s = try Setup(workers: cpus.count)  // a worker per CPU: bound, and steered by CPU
+        try #require(s.proxy.workerCPUs == cpus.map { [$0] }, "workers could not be bound to CPUs")
+        try s.serve([ProxyRelayTests.route(listen: "0.0.0.0", 18032, s.backend.port)])
+        let fds = try s.connectEchoing(port: 18032, count: 8 * cpus.count, fromCPU: cpus[1])
+        #expect(s.proxy.workerConnections == [0, fds.count] + Array(repeating: 0, count: cpus.count - 2))
+        fds.forEach { close($0) }
+        #expect(eventually { s.proxy.workerConnections.allSatisfy { $0 == 0 } }, "\(s.proxy.workerConnections)")
+    }
+
+    @Test("TCP, balancing on: a few connections from one CPU stay with that CPU's worker; more are spread until no worker holds more than a few more than another",
           .enabled(if: ProxyServer.allowedCPUs.count >= 2, "needs two CPUs"))
     func balance() throws {
         let cpus = ProxyServer.allowedCPUs
-        let s = try Setup(workers: cpus.count)  // a worker per CPU: bound, and steered by CPU
+        let s = try Setup(workers: cpus.count, balanceConnections: true)  // a worker per CPU: bound, and steered by CPU
         try s.serve([ProxyRelayTests.route(listen: "0.0.0.0", 18030, s.backend.port)])
         // The most a worker keeps before handing over.
         let few = try s.connectEchoing(port: 18030, count: ProxyServer.connectionImbalance + 1, fromCPU: cpus[0])
