@@ -57,11 +57,11 @@ public final class ProxyServer {
         /// handed-over connection is served away from the CPU that takes its packets for the
         /// rest of its life. On this project's 2-CPU machine (tools/bench-ab: one setup, wrk
         /// with 32 connections for 3 s, 10-12 rounds), not handing over won:
-        /// connections/s in 10 of 12 and 10 of 10 pairs (medians +2.6%, +5.8%), and in a third
-        /// run +4% and +2% against a slack of one and of eight connections; keep-alive
-        /// medians +3% (8 of 12 pairs), and +8% and +9% against slack one and eight. (Five
-        /// pairs of whole-suite runs had once shown keep-alive +12% with it; those runs vary
-        /// more than that between rounds.)
+        /// connections/s in 10 of 12 and 10 of 10 pairs (medians +2.6%, +5.8%), and +4% in a
+        /// third run; keep-alive +3% (8 of 12 pairs), +8%, and +7% (10 of 12). A build with a
+        /// slack of eight connections instead of `connectionImbalance`'s one did no better
+        /// (+2% and +9% for not handing over). (Five pairs of whole-suite runs had once shown
+        /// keep-alive +12% with it; those runs vary more than that between rounds.)
         public var balanceConnections: Bool
 
         /// `workers`: by default one per CPU this thread may run on (a container limited to

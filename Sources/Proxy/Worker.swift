@@ -7,9 +7,10 @@ import Synchronization
 /// per connection, or hashes each UDP client to one, so a flow stays on one worker). Past
 /// `Options.maxListeners`, a TCP route has one listener that every worker watches with
 /// EPOLLEXCLUSIVE (the kernel wakes one idle worker per burst of connections), so 10,000
-/// routes need not cost 10,000 descriptors per core. A worker holding a few more
-/// connections than another hands new ones to it through its command queue (see
-/// `lighterSibling`). Workers share nothing else but their connection counts (atomics) and
+/// routes need not cost 10,000 descriptors per core. With `Options.balanceConnections` (off
+/// by default), a worker holding a few more connections than another hands new ones to it
+/// through its command queue (see `lighterSibling`). Workers share nothing else but their
+/// connection counts (atomics) and
 /// the descriptor reserve for running out (see `DescriptorReserve`): relaying takes no lock,
 /// only a hand-over takes the receiver's queue lock, and only running out the reserve's.
 final class Worker {

@@ -137,7 +137,7 @@ struct ProxyRelayTests {
         init(ipv6Network: Bool = false, copyThreshold: Int = 16384, connectTimeout: Double = 1,
              workers: Int = 2, maxFlows: Int = 4096, udpIdleSeconds: Double = 90, maxListeners: Int? = nil,
              backendCongestionControl: String? = "cubic", defaultCongestionControl: String? = nil,
-             balanceConnections: Bool = false) throws {
+             balanceConnections: Bool? = nil) throws {
             world = try World()
             host = world.sandbox.hostNamespace
             if let defaultCongestionControl {  // the sandbox's default, before any socket is made
@@ -150,11 +150,11 @@ struct ProxyRelayTests {
             try world.sandbox.netctlOK("attach", "px", "--new", "c1", "--name", "c1")
             backend = try EchoBackend(in: try world.container("c1"))
             // Made on a thread in the sandbox: its workers start there and inherit the namespace.
-            proxy = try world.sandbox.hostNamespace.run {
-                try ProxyServer(options: .init(workers: workers, connectTimeoutSeconds: connectTimeout, udpIdleTimeoutSeconds: udpIdleSeconds,
-                                               maxFlows: maxFlows, copyThreshold: copyThreshold, maxListeners: maxListeners,
-                                               backendCongestionControl: backendCongestionControl, balanceConnections: balanceConnections))
-            }
+            var options = ProxyServer.Options(workers: workers, connectTimeoutSeconds: connectTimeout, udpIdleTimeoutSeconds: udpIdleSeconds,
+                                              maxFlows: maxFlows, copyThreshold: copyThreshold, maxListeners: maxListeners,
+                                              backendCongestionControl: backendCongestionControl)
+            if let balanceConnections { options.balanceConnections = balanceConnections }  // else the library's default
+            proxy = try world.sandbox.hostNamespace.run { [options] in try ProxyServer(options: options) }
         }
 
         func serve(_ routes: [ProxyRoute]) throws { try host.run { try proxy.update(routes) } }

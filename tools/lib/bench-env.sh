@@ -19,7 +19,7 @@ bench_pids=()
 
 set_cc() {
     [[ -z ${cc:-} ]] || "$@" sysctl -qw net.ipv4.tcp_congestion_control="$cc" ||
-        { echo "can't make $cc the default (allowed: $(cat /proc/sys/net/ipv4/tcp_allowed_congestion_control))" >&2; exit 1; }
+        { echo "${0##*/}: can't make $cc the default (allowed: $(cat /proc/sys/net/ipv4/tcp_allowed_congestion_control))" >&2; exit 1; }
 }
 
 bench_container() {
