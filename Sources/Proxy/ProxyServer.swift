@@ -22,7 +22,8 @@ public final class ProxyServer {
         /// fills it switches the direction to splice. 0 = always splice. The default, 16 KiB:
         /// averaged over four tools/bench-throughput runs it beat splice-only on every figure
         /// (connections/s +6%, p99 -9%, keep-alive +7%), though run by run it won only two
-        /// of four on connections/s.
+        /// of four on connections/s. At most `pipeSize`: a copied read the destination does
+        /// not take at once waits in the direction's pipe.
         public var copyThreshold: Int
         /// Binds each worker to a CPU of its own when there is one worker per CPU the process
         /// may use (the default). Fewer workers are left to the scheduler: bound, they would
@@ -95,6 +96,9 @@ public final class ProxyServer {
     public let backendCongestionControl: String
 
     public init(options: Options = Options()) throws {
+        guard options.copyThreshold <= options.pipeSize else {
+            throw ProxyError("copy threshold \(options.copyThreshold) is above the pipe size \(options.pipeSize): what a slow destination leaves of a copied read waits in a pipe, so lower the threshold (0 splices everything)")
+        }
         let (using, differs) = ProxyServer.congestionControl(options.backendCongestionControl)
         backendCongestionControl = using
         // Workers set it on each backend socket only when it is not the default already.

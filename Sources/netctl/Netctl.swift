@@ -308,6 +308,10 @@ struct ProxyCommand: ParsableCommand {
         func validate() throws {
             if let workers, workers < 1 { throw ValidationError("--workers must be 1 or more (default: one per CPU), not \(workers)") }
             if copyThreshold < 0 { throw ValidationError("--copy-threshold must be 0 (always splice) or more, not \(copyThreshold)") }
+            let pipe = ProxyServer.Options().pipeSize
+            if copyThreshold > pipe {
+                throw ValidationError("--copy-threshold must be at most \(pipe) (a pipe's size: what a slow destination leaves of a copied read waits in one), not \(copyThreshold)")
+            }
             if !(drain >= 0) { throw ValidationError("--drain must be 0 or more seconds, not \(drain)") }
             if backendCongestionControl.isEmpty || backendCongestionControl.utf8.count > 15 {
                 throw ValidationError("--backend-congestion-control needs an algorithm's name (e.g. cubic, reno, bbr) or system, not '\(backendCongestionControl)'")

@@ -39,6 +39,7 @@ struct ProxyServeOptionTests {
     @Test("bad values are refused before anything starts, saying what is allowed",
           arguments: [(["--workers", "0"], "--workers must be 1 or more"),
                       (["--copy-threshold=-1"], "--copy-threshold must be 0 (always splice) or more"),
+                      (["--copy-threshold=4194304"], "--copy-threshold must be at most 1048576"),
                       (["--drain=-2"], "--drain must be 0 or more seconds"),
                       (["--backend-congestion-control=a-name-longer-than-the-kernel-allows"], "--backend-congestion-control needs an algorithm's name")])
     func badValues(arguments: [String], message: String) throws {
