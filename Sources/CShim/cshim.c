@@ -416,3 +416,25 @@ int cshim_reuseport_by_cpu(int fd, const int *cpus, int count) {
     struct sock_fprog program = { .len = (unsigned short)k, .filter = code };
     return setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &program, sizeof program) == 0 ? 0 : -errno;
 }
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+
+void cshim_set_udp_segment(struct msghdr *message, void *control, uint16_t size) {
+    memset(control, 0, CMSG_SPACE(sizeof(uint16_t)));
+    message->msg_control = control;
+    message->msg_controllen = CMSG_SPACE(sizeof(uint16_t));
+    struct cmsghdr *c = CMSG_FIRSTHDR(message);
+    c->cmsg_level = IPPROTO_UDP;
+    c->cmsg_type = UDP_SEGMENT;
+    c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+    memcpy(CMSG_DATA(c), &size, sizeof(size));
+}
+
+int cshim_path_mtu(int fd, int ipv6) {
+    int mtu = 0;
+    socklen_t length = sizeof(mtu);
+    int rc = ipv6 ? getsockopt(fd, IPPROTO_IPV6, IPV6_MTU, &mtu, &length) : getsockopt(fd, IPPROTO_IP, IP_MTU, &mtu, &length);
+    return rc == 0 ? mtu : -errno;
+}

@@ -68,6 +68,9 @@ final class Worker {
     var oldestFlow = -1
     var newestFlow = -1
     let udp: UDPBuffers
+    /// Runs of equal datagrams go to backends as one UDP_SEGMENT message, until the kernel
+    /// refuses one (no checksum offload on the path, or a kernel without it).
+    var udpSegmentation = true
     /// For when accept fails with EMFILE: the pending connection is taken and closed instead
     /// of spinning or hanging. Shared with the other workers.
     let reserve: DescriptorReserve

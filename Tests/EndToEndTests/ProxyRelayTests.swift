@@ -332,6 +332,25 @@ struct ProxyRelayTests {
         #expect(stats?.connections == 2 && stats?.packetsIn == 2 && stats?.packetsOut == 2)
     }
 
+    @Test("UDP: a burst of datagrams reaches the backend as the same datagrams, in order (a run of one size, the last shorter, goes as one UDP_SEGMENT message)")
+    func udpBurst() throws {
+        let s = try Setup(workers: 1)
+        try s.serve([ProxyRelayTests.route(.udp, listen: "0.0.0.0", 15355, s.backend.port)])
+        let client = try Traffic.udpSocket(in: s.world.neighbour)
+        defer { close(client.fd) }
+        // A run of one size ended by a shorter datagram, a lone bigger one, another run.
+        let sizes = Array(repeating: 1000, count: 24) + [300, 1400] + Array(repeating: 700, count: 8)
+        let datagrams = sizes.enumerated().map { i, n in (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ i) } }
+        for datagram in datagrams { try Traffic.sendUDP(client.fd, to: World.hostIP, port: 15355, datagram) }
+        var replies: [[UInt8]] = []
+        while replies.count < datagrams.count, let reply = Traffic.receiveUDP(client.fd) { replies.append(reply.payload) }
+        // The backend answers each datagram it gets with its reverse: one merged or cut
+        // datagram would show as a reply of another size.
+        #expect(replies.map(\.count) == sizes)
+        let same = replies == datagrams.map { Array($0.reversed()) }
+        #expect(same, "a reply's bytes differ from its datagram's")
+    }
+
     @Test("TCP: a listener per worker while the budget lasts, then one for all, handed over on replacement; a program's SO_REUSEPORT listener takes neither the port nor its connections")
     func listeners() throws {
         // A worker per CPU (so they are bound), and room for one route's listeners.

@@ -82,6 +82,12 @@ int cshim_pktinfo_destination(struct msghdr *message, struct sockaddr_storage *d
 /// send from `source`, and points the message at it.
 void cshim_set_pktinfo_source(struct msghdr *message, void *control, const struct sockaddr_storage *source);
 enum { CSHIM_PKTINFO_SPACE = 64 };
+/// Fills `control` (capacity CSHIM_PKTINFO_SPACE) with UDP_SEGMENT, which makes the kernel
+/// send the message's bytes as datagrams of `size` bytes (the last may be shorter), and
+/// points the message at it.
+void cshim_set_udp_segment(struct msghdr *message, void *control, uint16_t size);
+/// The path MTU of a connected socket (IP_MTU or IPV6_MTU), or -errno.
+int cshim_path_mtu(int fd, int ipv6);
 
 /// Starts fn(ctx) on a new joinable thread; 0 or -errno.
 int cshim_thread_start(pthread_t *thread, void (*fn)(void *), void *ctx);
