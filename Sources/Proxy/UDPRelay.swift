@@ -68,6 +68,14 @@ final class UDPBuffers {
 
     func control(_ i: Int) -> UnsafeMutableRawPointer { controls + i * Int(CSHIM_PKTINFO_SPACE) }
 
+    /// Makes message k send `count` received datagrams from i on, on a connected socket (no
+    /// name, no control).
+    func send(_ k: Int, datagrams i: Int, count: Int) {
+        messages[k].msg_hdr = msghdr(msg_name: nil, msg_namelen: 0, msg_iov: vectors + i, msg_iovlen: count,
+                                     msg_control: nil, msg_controllen: 0, msg_flags: 0)
+        segments[k] = count
+    }
+
     /// Readies every slot to receive: full-size buffers, room for the sender and packet info.
     func prepareReceive(withNames: Bool) {
         for i in 0..<batch {
@@ -85,7 +93,7 @@ final class UDPBuffers {
 
 extension Worker {
     /// Datagrams from clients: one recvmmsg takes a batch; consecutive datagrams of one flow
-    /// go to the backend in one sendmmsg (see `send(_:_:on:)`).
+    /// go to the backend in one sendmmsg (see `send(_:on:)`).
     func receiveFromClients(listener slot: Int) {
         guard let listener = listeners[slot] else { return }
         let b = udp
@@ -143,10 +151,8 @@ extension Worker {
                     if next < size { break }  // only the last may be shorter
                 }
             }
-            b.messages[out].msg_hdr = msghdr(msg_name: nil, msg_namelen: 0, msg_iov: b.vectors + i, msg_iovlen: j - i,
-                                             msg_control: nil, msg_controllen: 0, msg_flags: 0)
+            b.send(out, datagrams: i, count: j - i)
             if j - i > 1 { cshim_set_udp_segment(&b.messages[out].msg_hdr, b.control(out), UInt16(size)) }
-            b.segments[out] = j - i
             out += 1
             i = j
         }
@@ -156,10 +162,7 @@ extension Worker {
             // Refused (no checksum offload toward the backend, say): one message per
             // datagram, from now on.
             udpSegmentation = false
-            for i in range {
-                b.messages[i].msg_hdr = msghdr(msg_name: nil, msg_namelen: 0, msg_iov: b.vectors + i, msg_iovlen: 1,
-                                               msg_control: nil, msg_controllen: 0, msg_flags: 0)
-            }
+            for i in range { b.send(i, datagrams: i, count: 1) }
             return range.count - max(0, Int(cshim_sendmmsg(flows[flow].backend, b.messages + first, UInt32(range.count), Int32(MSG_DONTWAIT))))
         }
         var delivered = 0

@@ -10,9 +10,9 @@ import Synchronization
 /// routes need not cost 10,000 descriptors per core. With `Options.balanceConnections` (off
 /// by default), a worker holding a few more connections than another hands new ones to it
 /// through its command queue (see `lighterSibling`). Workers share nothing else but their
-/// connection counts (atomics) and
-/// the descriptor reserve for running out (see `DescriptorReserve`): relaying takes no lock,
-/// only a hand-over takes the receiver's queue lock, and only running out the reserve's.
+/// connection counts (atomics) and the descriptor reserve for running out (see
+/// `DescriptorReserve`): relaying takes no lock, only a hand-over takes the receiver's queue
+/// lock, and only running out the reserve's.
 final class Worker {
     enum Command {
         case add(fd: Int32, route: ProxyRoute, counters: Counters)

@@ -9,6 +9,11 @@
 #                                           #   path) and bench_pids (what to stop)
 #   bench_client HOST_IP CLIENT_IP          # a namespace "client" behind a veth pair, routed
 #                                           #   through this one (its default route is HOST_IP)
+#   bench_serve_proxy BIN PORT LOG [ARG...] # (re)starts `BIN proxy serve ARG...` (stderr appended
+#                                           #   to LOG), waits up to 5 s for it to listen on
+#                                           #   PORT, else prints LOG and fails; its PID is in
+#                                           #   bench_proxy_pid
+#   bench_stop_proxy                        # stops that proxy, if it runs
 #   cpu_ticks                               # the whole machine's CPU ticks: user (incl. nice),
 #                                           #   system, softirq + irq, and all (user to steal)
 #   set_cc [COMMAND...]                     # makes $cc (if set) the default congestion control
@@ -64,6 +69,22 @@ bench_client() {
     ip -n client addr add "$address/24" dev eth0 && ip -n client route add default via "$gateway"
     ip netns exec client sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65000"
     set_cc ip netns exec client
+}
+
+bench_proxy_pid=""
+
+bench_serve_proxy() {
+    local bin=$1 port=$2 log=$3
+    shift 3
+    bench_stop_proxy
+    "$bin" proxy serve "$@" 2>>"$log" & bench_proxy_pid=$!
+    for _ in $(seq 50); do ss -ltn "sport = :$port" | grep -q LISTEN && return 0; sleep 0.1; done
+    echo "${0##*/}: netctl proxy serve did not start; its log:" >&2; cat "$log" >&2; return 1
+}
+
+bench_stop_proxy() {
+    if [[ -n $bench_proxy_pid ]]; then kill "$bench_proxy_pid" 2>/dev/null || true; wait "$bench_proxy_pid" 2>/dev/null || true; fi
+    bench_proxy_pid=""
 }
 
 cpu_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= 9; i++) t += $i; print $2 + $3, $4, $7 + $8, t }' /proc/stat; }
