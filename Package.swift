@@ -1,73 +1,91 @@
 // swift-tools-version:6.1
 import PackageDescription
 
-// Arrows point one way: C interop -> Netlink / Firewall / Proxy / Images -> NetCore -> Runtime, CNI -> netctl, netctl-cni.
+// Arrows point one way:
+//   C interop -> Primitives (the leaf: shared value types and OS helpers)
+//   -> Netlink / Firewall / Proxy / Images -> NetCore (networks, endpoints, IPAM, state, publishing)
+//   -> ProxyService, Runtime, CNI -> netctl, netctl-cni.
 let package = Package(
     name: "netctl",
     products: [
+        .library(name: "Primitives", targets: ["Primitives"]),
         .library(name: "NetCore", targets: ["NetCore"]),
         .library(name: "Netlink", targets: ["Netlink"]),
         .library(name: "Firewall", targets: ["Firewall"]),
         .library(name: "Proxy", targets: ["Proxy"]),
         .library(name: "Images", targets: ["Images"]),
         .library(name: "Runtime", targets: ["Runtime"]),
+        .library(name: "CNI", targets: ["CNI"]),
         .executable(name: "netctl", targets: ["netctl"]),
         .executable(name: "netctl-cni", targets: ["netctl-cni"]),
-        .library(name: "CNI", targets: ["CNI"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
     ],
     targets: [
-        // Calls Swift cannot make itself: _GNU_SOURCE functions (setns, unshare, splice...),
-        // ioctls and kernel header constants.
-        .target(name: "CShim"),
-        .systemLibrary(name: "CNetlink", pkgConfig: "libnl-3.0",
-                       providers: [.apt(["libnl-3-dev"])]),
+        // C interop, one target per concern: calls Swift cannot make itself (_GNU_SOURCE
+        // functions, macros, ioctls), and the system libraries.
+        .target(name: "CProcess"),      // namespaces, threads, processes, signals
+        .target(name: "CSocket"),       // splice, accept4, recvmmsg/sendmmsg, packet info
+        .target(name: "CDetached"),     // detached helpers: batched netlink deletions, held descriptors
+        .target(name: "CFilesystem"),   // mounts, openat2, overlay whiteouts
+        .systemLibrary(name: "CNetlink", pkgConfig: "libnl-route-3.0",
+                       providers: [.apt(["libnl-3-dev", "libnl-route-3-dev"])]),
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3",
                        providers: [.apt(["libsqlite3-dev"])]),
         .systemLibrary(name: "CNftables", pkgConfig: "libnftnl",
                        providers: [.apt(["libnftnl-dev", "libmnl-dev"])]),
-        .target(name: "Netlink", dependencies: ["CShim", "CNetlink"]),
-        // nftables over netlink (libnftnl + libmnl); shares Netlink's socket protocol and parser.
-        .target(name: "Firewall", dependencies: ["CNftables", "Netlink"]),
-        // The userland relay: epoll loops, splice for TCP, batched UDP.
-        .target(name: "Proxy", dependencies: ["CShim", "Netlink"]),
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+
+        // The leaf: addresses and prefixes, socket and MAC addresses, process identity, the
+        // monotonic clock and timestamps, file and directory helpers.
+        .target(name: "Primitives"),
+
+        // rtnetlink: links, addresses, routes, network namespaces.
+        .target(name: "Netlink", dependencies: ["Primitives", "CNetlink", "CProcess", "CFilesystem", "CDetached"]),
+        // nftables and conntrack over netlink (libnftnl + libmnl); shares Netlink's socket protocol and parser.
+        .target(name: "Firewall", dependencies: ["Primitives", "Netlink", "CNftables"]),
+        // The userland relay: epoll loops, splice for TCP, batched UDP.
+        .target(name: "Proxy", dependencies: ["Primitives", "CSocket", "CProcess"]),
         // OCI images and `docker save` archives: verification, safe unpacking, the layer cache.
-        .target(name: "Images", dependencies: ["CShim", "CCrypto", "CZlib"]),
+        .target(name: "Images", dependencies: ["Primitives", "CFilesystem", "CCrypto", "CZlib"]),
+        // Networks, endpoints, IPAM, state, publishing and reconciliation: what runtimes embed.
         .target(name: "NetCore", dependencies: [
-            "Netlink", "Firewall", "Proxy", "CSQLite", "CShim",
+            "Primitives", "Netlink", "Firewall", "Proxy", "CSQLite", "CDetached", "CProcess",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // The proxy as a service: serves NetCore's proxied routes, follows state, publishes counters.
         // Runs images with runc on netctl networking: bundles, the monitor, container state.
         .target(name: "Runtime", dependencies: [
-            "Images", "NetCore", "Proxy", "CShim",
+            "Primitives", "Images", "NetCore", "Proxy", "CProcess", "CFilesystem",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // The CNI plugin: protocol, configuration and results.
+        .target(name: "CNI", dependencies: ["Primitives", "NetCore", "Netlink"]),
         .executableTarget(name: "netctl", dependencies: [
-            "NetCore", "Netlink", "Proxy", "Runtime", "Images",
+            "Primitives", "NetCore", "Netlink", "Proxy", "Runtime", "Images",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        // The CNI plugin: protocol, configuration and results (CNI), and the executable.
-        .target(name: "CNI", dependencies: ["NetCore", "Netlink"]),
         .executableTarget(name: "netctl-cni", dependencies: [
-            "CNI", .product(name: "Logging", package: "swift-log"),
+            "CNI", "Primitives", .product(name: "Logging", package: "swift-log"),
         ]),
-        .testTarget(name: "CNITests", dependencies: ["CNI", "NetCore"]),
-        .testTarget(name: "NetlinkTests", dependencies: ["Netlink"]),
-        .testTarget(name: "FirewallTests", dependencies: ["Firewall", "Netlink"]),
-        .testTarget(name: "NetCoreTests", dependencies: ["NetCore"]),
-        .testTarget(name: "ProxyTests", dependencies: ["Proxy", "Netlink", "CShim"]),
-        // Builds tar archives and OCI images for tests (crafted and hostile ones included).
-        .target(name: "TestSupport", dependencies: ["Images", "CZlib"], path: "Tests/TestSupport"),
-        .testTarget(name: "ImagesTests", dependencies: ["Images", "TestSupport"]),
-        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "NetCore"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["NetCore", "Netlink", "Firewall", "Proxy", "CShim", "TestSupport", "Images"],
+
+        // Test helpers: a mock netlink socket, tar archives and OCI images (crafted and hostile ones included).
+        .target(name: "TestSupport", dependencies: ["Primitives", "Netlink", "Images", "CZlib"], path: "Tests/TestSupport"),
+        .testTarget(name: "PrimitivesTests", dependencies: ["Primitives"]),
+        .testTarget(name: "CNITests", dependencies: ["CNI", "NetCore", "Primitives"]),
+        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "Primitives", "TestSupport", "CNetlink"]),
+        .testTarget(name: "FirewallTests", dependencies: ["Firewall", "Netlink", "Primitives", "TestSupport"]),
+        .testTarget(name: "NetCoreTests", dependencies: ["NetCore", "Netlink", "Primitives", "TestSupport", "CNetlink"]),
+        .testTarget(name: "ProxyTests", dependencies: ["Proxy", "Primitives", "CSocket"]),
+        .testTarget(name: "ImagesTests", dependencies: ["Images", "Primitives", "TestSupport"]),
+        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "NetCore", "Primitives"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["NetCore", "Netlink", "Firewall", "Proxy", "Primitives", "CProcess",
+                                                          "CSocket", "TestSupport", "Images"],
                     exclude: ["golden"]),  // read by path, see DNATTests
     ],
-    swiftLanguageModes: [.v5]
+    swiftLanguageModes: [.v6]
 )

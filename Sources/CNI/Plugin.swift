@@ -1,6 +1,7 @@
 import Glibc
 import NetCore
 import Netlink
+import Primitives
 
 /// The CNI plugin: one invocation is one call of `run`, from the environment and stdin to
 /// what goes to stdout and the exit status. Everything the protocol can refuse (environment,

@@ -1,6 +1,7 @@
 import CNftables
 import Glibc
 import Netlink
+import Primitives
 
 /// Connection tracking over ctnetlink. When a mapping is added or removed, the conntrack
 /// entries for its **host** port must go: otherwise a UDP client that never pauses keeps

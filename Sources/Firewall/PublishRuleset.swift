@@ -1,6 +1,7 @@
 import CNftables
 import Glibc
 import Netlink
+import Primitives
 
 /// One published port on the kernel path: traffic to hostIP:hostPort/proto (any local
 /// address when hostIP is nil) is DNATed to containerIP:containerPort.

@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Glibc
+import Primitives
 
 /// An image ready to run: its configuration and its unpacked layers, bottom first.
 public struct Image: Sendable {
@@ -167,7 +168,7 @@ public final class ImageStore {
         }
         var template = Array((scratchDirectory + "/layer-XXXXXX").utf8CString)
         guard mkdtemp(&template) != nil else { throw ImageError.io(what: "cannot create a scratch directory in \(scratchDirectory)", errno: errno) }
-        let scratch = String(cString: template)
+        let scratch = String(cBuffer: template)
         let scratchName = String(scratch.split(separator: "/").last!)
         let scratchParent = Glibc.open(scratchDirectory, O_DIRECTORY | O_RDONLY | O_CLOEXEC)
         defer { close(scratchParent) }
@@ -181,7 +182,7 @@ public final class ImageStore {
             do {
                 try LayerUnpacker(rootFD: root, layer: diffID.short).unpack(TarReader(uncompressed, what: what))
                 try uncompressed.drain()  // padding after the end marker counts toward the digest
-                if let blob { try raw.drain() }
+                if blob != nil { try raw.drain() }
             } catch {
                 // A blob that is not what the image says explains any failure reading it.
                 if let blob, (try? raw.drain()) != nil { try check(raw, expected: blob.digest, size: blob.size, what: what) }

@@ -1,5 +1,6 @@
-import CShim
+import CFilesystem
 import Glibc
+import Primitives
 
 /// Unpacks one layer tar into a directory, safely: every path is opened below the
 /// directory with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), so no entry can reach
@@ -55,7 +56,7 @@ struct LayerUnpacker {
         let name = String(leaf)
 
         if name == ".wh..wh..opq" {
-            let rc = cshim_set_opaque(parent)
+            let rc = cfs_set_opaque(parent)
             guard rc == 0 else { throw ImageError.io(what: "cannot mark \(entry.path) opaque", errno: -rc) }
             return
         }
@@ -63,7 +64,7 @@ struct LayerUnpacker {
             let hidden = String(name.dropFirst(4))
             guard !hidden.isEmpty, hidden != ".", hidden != ".." else { throw hostile(entry, "is a malformed whiteout") }
             try removeExisting(parent, hidden, entry: entry)
-            let rc = cshim_mknod_whiteout(parent, hidden)
+            let rc = cfs_mknod_whiteout(parent, hidden)
             guard rc == 0 else { throw ImageError.io(what: "cannot create whiteout \(entry.path)", errno: -rc) }
             return
         }
@@ -126,7 +127,7 @@ struct LayerUnpacker {
     }
 
     private func open(beneath dir: Int32, _ path: String, _ flags: Int32, entry: TarEntry) throws -> Int32 {
-        let fd = cshim_open_beneath(dir, path, flags, 0)
+        let fd = cfs_open_beneath(dir, path, flags, 0)
         if fd >= 0 { return fd }
         switch -fd {
         case ELOOP, EXDEV:
@@ -144,14 +145,14 @@ struct LayerUnpacker {
         var current = fcntl(rootFD, F_DUPFD_CLOEXEC, 0)
         for (i, part) in parts.enumerated() {
             let name = String(part)
-            var fd = cshim_open_beneath(current, name, O_DIRECTORY | O_RDONLY, 0)
+            var fd = cfs_open_beneath(current, name, O_DIRECTORY | O_RDONLY, 0)
             if fd == -ENOENT && create {
                 if mkdirat(current, name, 0o755) != 0 && errno != EEXIST {
                     let code = errno
                     close(current)
                     throw ImageError.io(what: "cannot create directory for \(entry.path)", errno: code)
                 }
-                fd = cshim_open_beneath(current, name, O_DIRECTORY | O_RDONLY, 0)
+                fd = cfs_open_beneath(current, name, O_DIRECTORY | O_RDONLY, 0)
             }
             close(current)
             guard fd >= 0 else {
@@ -193,15 +194,4 @@ struct LayerUnpacker {
         }
         fchmod(fd, mode_t(entry.mode & 0o7777))
     }
-}
-
-/// Removes `name` below the directory `parent`, recursively, never following symlinks.
-public func removeTree(_ parent: Int32, _ name: String) throws {
-    if unlinkat(parent, name, 0) == 0 || errno == ENOENT { return }
-    guard errno == EISDIR else { throw ImageError.io(what: "cannot remove \(name)", errno: errno) }
-    let fd = cshim_open_beneath(parent, name, O_DIRECTORY | O_RDONLY, 0)
-    guard fd >= 0 else { throw ImageError.io(what: "cannot open \(name)", errno: -fd) }
-    defer { close(fd) }
-    for child in try listDirectory(fd) { try removeTree(fd, child) }
-    guard unlinkat(parent, name, AT_REMOVEDIR) == 0 else { throw ImageError.io(what: "cannot remove \(name)", errno: errno) }
 }

@@ -1,5 +1,6 @@
-import CShim
+import CFilesystem
 import Glibc
+import Primitives
 
 /// A container's own root filesystem over shared, read-only unpacked layers: an overlay
 /// mount where the kernel has overlayfs, else a private copy with the layers' whiteouts
@@ -18,7 +19,7 @@ public enum RootFilesystem {
         if forced != .copy {
             // overlay lists the top layer first.
             let options = "lowerdir=\(layers.reversed().joined(separator: ":")),upperdir=\(directory)/upper,workdir=\(directory)/work"
-            let rc = cshim_mount_overlay(rootfs, options)
+            let rc = cfs_mount_overlay(rootfs, options)
             if rc == 0 { return .overlay }
             if forced == .overlay || (-rc != ENODEV && -rc != EINVAL && -rc != ENOTSUP) {
                 throw ImageError.io(what: "cannot mount the overlay root filesystem at \(rootfs)", errno: -rc)
@@ -38,7 +39,7 @@ public enum RootFilesystem {
 
     /// Unmounts (if mounted) and deletes the container's root filesystem and its writes.
     public static func remove(in directory: String) throws {
-        _ = cshim_umount_detach(directory + "/rootfs")
+        _ = cfs_umount_detach(directory + "/rootfs")
         let fd = open(directory, O_DIRECTORY | O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return }
         defer { close(fd) }
@@ -58,19 +59,19 @@ public enum RootFilesystem {
             var st = stat()
             guard fstatat(source, name, &st, AT_SYMLINK_NOFOLLOW) == 0 else { throw ImageError.io(what: "cannot stat \(name)", errno: errno) }
             let type = st.st_mode & S_IFMT
-            if cshim_is_whiteout(UInt32(st.st_mode), UInt(st.st_rdev)) != 0 {
+            if cfs_is_whiteout(UInt32(st.st_mode), UInt(st.st_rdev)) != 0 {
                 try removeTree(target, name)
                 continue
             }
             var existing = stat()
             let exists = fstatat(target, name, &existing, AT_SYMLINK_NOFOLLOW) == 0
             if type == S_IFDIR {
-                let child = cshim_open_beneath(source, name, O_DIRECTORY | O_RDONLY, 0)
+                let child = cfs_open_beneath(source, name, O_DIRECTORY | O_RDONLY, 0)
                 guard child >= 0 else { throw ImageError.io(what: "cannot open \(name)", errno: -child) }
                 defer { close(child) }
-                if exists && ((existing.st_mode & S_IFMT) != S_IFDIR || cshim_is_opaque(child) == 1) { try removeTree(target, name) }
+                if exists && ((existing.st_mode & S_IFMT) != S_IFDIR || cfs_is_opaque(child) == 1) { try removeTree(target, name) }
                 if mkdirat(target, name, 0o700) != 0 && errno != EEXIST { throw ImageError.io(what: "cannot create \(name)", errno: errno) }
-                let copy = cshim_open_beneath(target, name, O_DIRECTORY | O_RDONLY, 0)
+                let copy = cfs_open_beneath(target, name, O_DIRECTORY | O_RDONLY, 0)
                 guard copy >= 0 else { throw ImageError.io(what: "cannot open \(name)", errno: -copy) }
                 defer { close(copy) }
                 fchown(copy, st.st_uid, st.st_gid)
@@ -123,18 +124,4 @@ public enum RootFilesystem {
         var times = [st.st_atim, st.st_mtim]
         futimens(output, &times)
     }
-}
-
-/// The names in a directory, without "." and "..".
-public func listDirectory(_ fd: Int32) throws -> [String] {
-    let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
-    guard let dir = fdopendir(copy) else { close(copy); throw ImageError.io(what: "cannot list a directory", errno: errno) }
-    defer { closedir(dir) }
-    rewinddir(dir)
-    var names: [String] = []
-    while let item = readdir(dir) {
-        let name = withUnsafeBytes(of: item.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-        if name != "." && name != ".." { names.append(name) }
-    }
-    return names
 }

@@ -1,5 +1,6 @@
 import Glibc
 import Netlink
+import Primitives
 
 /// The host side of an endpoint as the kernel has it: what a runtime reports about the
 /// links it was given (e.g. a CNI result's interfaces).

@@ -1,4 +1,5 @@
 import Netlink
+import Primitives
 
 /// Address allocation within one subnet. The caller holds the state database's write lock,
 /// so the leases it passes in are complete and the choice cannot race another process.

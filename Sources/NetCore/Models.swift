@@ -1,4 +1,5 @@
 import Netlink
+import Primitives
 
 /// A bridge network: one Linux bridge, an IPv4 subnet and optionally an IPv6 one.
 public struct Network: Codable, Equatable, Sendable {
@@ -9,7 +10,7 @@ public struct Network: Codable, Equatable, Sendable {
     public var subnet6: String?
     public var gateway6: String?
     public var mtu: Int
-    public var created: String
+    public var created: Timestamp
 
     var ipv4Subnet: IPNetwork { IPNetwork(subnet)! }
     var ipv4Gateway: IPAddress { IPAddress(gateway)! }
@@ -46,7 +47,7 @@ public struct Endpoint: Codable, Equatable, Sendable {
     /// True when netctl created the namespace (attach --new) and removes it on detach.
     public var ownsNetns: Bool
     public var state: State
-    public var created: String
+    public var created: Timestamp
 
     var namespaceIdentity: NetworkNamespace.Identity? = nil
 
@@ -64,42 +65,5 @@ public struct Endpoint: Codable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey {
         case id, name, network, hostInterface, interface, mac, ipv4, ipv6, gateway, gateway6,
              netns, pid, ownsNetns, state, created
-    }
-}
-
-/// A process, robust to PID reuse: the PID plus its start time in clock ticks.
-struct ProcessIdentity: Equatable, Sendable {
-    var pid: Int32
-    var startTime: UInt64
-
-    static func current() -> ProcessIdentity {
-        let pid = getpidSafe()
-        return ProcessIdentity(pid: pid, startTime: startTime(of: pid) ?? 0)
-    }
-
-    var isAlive: Bool {
-        guard let now = ProcessIdentity.startTime(of: pid) else { return false }
-        return now == startTime
-    }
-
-    var encoded: String { "\(pid):\(startTime)" }
-
-    init(pid: Int32, startTime: UInt64) {
-        self.pid = pid
-        self.startTime = startTime
-    }
-
-    init?(encoded: String) {
-        let parts = encoded.split(separator: ":")
-        guard parts.count == 2, let pid = Int32(parts[0]), let start = UInt64(parts[1]) else { return nil }
-        self.init(pid: pid, startTime: start)
-    }
-
-    /// Field 22 of /proc/PID/stat; nil when the process is gone.
-    static func startTime(of pid: Int32) -> UInt64? {
-        guard let stat = readFile("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        // fields[0] is field 3 (state), so field 22 is fields[19].
-        return fields.count > 19 ? UInt64(fields[19]) : nil
     }
 }

@@ -1,8 +1,9 @@
-import CShim
+import CDetached
 import Firewall
 import Glibc
 import Logging
 import Netlink
+import Primitives
 
 /// What `network create` asks for; nil fields get defaults.
 public struct NetworkSpec: Sendable {
@@ -139,7 +140,7 @@ public final class NetworkManager {
         guard firewallClient?.sentRemovals == true else { return }
         let descriptors = [firewallClient?.descriptor, conntrackClient?.descriptor].compactMap { $0 }
         guard !descriptors.isEmpty else { return }
-        _ = descriptors.withUnsafeBufferPointer { cshim_hold_until_exit($0.baseAddress, Int32($0.count)) }
+        _ = descriptors.withUnsafeBufferPointer { cdetached_hold_until_exit($0.baseAddress, Int32($0.count)) }
     }
 
     /// The nftables client, opened on first use (in the namespace of the thread that made
@@ -232,7 +233,7 @@ public final class NetworkManager {
                 name: spec.name, bridge: bridge, subnet: "\(chosen)",
                 gateway: "\(gateway ?? NetworkManager.defaultGateway(of: chosen))",
                 subnet6: subnet6.map { "\($0)" }, gateway6: subnet6.map { "\(gateway6 ?? NetworkManager.defaultGateway(of: $0))" },
-                mtu: mtu, created: timestamp())
+                mtu: mtu, created: .now())
             try store.insert(network)
             return network
         }
@@ -421,7 +422,7 @@ public final class NetworkManager {
                 ipv4: "\(ipv4)/\(network.ipv4Subnet.prefixLength)",
                 ipv6: zip2(ipv6, network.ipv6Subnet).map { "\($0)/\($1.prefixLength)" },
                 gateway: network.gateway, gateway6: network.gateway6, netns: netnsPath, pid: pid,
-                ownsNetns: namespace == nil, state: .creating, created: timestamp(),
+                ownsNetns: namespace == nil, state: .creating, created: .now(),
                 namespaceIdentity: namespace?.identity, owner: .current())
             try store.insert(endpoint)
             return endpoint
@@ -705,15 +706,4 @@ public final class NetworkManager {
 func zip2<A, B>(_ a: A?, _ b: B?) -> (A, B)? {
     guard let a, let b else { return nil }
     return (a, b)
-}
-
-func listDirectory(_ path: String) -> [String] {
-    guard let dir = opendir(path) else { return [] }
-    defer { closedir(dir) }
-    var names: [String] = []
-    while let entry = readdir(dir) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-        if name != "." && name != ".." { names.append(name) }
-    }
-    return names.sorted()
 }

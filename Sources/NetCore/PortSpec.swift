@@ -1,4 +1,5 @@
 import Netlink
+import Primitives
 
 /// One port mapping as Docker's `-p` reads it: `[hostIP:][hostPort[-end]:]containerPort[-end][/proto]`.
 public struct PortMapping: Codable, Equatable, Hashable, Sendable {

@@ -1,6 +1,7 @@
 import Firewall
 import Glibc
 import Netlink
+import Primitives
 import Proxy
 
 /// What carries a published port's traffic.

@@ -1,8 +1,9 @@
-import CShim
+import CProcess
 import FoundationEssentials
 import Glibc
 import Logging
 import Netlink
+import Primitives
 import Proxy
 
 extension NetworkManager {
@@ -142,7 +143,7 @@ public final class ProxyService {
             if trimDue {
                 // The encoding's buffers (megabytes for 10,000 ports) are free, but malloc
                 // keeps their pages: without this the RSS stays at its high-water mark.
-                cshim_release_free_memory()
+                cproc_release_free_memory()
                 trimDue = false
             }
             return false
@@ -153,7 +154,7 @@ public final class ProxyService {
         nextWrite = end + 50 * (end - start)
         // After a change of routes at once (rare, and it leaves the most garbage); while
         // traffic flows, once it rests: a trim per write would only fault the pages back in.
-        if routesChanged { cshim_release_free_memory() } else { trimDue = true }
+        if routesChanged { cproc_release_free_memory() } else { trimDue = true }
         return true
     }
 
@@ -268,7 +269,7 @@ public final class MetricsEndpoint: @unchecked Sendable {
         pthread_mutex_init(&lock, nil)
         var thread = pthread_t()
         let context = Unmanaged.passRetained(self).toOpaque()
-        let rc = cshim_thread_start(&thread, { raw in
+        let rc = cproc_thread_start(&thread, { raw in
             Unmanaged<MetricsEndpoint>.fromOpaque(raw!).takeRetainedValue().serve()
         }, context)
         guard rc == 0 else {

@@ -1,6 +1,6 @@
 import Glibc
 import Netlink
-import Proxy  // monotonicNanoseconds
+import Primitives
 
 /// netctl's state: networks and endpoints in SQLite (WAL mode), shared safely by every
 /// netctl process and library user on the machine. Address leases are the endpoints'
@@ -133,7 +133,7 @@ final class StateStore {
     func insert(_ n: Network) throws {
         try db.run("INSERT INTO networks (\(StateStore.networkColumns)) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                    [.text(n.name), .text(n.bridge), .text(n.subnet), .text(n.gateway), n.subnet6.sqlite,
-                    n.gateway6.sqlite, .integer(Int64(n.mtu)), .text(n.created)])
+                    n.gateway6.sqlite, .integer(Int64(n.mtu)), .text(n.created.description)])
     }
 
     func deleteNetwork(named name: String) throws {
@@ -153,7 +153,7 @@ final class StateStore {
     private static func network(_ row: [SQLiteValue]) -> Network {
         Network(name: row[0].string!, bridge: row[1].string!, subnet: row[2].string!, gateway: row[3].string!,
                 subnet6: row[4].string, gateway6: row[5].string, mtu: Int(row[6].int ?? 1500),
-                created: row[7].string!)
+                created: Timestamp(iso8601: row[7].string!) ?? Timestamp(secondsSinceEpoch: 0))
     }
 
     // MARK: Endpoints
@@ -200,7 +200,7 @@ final class StateStore {
              e.namespaceIdentity.map { .integer(Int64(bitPattern: $0.device)) } ?? .null,
              e.namespaceIdentity.map { .integer(Int64(bitPattern: $0.inode)) } ?? .null,
              e.pid.map { .integer(Int64($0)) } ?? .null, .integer(e.ownsNetns ? 1 : 0), .text(e.state.rawValue),
-             .text(e.owner.encoded), .text(e.created)])
+             .text(e.owner.encoded), .text(e.created.description)])
     }
 
     func update(endpoint id: String, state: Endpoint.State, owner: ProcessIdentity? = nil,
@@ -277,7 +277,7 @@ final class StateStore {
             ipv6: r[7].string.map { "\($0)/\(subnet6?.prefixLength ?? 64)" },
             gateway: r[17].string!, gateway6: r[19].string, netns: r[8].string!, pid: r[11].int.map { Int32($0) },
             ownsNetns: r[12].int == 1, state: Endpoint.State(rawValue: r[13].string!) ?? .removing,
-            created: r[15].string!, namespaceIdentity: identity,
+            created: Timestamp(iso8601: r[15].string!) ?? Timestamp(secondsSinceEpoch: 0), namespaceIdentity: identity,
             owner: ProcessIdentity(encoded: r[14].string!) ?? ProcessIdentity(pid: 0, startTime: 0))
     }
 }

@@ -1,4 +1,5 @@
 import Netlink
+import Primitives
 
 /// Input checks shared by every entry point; each throws a NetctlError and changes nothing.
 enum Validate {

@@ -1,5 +1,5 @@
+import CNetlink
 import Glibc
-import CShim
 
 /// Netlink header flags and message types we use, typed once so callers never cast.
 public enum NetlinkFlags {

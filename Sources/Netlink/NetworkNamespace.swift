@@ -1,10 +1,11 @@
-import CShim
+import CFilesystem
+import CProcess
 import Glibc
 
 /// An open network namespace. Work inside it happens on a dedicated OS thread that enters
 /// the namespace, does the work and exits: `setns` changes only the calling thread, and a
 /// Swift concurrency thread left in another namespace would run unrelated tasks there.
-public final class NetworkNamespace {
+public final class NetworkNamespace: Sendable {
     public let fd: Int32
     /// Where it was opened from: a bind-mounted file or /proc/PID/ns/net.
     public let path: String
@@ -27,7 +28,7 @@ public final class NetworkNamespace {
         guard fd >= 0 else {
             throw NamespaceError.cannotOpen(path: path, code: errno)
         }
-        let kind = cshim_is_netns(fd)
+        let kind = cproc_is_netns(fd)
         guard kind == 1 else {
             close(fd)
             if kind < 0 { throw NamespaceError.cannotOpen(path: path, code: -kind) }
@@ -60,7 +61,7 @@ public final class NetworkNamespace {
         let fd = self.fd
         return try withoutActuallyEscaping(body) { body in
             try NetworkNamespace.onNewThread {
-                try check("entering network namespace \(self.path)", cshim_setns(fd, Int32(CSHIM_CLONE_NEWNET)))
+                try check("entering network namespace \(self.path)", cproc_setns(fd, Int32(CPROC_CLONE_NEWNET)))
                 return try body()
             }
         }
@@ -75,12 +76,12 @@ public final class NetworkNamespace {
         close(placeholder)
         do {
             try onNewThread {
-                try check("creating a network namespace", cshim_unshare(Int32(CSHIM_CLONE_NEWNET)))
-                try check("bind-mounting the namespace at \(path)", cshim_bind_mount("/proc/thread-self/ns/net", path))
+                try check("creating a network namespace", cproc_unshare(Int32(CPROC_CLONE_NEWNET)))
+                try check("bind-mounting the namespace at \(path)", cfs_bind_mount("/proc/thread-self/ns/net", path))
             }
             return try NetworkNamespace(path: path)
         } catch {
-            _ = cshim_umount_detach(path)
+            _ = cfs_umount_detach(path)
             unlink(path)
             throw error
         }
@@ -89,7 +90,7 @@ public final class NetworkNamespace {
     /// Unmounts and removes a namespace created by `create(at:)`. The namespace itself
     /// disappears, with every interface in it, once nothing else holds it.
     public static func remove(at path: String) throws {
-        let rc = cshim_umount_detach(path)
+        let rc = cfs_umount_detach(path)
         if rc < 0 && -rc != EINVAL && -rc != ENOENT {
             throw NamespaceError.cannotRemove(path: path, code: -rc)
         }
@@ -104,7 +105,7 @@ public final class NetworkNamespace {
             var result: Result<T, Error>?
             let box = ThreadWork { result = Result { try body() } }
             let context = Unmanaged.passRetained(box)
-            let rc = cshim_run_on_new_thread({ raw in
+            let rc = cproc_run_on_new_thread({ raw in
                 Unmanaged<ThreadWork>.fromOpaque(raw!).takeUnretainedValue().work()
             }, context.toOpaque())
             context.release()

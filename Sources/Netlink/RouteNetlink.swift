@@ -1,5 +1,6 @@
-import CShim
+import CNetlink
 import Glibc
+import Primitives
 
 /// One rtnetlink request: the message, the words that name it in an error, and the errors
 /// that count as success (ENODEV for an idempotent delete, say).

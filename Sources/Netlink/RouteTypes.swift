@@ -1,5 +1,6 @@
-import CShim
+import CNetlink
 import Glibc
+import Primitives
 
 /// A network interface as the kernel reports it.
 public struct Link: Sendable, Equatable {

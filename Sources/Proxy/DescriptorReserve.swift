@@ -1,4 +1,4 @@
-import CShim
+import CSocket
 import Glibc
 import Synchronization
 
@@ -69,7 +69,7 @@ final class DescriptorReserve: @unchecked Sendable {
             state.add(1, ordering: .sequentiallyConsistent)  // held (odd) + 1: out, and counted
             close(fd)
             fd = -1
-            let dropped = cshim_accept_nonblocking(listener, nil)
+            let dropped = csock_accept_nonblocking(listener, nil)
             if dropped >= 0 { close(dropped) }
             _ = open(&fd)
             switch dropped >= 0 ? 0 : -dropped {

@@ -1,6 +1,7 @@
-import CShim
+import CProcess
+import CSocket
 import Glibc
-import Netlink
+import Primitives
 
 /// The userland proxy: one process (or one library object inside a runtime) serving every
 /// route, one epoll loop per core. Routes change while it runs (`update`); `stop` drains.
@@ -115,7 +116,7 @@ public final class ProxyServer {
         for worker in workers {
             var thread = pthread_t()
             let context = Unmanaged.passRetained(worker).toOpaque()
-            let rc = cshim_thread_start(&thread, { raw in
+            let rc = cproc_thread_start(&thread, { raw in
                 let worker = Unmanaged<Worker>.fromOpaque(raw!).takeRetainedValue()
                 worker.run()
             }, context)
@@ -128,10 +129,10 @@ public final class ProxyServer {
         // One worker per CPU: each bound to its own. Best effort, all or none: unbound
         // workers still work.
         if options.pinWorkers && workers.count == cpus.count {
-            if zip(threads, cpus).allSatisfy({ thread, cpu in withUnsafePointer(to: cpu) { cshim_set_thread_cpus(thread, $0, 1) } == 0 }) {
+            if zip(threads, cpus).allSatisfy({ thread, cpu in withUnsafePointer(to: cpu) { cproc_set_thread_cpus(thread, $0, 1) } == 0 }) {
                 boundCPUs = cpus
             } else {
-                threads.forEach { _ = cshim_set_thread_cpus($0, cpus, Int32(cpus.count)) }
+                threads.forEach { _ = cproc_set_thread_cpus($0, cpus, Int32(cpus.count)) }
             }
         }
     }
@@ -151,7 +152,7 @@ public final class ProxyServer {
 
     static func cpus(of thread: pthread_t) -> [Int32] {
         var cpus = [Int32](repeating: 0, count: 1024)
-        let n = cshim_thread_cpus(thread, &cpus, Int32(cpus.count))
+        let n = cproc_thread_cpus(thread, &cpus, Int32(cpus.count))
         return Array(cpus.prefix(max(0, Int(n))))
     }
 
@@ -164,7 +165,7 @@ public final class ProxyServer {
         defer { close(probe) }
         var name = [CChar](repeating: 0, count: 32)
         var length = socklen_t(name.count - 1)
-        let system = getsockopt(probe, Int32(IPPROTO_TCP), TCP_CONGESTION, &name, &length) == 0 ? String(cString: name) : ""
+        let system = getsockopt(probe, Int32(IPPROTO_TCP), TCP_CONGESTION, &name, &length) == 0 ? String(cBuffer: name) : ""
         guard let wanted, !wanted.isEmpty, wanted != system else { return (system, false) }
         let set = wanted.withCString { setsockopt(probe, Int32(IPPROTO_TCP), TCP_CONGESTION, $0, socklen_t(strlen($0))) } == 0
         return set ? (wanted, true) : (system, false)
@@ -299,7 +300,7 @@ public final class ProxyServer {
                 // Each connection goes to the worker on the CPU that took its SYN, whose caches
                 // hold it; a program's socket that joins the port later gets none. (Without the
                 // program the kernel picks by hash, among any sockets that joined.)
-                _ = cshim_reuseport_by_cpu(fds[0], cpus, Int32(cpus.count))
+                _ = csock_reuseport_by_cpu(fds[0], cpus, Int32(cpus.count))
             }
         } catch {
             fds.forEach { close($0) }
@@ -320,7 +321,7 @@ public final class ProxyServer {
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, size)  // accepted sockets inherit it
         }
         if !route.listen.ip.isIPv4 { setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, size) }
-        if route.proto == .udp && route.listen.isWildcard { _ = cshim_enable_pktinfo(fd, route.listen.ip.isIPv4 ? 0 : 1) }
+        if route.proto == .udp && route.listen.isWildcard { _ = csock_enable_pktinfo(fd, route.listen.ip.isIPv4 ? 0 : 1) }
         let bound = route.listen.withSockaddr { bind(fd, $0, $1) }
         if bound != 0 {
             let code = errno

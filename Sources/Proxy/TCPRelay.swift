@@ -1,5 +1,6 @@
-import CShim
+import CSocket
 import Glibc
+import Primitives
 
 /// One relayed TCP connection. Lives in a slot array that is reused, so accepting a
 /// connection allocates nothing.
@@ -44,7 +45,7 @@ extension Worker {
         guard let listener = listeners[slot] else { return }
         while true {
             var peer = sockaddr_storage()
-            let fd = cshim_accept_nonblocking(listener.fd, &peer)
+            let fd = csock_accept_nonblocking(listener.fd, &peer)
             if fd >= 0 {
                 if let other = lighterSibling() {
                     other.load.add(1, ordering: .relaxed)  // now, so a burst spreads instead of all following
@@ -62,7 +63,7 @@ extension Worker {
                 // (the client sees a close, not a hang).
                 if closeSparePipes() { continue }
                 switch reserve.shed(listener: listener.fd) {
-                case .dropped: listener.counters.add(Counters.failures); continue
+                case .dropped: listener.counters.add(.failures); continue
                 case .empty: return
                 case .failed: retryAccept.insert(slot); return
                 }
@@ -109,7 +110,7 @@ extension Worker {
         guard backend >= 0, let permit, reserve.kept(permit) else {
             if backend >= 0 { close(backend) }
             load.subtract(1, ordering: .relaxed)
-            listener.counters.add(Counters.failures)
+            listener.counters.add(.failures)
             abort(client)
             return
         }
@@ -131,7 +132,7 @@ extension Worker {
         let rc = withUnsafePointer(to: &target) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(backend, $0, listener.backendLength) } }
         if rc != 0 && errno != EINPROGRESS {
             load.subtract(1, ordering: .relaxed)
-            listener.counters.add(Counters.failures)
+            listener.counters.add(.failures)
             close(backend)
             abort(client)
             return
@@ -142,8 +143,8 @@ extension Worker {
                                        counters: listener.counters, proxyProtocol: route.proxyProtocol, establishing: true, deadline: monotonicNanoseconds() + options.connectTimeout, peer: peer)
         watch(client, Worker.connectionToken(slot: slot, generation: generation, backend: false), Worker.edgeRead)
         watch(backend, Worker.connectionToken(slot: slot, generation: generation, backend: true), Worker.edgeAll)
-        listener.counters.add(Counters.connections)
-        listener.counters.add(Counters.active)
+        listener.counters.add(.connections)
+        listener.counters.add(.active)
         if rc == 0 {
             // Connected at once: nothing is known of either side, so both are read to EAGAIN.
             connections[slot].clientWaiting = EPOLLIN.rawValue | Worker.hangupEvents
@@ -202,7 +203,7 @@ extension Worker {
     /// The backend refused or never answered: the client gets a reset at once.
     private func refuse(_ slot: Int) {
         connecting.remove(slot)
-        connections[slot].counters?.add(Counters.failures)
+        connections[slot].counters?.add(.failures)
         reset(slot, both: true)
     }
 
@@ -220,7 +221,7 @@ extension Worker {
         if up {
             switch pump(&connections[slot].up, from: client, to: backend, hangup: hangup, otherShut: connections[slot].down.shut,
                         last: finishing == .up) {
-            case .moved(let bytes): if bytes > 0 { counters?.add(Counters.bytesIn, UInt64(bytes)) }
+            case .moved(let bytes): if bytes > 0 { counters?.add(.bytesIn, UInt64(bytes)) }
             case .sourceFailed: return reset(slot, toBackend: true)
             case .destinationFailed: return reset(slot, toBackend: false)
             }
@@ -228,7 +229,7 @@ extension Worker {
         if down {
             switch pump(&connections[slot].down, from: backend, to: client, hangup: hangup, otherShut: connections[slot].up.shut,
                         last: finishing == .down) {
-            case .moved(let bytes): if bytes > 0 { counters?.add(Counters.bytesOut, UInt64(bytes)) }
+            case .moved(let bytes): if bytes > 0 { counters?.add(.bytesOut, UInt64(bytes)) }
             case .sourceFailed: return reset(slot, toBackend: false)
             case .destinationFailed: return reset(slot, toBackend: true)
             }
@@ -289,7 +290,7 @@ extension Worker {
                 if d.pipe == nil { d.pipe = takePipe() }
                 guard let pipe = d.pipe else { return .sourceFailed }
                 let room = capacity - d.pending
-                let n = cshim_splice(source, pipe.write, room, UInt32(CSHIM_SPLICE_F_MOVE | CSHIM_SPLICE_F_NONBLOCK))
+                let n = csock_splice(source, pipe.write, room, UInt32(CSOCK_SPLICE_F_MOVE | CSOCK_SPLICE_F_NONBLOCK))
                 if n > 0 {
                     // (A short splice doesn't prove the socket empty: the pipe may have run
                     // out of slots first. So no `drained` here.)
@@ -301,8 +302,8 @@ extension Worker {
                 }
             }
             if d.pending > 0, let pipe = d.pipe {
-                let n = cshim_splice(pipe.read, destination, d.pending,
-                                     UInt32(CSHIM_SPLICE_F_MOVE | CSHIM_SPLICE_F_NONBLOCK | (last ? CSHIM_SPLICE_F_MORE : 0)))
+                let n = csock_splice(pipe.read, destination, d.pending,
+                                     UInt32(CSOCK_SPLICE_F_MOVE | CSOCK_SPLICE_F_NONBLOCK | (last ? CSOCK_SPLICE_F_MORE : 0)))
                 if n > 0 {
                     d.pending -= n; progress = true
                 } else if n != -Int(EAGAIN) && n != -Int(EINTR) {
@@ -355,7 +356,7 @@ extension Worker {
         if let pipe = c.up.pipe { givePipe(pipe, empty: c.up.pending == 0) }
         if let pipe = c.down.pipe { givePipe(pipe, empty: c.down.pending == 0) }
         connecting.remove(slot)
-        c.counters?.subtract(Counters.active)
+        c.counters?.subtract(.active)
         load.subtract(1, ordering: .relaxed)
         connections[slot] = Connection(generation: c.generation)  // kept: the next use bumps it
         freeConnections.append(slot)

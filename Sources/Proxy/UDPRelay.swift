@@ -1,6 +1,6 @@
-import CShim
+import CSocket
 import Glibc
-import Netlink
+import Primitives
 
 /// A UDP flow: one client (address, and the local address it sent to) and the connected
 /// socket that speaks for it to the backend.
@@ -42,7 +42,7 @@ final class UDPBuffers {
     static let maxSegmentBytes = 65000
     let batch: Int
     let data: UnsafeMutableRawPointer
-    let messages: UnsafeMutablePointer<cshim_mmsghdr>
+    let messages: UnsafeMutablePointer<csock_mmsghdr>
     let vectors: UnsafeMutablePointer<iovec>
     let names: UnsafeMutablePointer<sockaddr_storage>
     let controls: UnsafeMutableRawPointer
@@ -56,7 +56,7 @@ final class UDPBuffers {
         messages = .allocate(capacity: batch)
         vectors = .allocate(capacity: batch)
         names = .allocate(capacity: batch)
-        controls = UnsafeMutableRawPointer.allocate(byteCount: batch * Int(CSHIM_PKTINFO_SPACE), alignment: 16)
+        controls = UnsafeMutableRawPointer.allocate(byteCount: batch * Int(CSOCK_PKTINFO_SPACE), alignment: 16)
         flowOf = [Int](repeating: -1, count: batch)
         segments = .allocate(capacity: batch)
     }
@@ -66,7 +66,7 @@ final class UDPBuffers {
         segments.deallocate()
     }
 
-    func control(_ i: Int) -> UnsafeMutableRawPointer { controls + i * Int(CSHIM_PKTINFO_SPACE) }
+    func control(_ i: Int) -> UnsafeMutableRawPointer { controls + i * Int(CSOCK_PKTINFO_SPACE) }
 
     /// Makes message k send `count` received datagrams from i on, on a connected socket (no
     /// name, no control).
@@ -85,7 +85,7 @@ final class UDPBuffers {
                 msg_name: withNames ? UnsafeMutableRawPointer(names + i) : nil,
                 msg_namelen: withNames ? socklen_t(MemoryLayout<sockaddr_storage>.size) : 0,
                 msg_iov: vectors + i, msg_iovlen: 1,
-                msg_control: withNames ? control(i) : nil, msg_controllen: withNames ? Int(CSHIM_PKTINFO_SPACE) : 0,
+                msg_control: withNames ? control(i) : nil, msg_controllen: withNames ? Int(CSOCK_PKTINFO_SPACE) : 0,
                 msg_flags: 0)
         }
     }
@@ -99,7 +99,7 @@ extension Worker {
         let b = udp
         while true {
             b.prepareReceive(withNames: true)
-            let count = Int(cshim_recvmmsg(listener.fd, b.messages, UInt32(b.batch), Int32(MSG_DONTWAIT)))
+            let count = Int(csock_recvmmsg(listener.fd, b.messages, UInt32(b.batch), Int32(MSG_DONTWAIT)))
             guard count > 0 else { return }
             let now = monotonicNanoseconds()
             var bytes: UInt64 = 0
@@ -108,8 +108,8 @@ extension Worker {
                 b.vectors[i].iov_len = Int(b.messages[i].msg_len)
                 bytes += UInt64(b.messages[i].msg_len)
             }
-            listener.counters.add(Counters.packetsIn, UInt64(count))
-            listener.counters.add(Counters.bytesIn, bytes)
+            listener.counters.add(.packetsIn, UInt64(count))
+            listener.counters.add(.bytesIn, bytes)
             var start = 0
             while start < count {
                 var end = start + 1
@@ -117,9 +117,9 @@ extension Worker {
                 let flow = b.flowOf[start]
                 if flow >= 0 {
                     let lost = send(start..<end, on: flow)
-                    if lost > 0 { listener.counters.add(Counters.failures, UInt64(lost)) }
+                    if lost > 0 { listener.counters.add(.failures, UInt64(lost)) }
                 } else {
-                    listener.counters.add(Counters.failures, UInt64(end - start))
+                    listener.counters.add(.failures, UInt64(end - start))
                 }
                 start = end
             }
@@ -152,18 +152,18 @@ extension Worker {
                 }
             }
             b.send(out, datagrams: i, count: j - i)
-            if j - i > 1 { cshim_set_udp_segment(&b.messages[out].msg_hdr, b.control(out), UInt16(size)) }
+            if j - i > 1 { csock_set_udp_segment(&b.messages[out].msg_hdr, b.control(out), UInt16(size)) }
             out += 1
             i = j
         }
         let first = range.lowerBound
-        let sent = Int(cshim_sendmmsg(flows[flow].backend, b.messages + first, UInt32(out - first), Int32(MSG_DONTWAIT)))
+        let sent = Int(csock_sendmmsg(flows[flow].backend, b.messages + first, UInt32(out - first), Int32(MSG_DONTWAIT)))
         if (sent == -Int(EIO) || sent == -Int(EINVAL)) && b.segments[first] > 1 {
             // Refused (no checksum offload toward the backend, say): one message per
             // datagram, from now on.
             udpSegmentation = false
             for i in range { b.send(i, datagrams: i, count: 1) }
-            return range.count - max(0, Int(cshim_sendmmsg(flows[flow].backend, b.messages + first, UInt32(range.count), Int32(MSG_DONTWAIT))))
+            return range.count - max(0, Int(csock_sendmmsg(flows[flow].backend, b.messages + first, UInt32(range.count), Int32(MSG_DONTWAIT))))
         }
         var delivered = 0
         for k in 0..<max(0, sent) { delivered += b.segments[first + k] }
@@ -174,7 +174,7 @@ extension Worker {
     private func flow(for i: Int, listener listenerSlot: Int, now: UInt64) -> Int? {
         guard let listener = listeners[listenerSlot], let client = SocketAddress(udp.names[i]) else { return nil }
         var local = sockaddr_storage()
-        let hasLocal = listener.route.listen.isWildcard && cshim_pktinfo_destination(&udp.messages[i].msg_hdr, &local) == 1
+        let hasLocal = listener.route.listen.isWildcard && csock_pktinfo_destination(&udp.messages[i].msg_hdr, &local) == 1
         let key = FlowKey(listener: listenerSlot, client: client, local: hasLocal ? SocketAddress(local)?.ip : nil)
         if let existing = flowIndex[key] {
             touch(existing, now: now)  // now, not after the send: this batch uses it
@@ -195,15 +195,15 @@ extension Worker {
         }
         // Segments must each fit the path unfragmented: the MTU less the IP and UDP headers.
         let v6 = listener.route.backend.family == AF_INET6
-        let mtu = Int(cshim_path_mtu(fd, v6 ? 1 : 0))
+        let mtu = Int(csock_path_mtu(fd, v6 ? 1 : 0))
         let slot = freeFlows.popLast() ?? { flows.append(Flow()); return flows.count - 1 }()
         flows[slot] = Flow(inUse: true, backend: fd, listener: listenerSlot, counters: listener.counters, client: udp.names[i], clientLength: udp.messages[i].msg_hdr.msg_namelen,
                            local: local, hasLocal: hasLocal, lastActive: now, segmentLimit: max(0, mtu - (v6 ? 48 : 28)), key: key)
         flowIndex[key] = slot
         appendNewest(slot)
         watch(fd, Worker.token(.flow, slot), Worker.edgeIn)
-        listener.counters.add(Counters.connections)
-        listener.counters.add(Counters.active)
+        listener.counters.add(.connections)
+        listener.counters.add(.active)
         return slot
     }
 
@@ -213,14 +213,14 @@ extension Worker {
         let b = udp
         while true {
             b.prepareReceive(withNames: false)
-            let count = Int(cshim_recvmmsg(flows[slot].backend, b.messages, UInt32(b.batch), Int32(MSG_DONTWAIT)))
+            let count = Int(csock_recvmmsg(flows[slot].backend, b.messages, UInt32(b.batch), Int32(MSG_DONTWAIT)))
             if count == -Int(ECONNREFUSED) { continue }  // an ICMP error for an earlier datagram
             guard count > 0 else { return }
             // Every reply of the batch goes to the same client from the same address: one
             // destination and one packet-info block, shared by all the messages.
             b.names[0] = flows[slot].client
             if flows[slot].hasLocal {
-                withUnsafePointer(to: &flows[slot].local) { cshim_set_pktinfo_source(&b.messages[0].msg_hdr, b.control(0), $0) }
+                withUnsafePointer(to: &flows[slot].local) { csock_set_pktinfo_source(&b.messages[0].msg_hdr, b.control(0), $0) }
             }
             var bytes: UInt64 = 0
             for i in 0..<count {
@@ -233,10 +233,10 @@ extension Worker {
                     b.messages[i].msg_hdr.msg_controllen = b.messages[0].msg_hdr.msg_controllen
                 }
             }
-            listener.counters.add(Counters.packetsOut, UInt64(count))
-            listener.counters.add(Counters.bytesOut, bytes)
-            let sent = cshim_sendmmsg(listener.fd, b.messages, UInt32(count), Int32(MSG_DONTWAIT))
-            if sent < count { listener.counters.add(Counters.failures, UInt64(count - max(0, Int(sent)))) }
+            listener.counters.add(.packetsOut, UInt64(count))
+            listener.counters.add(.bytesOut, bytes)
+            let sent = csock_sendmmsg(listener.fd, b.messages, UInt32(count), Int32(MSG_DONTWAIT))
+            if sent < count { listener.counters.add(.failures, UInt64(count - max(0, Int(sent)))) }
             touch(slot, now: monotonicNanoseconds())
             if count < b.batch { return }
         }
@@ -250,7 +250,7 @@ extension Worker {
 
     private func evictOldestFlow(before now: UInt64) -> Bool {
         guard oldestFlow >= 0, flows[oldestFlow].lastActive < now else { return false }
-        flows[oldestFlow].counters?.add(Counters.failures)
+        flows[oldestFlow].counters?.add(.failures)
         closeFlow(oldestFlow)
         return true
     }
@@ -283,7 +283,7 @@ extension Worker {
         unlink(slot)
         close(flows[slot].backend)
         if let key = flows[slot].key { flowIndex[key] = nil }
-        flows[slot].counters?.subtract(Counters.active)
+        flows[slot].counters?.subtract(.active)
         flows[slot] = Flow()
         freeFlows.append(slot)
     }

@@ -1,5 +1,6 @@
-import CShim
+import CSocket
 import Glibc
+import Primitives
 import Synchronization
 
 /// One event loop on one thread: its own epoll set and every connection and flow it
@@ -268,8 +269,8 @@ final class Worker {
     func takePipe() -> (read: Int32, write: Int32)? {
         if let pipe = pipes.popLast() { return pipe }
         var fds: [Int32] = [0, 0]
-        guard cshim_pipe2(&fds, O_NONBLOCK | O_CLOEXEC) == 0 else { return nil }
-        _ = cshim_set_pipe_size(fds[1], Int32(options.pipeSize))
+        guard csock_pipe2(&fds, O_NONBLOCK | O_CLOEXEC) == 0 else { return nil }
+        _ = csock_set_pipe_size(fds[1], Int32(options.pipeSize))
         return (fds[0], fds[1])
     }
 

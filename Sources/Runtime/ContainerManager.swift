@@ -1,6 +1,9 @@
-import CShim
+import CFilesystem
+import CProcess
+import CSocket
 import FoundationEssentials
 import Glibc
+import Primitives
 import Images
 import Logging
 import NetCore
@@ -96,11 +99,11 @@ public final class ContainerManager {
         guard !args.isEmpty else { throw RuntimeError.noCommand(image: request.image) }
 
         var record = ContainerRecord(
-            id: id, name: name, image: request.image, imageID: image.id.description, command: args, created: Date(),
+            id: id, name: name, image: request.image, imageID: image.id.description, command: args, created: .now(),
             network: request.network, ports: request.ports + (request.publishAll ? ["(all exposed)"] : []),
             autoRemove: request.autoRemove, detached: request.detach,
             stopSignal: config.StopSignal.map { $0.hasPrefix("SIG") ? String($0.dropFirst(3)) : $0 }, state: .created,
-            monitorPID: getpid(), monitorStart: Processes.startTime(getpid()))
+            monitorPID: getpid(), monitorStart: ProcessIdentity.current().startTime)
         let dir = directory(record)
         try store.locked {
             if let other = store.all().first(where: { $0.name == name }) { throw RuntimeError.nameInUse(name: name, id: other.id) }
@@ -149,7 +152,7 @@ public final class ContainerManager {
     /// running, or why it is not.
     private func startMonitor(_ record: ContainerRecord) throws -> ContainerRecord {
         var pipe: [Int32] = [0, 0]
-        guard cshim_pipe2(&pipe, O_CLOEXEC) == 0 else { throw RuntimeError.io(what: "pipe", errno: errno) }
+        guard csock_pipe2(&pipe, O_CLOEXEC) == 0 else { throw RuntimeError.io(what: "pipe", errno: errno) }
         let monitorLog = open(directory(record) + "/monitor.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
         defer { if monitorLog >= 0 { close(monitorLog) } }
         let pid: pid_t
@@ -225,12 +228,12 @@ public final class ContainerManager {
         // The monitor owns the record from here: gc, stop and rm see a live owner, not the
         // `run` that started it (which may be gone).
         guard var record = try store.update(id, {
-            $0.monitorPID = getpid(); $0.monitorStart = Processes.startTime(getpid())
+            $0.monitorPID = getpid(); $0.monitorStart = ProcessIdentity.current().startTime
         }) else { throw RuntimeError.containerNotFound(id) }
         let dir = directory(record)
-        _ = cshim_set_child_subreaper()  // the container's first process becomes our child once runc exits
-        _ = cshim_forward_signal(SIGTERM)
-        if attached { _ = cshim_forward_signal(SIGINT) }
+        _ = cproc_set_child_subreaper()  // the container's first process becomes our child once runc exits
+        _ = cproc_forward_signal(SIGTERM)
+        if attached { _ = cproc_forward_signal(SIGINT) }
         // A closed terminal or a vanished `run -d` must not leave the container without its monitor.
         signal(SIGHUP, SIG_IGN)
         // Attached: the container writes to our stdout/stderr; detached: to its log.
@@ -244,11 +247,11 @@ public final class ContainerManager {
             guard let text = readBytes(dir + "/pid"), let pid = pid_t(String(decoding: text, as: UTF8.self).trimmed) else {
                 throw RuntimeError.runcFailed(step: "create", container: record.name, message: "it wrote no pid file")
             }
-            cshim_set_signal_target(pid)
+            cproc_set_signal_target(pid)
             proxy = try serveProxiedPorts(record)
             try runc.run(["start", id], container: record.name, logFile: runcLog)
             guard let running = try store.update(id, {
-                $0.state = .running; $0.pid = pid; $0.pidStart = Processes.startTime(pid); $0.startedAt = Date()
+                $0.state = .running; $0.pid = pid; $0.pidStart = ProcessIdentity.startTime(of: pid); $0.startedAt = .now()
             }) else {
                 throw RuntimeError.monitorFailed(container: record.name, message: "it was removed while starting")
             }
@@ -264,13 +267,13 @@ public final class ContainerManager {
     /// Reaps the container, then removes what it held; its exit code.
     private func supervise(_ started: Started) -> Int32 {
         let code = reap(started.pid)
-        cshim_set_signal_target(0)
+        cproc_set_signal_target(0)
         started.proxy?.stop(drainSeconds: 0)
         release(started.record)
         if started.record.autoRemove {
             discard(started.record)
         } else {
-            _ = try? store.update(started.record.id) { $0.state = .exited; $0.exitCode = code; $0.finishedAt = Date() }
+            _ = try? store.update(started.record.id) { $0.state = .exited; $0.exitCode = code; $0.finishedAt = .now() }
         }
         return code
     }
@@ -318,7 +321,7 @@ public final class ContainerManager {
         guard record.state != .exited else { return record }
         // Being made by a live `run`: there is nothing to signal yet, and the clean-up below
         // would pull the endpoint from under it.
-        if record.state == .created && Processes.isAlive(record.monitorPID, start: record.monitorStart) {
+        if record.state == .created && record.monitor?.isAlive == true {
             throw RuntimeError.stillStarting(record.name)
         }
         let runc = try Runc.locate(root: runcRoot)
@@ -336,7 +339,7 @@ public final class ContainerManager {
     @discardableResult
     private func finishForMonitor(_ record: ContainerRecord) throws -> ContainerRecord? {
         release(record)
-        return try store.update(record.id) { $0.state = .exited; $0.finishedAt = Date() }
+        return try store.update(record.id) { $0.state = .exited; $0.finishedAt = .now() }
     }
 
     /// Waits for the monitor to record the exit. Without a monitor (it died), waits for the
@@ -346,8 +349,8 @@ public final class ContainerManager {
         repeat {
             guard let record = store.load(id) else { return nil }
             if record.state == .exited { return record }
-            if !Processes.isAlive(record.monitorPID, start: record.monitorStart)
-                && !Processes.isAlive(record.pid, start: record.pidStart) {
+            if record.monitor?.isAlive != true
+                && record.process?.isAlive != true {
                 return try? finishForMonitor(record)
             }
             usleep(10_000)
@@ -386,7 +389,7 @@ public final class ContainerManager {
 
     /// Its monitor lives, or its process does.
     private func isActive(_ record: ContainerRecord) -> Bool {
-        Processes.isAlive(record.monitorPID, start: record.monitorStart) || Processes.isAlive(record.pid, start: record.pidStart)
+        record.monitor?.isAlive == true || record.process?.isAlive == true
     }
 
     /// Gives back what a container holds in the kernel: runc's state, the endpoint (with its
@@ -401,7 +404,7 @@ public final class ContainerManager {
            endpoint.netns.hasSuffix("/" + record.namespaceName) {  // ours, not a same-named endpoint of someone else
             do { _ = try network.detach([endpoint.name]) } catch { logger.warning("cannot detach \(endpoint.name): \(error)") }
         }
-        _ = cshim_umount_detach(dir + "/rootfs")
+        _ = cfs_umount_detach(dir + "/rootfs")
     }
 
     /// Releases a container and deletes its directory and record.

@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Glibc
+import Primitives
 import Images
 
 /// What netctl keeps about a container, in `<state>/containers/<id>/container.json`.
@@ -19,7 +20,7 @@ public struct ContainerRecord: Codable, Equatable, Sendable {
     public var imageID: String
     /// The process's argv: entrypoint + command.
     public var command: [String]
-    public var created: Date
+    public var created: Timestamp
     public var network: String?
     public var ports: [String]
     public var autoRemove: Bool
@@ -34,12 +35,15 @@ public struct ContainerRecord: Codable, Equatable, Sendable {
     /// The container's first process, as this host sees it.
     public var pid: Int32?
     public var pidStart: UInt64?
-    public var startedAt: Date?
-    public var finishedAt: Date?
+    public var startedAt: Timestamp?
+    public var finishedAt: Timestamp?
     public var exitCode: Int32?
     public var rootfsMode: String?
 
     public var shortID: String { String(id.prefix(12)) }
+    /// The monitor and the container's first process, as identities (nil until recorded).
+    var monitor: ProcessIdentity? { monitorPID.flatMap { pid in monitorStart.map { ProcessIdentity(pid: pid, startTime: $0) } } }
+    var process: ProcessIdentity? { pid.flatMap { pid in pidStart.map { ProcessIdentity(pid: pid, startTime: $0) } } }
     /// The endpoint that carries the container's network: named like the container.
     public var endpointName: String { name }
     /// The network namespace file netctl makes for it.
@@ -60,22 +64,12 @@ final class ContainerStore {
     func save(_ record: ContainerRecord) throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        encoder.dateEncodingStrategy = .iso8601
-        let bytes = Array(try encoder.encode(record))
-        let final = path(record.id) + "/container.json", temporary = final + ".tmp"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw RuntimeError.io(what: "cannot write \(temporary)", errno: errno) }
-        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        fsync(fd)
-        close(fd)
-        guard written == bytes.count, rename(temporary, final) == 0 else { throw RuntimeError.io(what: "cannot write \(final)", errno: errno) }
+        try writeFile(path(record.id) + "/container.json", Array(try encoder.encode(record)), mode: 0o600, atomically: true)
     }
 
     func load(_ id: String) -> ContainerRecord? {
         guard let bytes = readBytes(path(id) + "/container.json") else { return nil }
-        let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .iso8601
-        return try? decoder.decode(ContainerRecord.self, from: Data(bytes))
+        return try? JSONDecoder().decode(ContainerRecord.self, from: Data(bytes))
     }
 
     /// Every container, oldest first.
@@ -117,36 +111,5 @@ final class ContainerStore {
         if matches.count == 1 { return matches[0] }
         if matches.count > 1 { throw RuntimeError.ambiguousName(reference, matches: matches.map(\.name)) }
         throw RuntimeError.containerNotFound(reference)
-    }
-}
-
-/// A small file's bytes (records, pid files, logs' tails); nil if it can't be opened.
-func readBytes(_ path: String) -> [UInt8]? {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    return readAll(fd, limit: 16 << 20)
-}
-
-/// Everything left in `fd`, up to about `limit` bytes.
-func readAll(_ fd: Int32, limit: Int) -> [UInt8] {
-    var result = [UInt8]()
-    var buffer = [UInt8](repeating: 0, count: 65536)
-    while result.count <= limit {
-        let n = read(fd, &buffer, buffer.count)
-        if n < 0 && errno == EINTR { continue }
-        if n <= 0 { break }
-        result += buffer[0..<n]
-    }
-    return result
-}
-
-func writeFile(_ path: String, _ text: String, mode: mode_t = 0o644) throws {
-    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
-    guard fd >= 0 else { throw RuntimeError.io(what: "cannot write \(path)", errno: errno) }
-    defer { close(fd) }
-    let bytes = Array(text.utf8)
-    guard bytes.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) == bytes.count else {
-        throw RuntimeError.io(what: "cannot write \(path)", errno: errno)
     }
 }

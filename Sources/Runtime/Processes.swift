@@ -1,6 +1,7 @@
-import CShim
+import CProcess
 import FoundationEssentials
 import Glibc
+import Primitives
 
 /// Starting and waiting for helper processes (runc, the monitor) with posix_spawn.
 enum Processes {
@@ -18,7 +19,7 @@ enum Processes {
                 posix_spawn_file_actions_addopen(&actions, target, "/dev/null", target == 0 ? O_RDONLY : O_WRONLY, 0)
             }
         }
-        if let highest = fds.keys.max() { _ = cshim_spawn_close_from(&actions, highest + 1) }
+        if let highest = fds.keys.max() { _ = cproc_spawn_close_from(&actions, highest + 1) }
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
@@ -28,7 +29,7 @@ enum Processes {
         posix_spawnattr_setsigdefault(&attributes, &all)
         posix_spawnattr_setsigmask(&attributes, &none)
         var flags = Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK)
-        if newSession { flags |= Int16(CSHIM_POSIX_SPAWN_SETSID) }
+        if newSession { flags |= Int16(CPROC_POSIX_SPAWN_SETSID) }
         posix_spawnattr_setflags(&attributes, flags)
         let cArgs = argv.map { strdup($0) } + [nil]
         defer { cArgs.forEach { free($0) } }
@@ -51,25 +52,6 @@ enum Processes {
     static func exitCode(_ status: Int32) -> Int32 {
         let signal = status & 0x7f
         return signal == 0 ? (status >> 8) & 0xff : 128 + signal
-    }
-
-    /// The start time of a process (clock ticks since boot, /proc/PID/stat field 22): with
-    /// the PID it names one process for good.
-    static func startTime(_ pid: pid_t) -> UInt64? {
-        guard let bytes = readBytes("/proc/\(pid)/stat") else { return nil }
-        let text = String(decoding: bytes, as: UTF8.self)
-        // The command name may hold spaces and parentheses: fields count from the last ')'.
-        guard let close = text.lastIndex(of: ")") else { return nil }
-        let fields = text[text.index(after: close)...].split(separator: " ")
-        return fields.count > 19 ? UInt64(fields[19]) : nil
-    }
-
-    /// True if `pid` is alive and is still the process that started at `start`.
-    /// A PID without a recorded start time can't be told from a later process that got the
-    /// same number, so it counts as gone.
-    static func isAlive(_ pid: pid_t?, start: UInt64?) -> Bool {
-        guard let pid, pid > 0, let start, kill(pid, 0) == 0 || errno == EPERM else { return false }
-        return startTime(pid) == start
     }
 
     /// An executable's full path: itself if it has a '/', else the first match on $PATH.

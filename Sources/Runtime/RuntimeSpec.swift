@@ -1,6 +1,7 @@
-import CShim
+import CFilesystem
 import FoundationEssentials
 import Glibc
+import Primitives
 
 /// The OCI runtime configuration (config.json of a bundle) netctl hands to runc: the
 /// image's process in its own pid, ipc, uts and mount namespaces, joining the network
@@ -133,7 +134,7 @@ func readBeneath(_ root: String, _ path: String) -> String? {
     defer { close(rootFD) }
     // Non-blocking and a regular file of sane size: an image's /etc/passwd could be a fifo
     // (reading would hang) or huge.
-    let fd = cshim_open_beneath(rootFD, path, O_RDONLY | O_NONBLOCK, 0)
+    let fd = cfs_open_beneath(rootFD, path, O_RDONLY | O_NONBLOCK, 0)
     guard fd >= 0 else { return nil }
     defer { close(fd) }
     var st = stat()

@@ -1,6 +1,7 @@
 import CNI
 import Glibc
 import Logging
+import Primitives
 
 // netctl-cni: a CNI plugin (spec 0.4.0, 1.0.0, 1.1.0) over NetCore. The CNI runtime gives
 // the command in CNI_* variables and the network configuration on stdin; the result or
@@ -28,8 +29,6 @@ while true {
 }
 let output = CNIPlugin.run(environment: environment, stdin: input)
 if !output.stdout.isEmpty {
-    let text = output.stdout + "\n"
-    _ = text.withCString { fputs($0, stdout) }
-    fflush(stdout)
+    writeAll(1, Array((output.stdout + "\n").utf8))
 }
 exit(output.status)

@@ -2,6 +2,7 @@ import ArgumentParser
 import FoundationEssentials
 import Glibc
 import NetCore
+import Primitives
 import Runtime
 
 // The runtime wrapper: `docker run`-style commands over the Runtime library.
@@ -85,8 +86,8 @@ struct PS: ParsableCommand {
     }
 }
 
-private func duration(since date: Date) -> String {
-    let seconds = max(0, Int(Date().timeIntervalSince(date)))
+private func duration(since date: Timestamp) -> String {
+    let seconds = max(0, Int(date.seconds(until: .now())))
     switch seconds {
     case ..<60: return seconds < 2 ? "Less than a second" : "\(seconds) seconds"
     case ..<3600: return seconds < 120 ? "About a minute" : "\(seconds / 60) minutes"
@@ -95,7 +96,7 @@ private func duration(since date: Date) -> String {
     }
 }
 
-private func ago(_ date: Date) -> String { duration(since: date) + " ago" }
+private func ago(_ date: Timestamp) -> String { duration(since: date) + " ago" }
 
 struct Logs: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print a detached container's output.")

@@ -6,6 +6,8 @@ import Glibc
 import Logging
 import NetCore
 import Netlink
+import Primitives
+import Primitives
 import Proxy
 import Images
 import Runtime
@@ -64,13 +66,13 @@ func reportingErrors(_ body: () throws -> Void) throws {
     do {
         try body()
     } catch let error as NetctlError {
-        fputs("netctl: error: \(error)\n", stderr)
+        writeStandardError("netctl: error: \(error)\n")
         throw ExitCode(1)
     } catch let error as RuntimeError {
-        fputs("netctl: error: \(error)\n", stderr)
+        writeStandardError("netctl: error: \(error)\n")
         throw ExitCode(125)  // as `docker run` does for its own failures
     } catch let error as ImageError {
-        fputs("netctl: error: \(error)\n", stderr)
+        writeStandardError("netctl: error: \(error)\n")
         throw ExitCode(125)
     }
 }
@@ -351,22 +353,22 @@ struct ProxyCommand: ParsableCommand {
                 options.backendCongestionControl = wanted
                 let service = try ProxyService(manager: manager, options: options)
                 if let wanted, service.backendCongestionControl != wanted {
-                    fputs("netctl proxy: congestion control \(wanted) could not be set (see /proc/sys/net/ipv4/tcp_available_congestion_control)\n", stderr)
+                    writeStandardError("netctl proxy: congestion control \(wanted) could not be set (see /proc/sys/net/ipv4/tcp_available_congestion_control)\n")
                 }
                 let endpoint = try metricsAddress.map { try MetricsEndpoint(listen: $0) }
                 try service.refresh(force: true)
-                fputs("netctl proxy: serving \(service.serving) routes; connections to containers use \(service.backendCongestionControl)\n", stderr)
+                writeStandardError("netctl proxy: serving \(service.serving) routes; connections to containers use \(service.backendCongestionControl)\n")
                 var tick = 0
                 var timeout = timespec(tv_sec: 0, tv_nsec: 250_000_000)
                 while true {
                     if sigtimedwait(&signals, nil, &timeout) > 0 { break }
-                    do { try service.refresh() } catch { fputs("netctl proxy: \(error)\n", stderr) }
+                    do { try service.refresh() } catch { writeStandardError("netctl proxy: \(error)\n") }
                     tick += 1
                     if tick % 4 == 0 && service.writeStatsIfChanged() {
                         endpoint?.update(service.metrics())
                     }
                 }
-                fputs("netctl proxy: draining (up to \(drain) s)\n", stderr)
+                writeStandardError("netctl proxy: draining (up to \(drain) s)\n")
                 service.stop(drainSeconds: drain)
             }
         }

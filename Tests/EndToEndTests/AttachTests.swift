@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Netlink
+import Primitives
 import Testing
 
 /// netctl driven as a user would, on real kernel objects, each test in its own sandbox.

@@ -2,6 +2,7 @@ import Firewall
 import Foundation
 import Glibc
 import Netlink
+import Primitives
 import Testing
 
 @Suite("End to end: the nftables DNAT table", .enabled(if: Sandbox.isRoot, "needs root for namespaces and nftables"))

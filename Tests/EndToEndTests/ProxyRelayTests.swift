@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Netlink
+import Primitives
 import Proxy
 import Testing
 

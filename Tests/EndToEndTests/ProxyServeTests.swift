@@ -119,15 +119,16 @@ struct ProxyDescriptorTests {
     /// `count` connections from each CPU, all CPUs at once; the ones that connected.
     func openClients(_ s: Sandbox, port: UInt16, count: Int, fromCPUs cpus: [Int32]) -> [Int32] {
         let opened = cpus.map { _ in Box<[Int32]>([]) }
+        let namespace = s.hostNamespace
         let group = DispatchGroup()
         for (cpu, box) in zip(cpus, opened) {
             group.enter()
             Thread.detachNewThread {
                 defer { group.leave() }
-                _ = try? s.hostNamespace.run {
+                _ = try? namespace.run {
                     guard bindThread(toCPU: cpu) else { return }
                     for _ in 0..<count {
-                        if let fd = try? Client.connect(in: s.hostNamespace, to: "127.0.0.1", port: port, timeout: 2) { box.value.append(fd) }
+                        if let fd = try? Client.connect(in: namespace, to: "127.0.0.1", port: port, timeout: 2) { box.value.append(fd) }
                     }
                 }
             }

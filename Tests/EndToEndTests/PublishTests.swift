@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Netlink
+import Primitives
 import Testing
 
 /// A sandbox with a neighbour: another "host" on the LAN, a namespace joined to the sandbox

@@ -1,7 +1,9 @@
-import CShim
+import CProcess
+import CSocket
 import Foundation
 import Glibc
 import Netlink
+import Primitives
 
 /// A private network + mount namespace for one test: the host side of the test's world.
 /// A holder process (`unshare --net --mount cat`) keeps both alive; it reads stdin, so when
@@ -31,7 +33,7 @@ final class Sandbox {
             throw SandboxError("netctl binary not found at \(Sandbox.netctl); run `swift build` first or set NETCTL_BIN")
         }
         var pipeFDs: [Int32] = [0, 0]
-        guard cshim_pipe2(&pipeFDs, O_CLOEXEC) == 0 else { throw SandboxError("pipe2 failed") }
+        guard csock_pipe2(&pipeFDs, O_CLOEXEC) == 0 else { throw SandboxError("pipe2 failed") }
         defer { close(pipeFDs[0]) }
         holder = try Child.spawn(["/usr/bin/unshare", "--net", "--mount", "--propagation", "private", "cat"], stdin: pipeFDs[0])
         holderInput = pipeFDs[1]
@@ -136,7 +138,7 @@ final class Sandbox {
         let pid = child.pid
         for _ in 0..<2000 {  // up to 10 s on a loaded machine
             if let ns = try? NetworkNamespace(pid: pid), ns.identity != hostNamespace.identity,
-               (try? String(contentsOfFile: "/proc/\(pid)/comm"))?.hasPrefix("sleep") == true {
+               readFile("/proc/\(pid)/comm")?.hasPrefix("sleep") == true {
                 return pid
             }
             usleep(5_000)
@@ -176,16 +178,15 @@ struct SandboxError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
+/// Binds the calling thread to one CPU (threads it starts inherit that).
+func bindThread(toCPU cpu: Int32) -> Bool {
+    var cpu = cpu
+    return cproc_set_thread_cpus(pthread_self(), &cpu, 1) == 0
+}
+
 /// Waits (bounded, polling every 50 ms) until `body` holds; returns whether it did. The
 /// expectations after it say what did not.
 @discardableResult
-/// Binds the calling thread to one CPU (threads it starts inherit that). Here, beside the
-/// other CShim calls: a test file importing CShim before Glibc broke clean builds.
-func bindThread(toCPU cpu: Int32) -> Bool {
-    var cpu = cpu
-    return cshim_set_thread_cpus(pthread_self(), &cpu, 1) == 0
-}
-
 func eventually(_ seconds: Double = 10, _ body: () throws -> Bool) rethrows -> Bool {
     let deadline = Date().addingTimeInterval(seconds)
     while Date() < deadline {

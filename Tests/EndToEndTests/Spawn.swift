@@ -1,5 +1,6 @@
-import CShim
+import CProcess
 import Glibc
+import Primitives
 
 /// Starts and reaps child processes with posix_spawn and waitpid, so tests control every
 /// wait (with a deadline) and reap every child themselves.
@@ -22,7 +23,7 @@ struct Child {
         }
         // Nothing else: a socket some other test opened without CLOEXEC would otherwise stay
         // open in the child (and count against its descriptor limit).
-        cshim_spawn_close_from(&actions, 3)
+        cproc_spawn_close_from(&actions, 3)
         var env = [String: String]()
         var entry = environ
         while let pointer = entry.pointee {

@@ -1,5 +1,6 @@
 import Glibc
 import Netlink
+import Primitives
 
 /// Real TCP between namespaces. Sockets are created on a thread inside the namespace they
 /// belong to (a socket keeps its namespace), then used from here. Every wait is bounded.

@@ -1,5 +1,7 @@
 import Glibc
 import Netlink
+import Primitives
+import TestSupport
 import Testing
 @testable import Firewall
 

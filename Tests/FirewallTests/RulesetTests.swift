@@ -1,6 +1,8 @@
 import CNftables
 import Glibc
 import Netlink
+import Primitives
+import TestSupport
 import Testing
 @testable import Firewall
 

@@ -1,6 +1,7 @@
 import FoundationEssentials
 import Glibc
 @testable import Images
+import Primitives
 import Testing
 import TestSupport
 
@@ -8,13 +9,10 @@ import TestSupport
 final class Scratch {
     let path: String
     init() {
-        var template = Array("/tmp/netctl-images-XXXXXX".utf8CString)
-        path = String(cString: mkdtemp(&template)!)
+        path = try! makeTemporaryDirectory("/tmp/netctl-images-")
     }
     deinit {
-        let fd = open("/tmp", O_DIRECTORY | O_RDONLY)
-        try? removeTree(fd, String(path.dropFirst(5)))
-        close(fd)
+        try? removeTree(path)
     }
     func exists(_ relative: String) -> Bool { var st = stat(); return lstat(path + "/" + relative, &st) == 0 }
     func read(_ relative: String) -> String? {
@@ -25,9 +23,7 @@ final class Scratch {
         return String(decoding: bytes[0..<n], as: UTF8.self)
     }
     func list(_ relative: String) -> [String] {
-        let fd = open(path + "/" + relative, O_DIRECTORY | O_RDONLY)
-        defer { close(fd) }
-        return ((try? listDirectory(fd)) ?? []).sorted()
+        listDirectory(path + "/" + relative)
     }
 }
 
@@ -80,7 +76,7 @@ func upperLayer() -> [UInt8] {
         #expect(lstat(scratch.path + "/" + base + "/bin/tool", &st) == 0 && lstat(scratch.path + "/" + base + "/bin/tool2", &st2) == 0)
         #expect(st.st_ino == st2.st_ino, "a hard link stays a hard link")
         var link = [CChar](repeating: 0, count: 256)
-        #expect(readlink(scratch.path + "/" + base + "/bin/sh", &link, 255) > 0 && String(cString: link) == "/bin/tool")
+        #expect(readlink(scratch.path + "/" + base + "/bin/sh", &link, 255) > 0 && String(cBuffer: link) == "/bin/tool")
 
         // Both ways of stacking give the same view: whiteouts delete, opaque directories hide.
         for mode in [RootFilesystem.Mode.overlay, .copy] {

@@ -1,19 +1,21 @@
 import CNetlink
 import Netlink
+import Primitives
 @testable import NetCore
+import TestSupport
 
 /// An active endpoint on network "web" (10.88.0.0/24, gateway .1), as mock tests put in state.
 func webEndpoint(id: String, name: String, hostInterface: String, ip: String, netns: String = "/run/netns/x") -> Endpoint {
     Endpoint(id: id, name: name, network: "web", hostInterface: hostInterface, interface: "eth0",
              mac: "02:6e:0a:58:00:02", ipv4: "\(ip)/24", ipv6: nil, gateway: "10.88.0.1", gateway6: nil,
-             netns: netns, pid: nil, ownsNetns: false, state: .active, created: timestamp())
+             netns: netns, pid: nil, ownsNetns: false, state: .active, created: .now())
 }
 
 /// A NetworkManager over mock host and firewall sockets (their responders play the kernel),
 /// in a state directory of its own: `defer { mock.remove() }` (a deinit could run before the
 /// test's last use of `manager`: Swift may end a local's lifetime after its last use).
 final class MockManager {
-    let directory = makeTemporaryDirectory()
+    let directory = try! makeTemporaryDirectory("/tmp/netctl-state-")
     let host = MockNetlinkSocket()
     let firewall = MockNetlinkSocket()
     let manager: NetworkManager
@@ -24,12 +26,12 @@ final class MockManager {
         guard web else { return }
         try manager.store.transaction {
             try manager.store.insert(Network(name: "web", bridge: "nc-web", subnet: "10.88.0.0/24", gateway: "10.88.0.1",
-                                             subnet6: nil, gateway6: nil, mtu: 1500, created: timestamp()))
+                                             subnet6: nil, gateway6: nil, mtu: 1500, created: .now()))
             try manager.store.insert(webEndpoint(id: "e1", name: "web1", hostInterface: "nc00000001", ip: "10.88.0.2"))
         }
     }
 
-    func remove() { removeTree(directory) }
+    func remove() { try? removeTree(directory) }
 }
 
 /// The kernel's answer to a link lookup: one link, in `group`, and a veth's peer index in

@@ -1,7 +1,9 @@
 import Glibc
 import Netlink
+import Primitives
 import Testing
 @testable import NetCore
+import TestSupport
 
 @Suite("IPAM")
 struct IPAMTests {
@@ -92,19 +94,19 @@ struct StateStoreTests {
 
     func network(_ name: String = "web") -> Network {
         Network(name: name, bridge: "nc-\(name)", subnet: "10.0.0.0/24", gateway: "10.0.0.1",
-                subnet6: nil, gateway6: nil, mtu: 1500, created: "now")
+                subnet6: nil, gateway6: nil, mtu: 1500, created: .now())
     }
 
     func endpoint(_ name: String, ip: String) -> Endpoint {
         Endpoint(id: name, name: name, network: "web", hostInterface: "nc\(name)", interface: "eth0",
                  mac: "02:00:00:00:00:01", ipv4: "\(ip)/24", ipv6: nil, gateway: "10.0.0.1", gateway6: nil,
-                 netns: "/x", pid: nil, ownsNetns: false, state: .active, created: "now", owner: .current())
+                 netns: "/x", pid: nil, ownsNetns: false, state: .active, created: .now(), owner: .current())
     }
 
     @Test("the database refuses to lease one address twice")
     func uniqueLeases() throws {
-        let directory = makeTemporaryDirectory()
-        defer { removeTree(directory) }
+        let directory = try makeTemporaryDirectory("/tmp/netctl-state-")
+        defer { try? removeTree(directory) }
         let store = try StateStore(path: directory + "/state.db", bootID: "boot-a")
         try store.insert(network())
         try store.insert(endpoint("a", ip: "10.0.0.2"))
@@ -116,8 +118,8 @@ struct StateStoreTests {
 
     @Test("state from before a reboot is recognised as gone; networks stay")
     func bootID() throws {
-        let directory = makeTemporaryDirectory()
-        defer { removeTree(directory) }
+        let directory = try makeTemporaryDirectory("/tmp/netctl-state-")
+        defer { try? removeTree(directory) }
         do {
             let store = try StateStore(path: directory + "/state.db", bootID: "boot-a")
             try store.insert(network())
@@ -156,18 +158,4 @@ struct ManagerMockTests {
         // Only the lookup went out: no request that changes the kernel.
         #expect(socket.sent.map(\.type) == [NetlinkMessageType.getLink])
     }
-}
-
-func makeTemporaryDirectory() -> String {
-    var template = Array("/tmp/netctl-state-XXXXXX".utf8CString)
-    return String(cString: mkdtemp(&template)!)
-}
-
-func removeTree(_ path: String) {
-    for name in listDirectory(path) {
-        let child = "\(path)/\(name)"
-        var st = stat()
-        if lstat(child, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR { removeTree(child) } else { unlink(child) }
-    }
-    rmdir(path)
 }

@@ -1,5 +1,6 @@
 import Testing
 @testable import NetCore
+import TestSupport
 
 @Suite("Docker -p grammar")
 struct PortSpecTests {

@@ -1,6 +1,7 @@
 import CNetlink
 import Glibc
 import Netlink
+import TestSupport
 import Testing
 @testable import NetCore
 

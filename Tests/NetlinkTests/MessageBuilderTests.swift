@@ -1,5 +1,7 @@
-import CShim
+import CNetlink
 import Glibc
+import Primitives
+import TestSupport
 import Testing
 @testable import Netlink
 

@@ -1,4 +1,4 @@
-import CShim
+import CSocket
 import Testing
 
 @Suite("C layout the event loop relies on")

@@ -1,4 +1,4 @@
-import Netlink
+import Primitives
 import Testing
 @testable import Proxy
 

@@ -9,6 +9,7 @@
 import Benchmark
 import Glibc
 import Netlink
+import Primitives
 import Proxy
 
 let benchmarks: @Sendable () -> Void = {

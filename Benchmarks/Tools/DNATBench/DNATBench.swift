@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import NetCore
 import Netlink
+import Primitives
 
 /// The DNAT path, measured: mapping add/remove latency as the table grows, and traffic
 /// (new connections/s with latency percentiles, single-stream throughput) through 1 and

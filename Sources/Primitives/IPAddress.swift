@@ -45,7 +45,7 @@ public enum IPAddress: Hashable, Comparable, Sendable, CustomStringConvertible {
         var raw = bytes
         var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
         _ = inet_ntop(isIPv4 ? AF_INET : AF_INET6, &raw, &text, socklen_t(text.count))
-        return String(cString: text)
+        return String(cBuffer: text)
     }
 
     /// The address `offset` places further on, or nil past the end of the family.
