@@ -2,9 +2,10 @@
 import PackageDescription
 
 // Arrows point one way:
-//   C interop -> Primitives (the leaf: shared value types and OS helpers)
-//   -> Netlink / Firewall / Proxy / Images -> NetCore (networks, endpoints, IPAM, state, publishing)
-//   -> ProxyService, Runtime, CNI -> netctl, netctl-cni.
+//   C interop, Primitives (the leaf: shared value types and OS helpers)
+//   -> Netlink -> Firewall -> NetCore (networks, endpoints, IPAM, state, publishing);  Proxy;  Images
+//   -> ProxyService (NetCore + Proxy) -> Runtime (+ Images);  CNI (NetCore)
+//   -> netctl, netctl-cni.
 let package = Package(
     name: "netctl",
     products: [
@@ -13,6 +14,7 @@ let package = Package(
         .library(name: "Netlink", targets: ["Netlink"]),
         .library(name: "Firewall", targets: ["Firewall"]),
         .library(name: "Proxy", targets: ["Proxy"]),
+        .library(name: "ProxyService", targets: ["ProxyService"]),
         .library(name: "Images", targets: ["Images"]),
         .library(name: "Runtime", targets: ["Runtime"]),
         .library(name: "CNI", targets: ["CNI"]),
@@ -53,19 +55,24 @@ let package = Package(
         .target(name: "Images", dependencies: ["Primitives", "CFilesystem", "CCrypto", "CZlib"]),
         // Networks, endpoints, IPAM, state, publishing and reconciliation: what runtimes embed.
         .target(name: "NetCore", dependencies: [
-            "Primitives", "Netlink", "Firewall", "Proxy", "CSQLite", "CDetached", "CProcess",
+            "Primitives", "Netlink", "Firewall", "CSQLite", "CDetached",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The proxy as a service: serves NetCore's proxied routes, follows state, publishes counters.
+        // The proxy as a service: relays NetCore's proxied share, follows state, publishes counters.
+        .target(name: "ProxyService", dependencies: [
+            "Primitives", "NetCore", "Proxy", "CProcess",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // Runs images with runc on netctl networking: bundles, the monitor, container state.
         .target(name: "Runtime", dependencies: [
-            "Primitives", "Images", "NetCore", "Proxy", "CProcess", "CFilesystem",
+            "Primitives", "Images", "NetCore", "Proxy", "ProxyService", "CProcess", "CFilesystem",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The CNI plugin: protocol, configuration and results.
         .target(name: "CNI", dependencies: ["Primitives", "NetCore", "Netlink"]),
         .executableTarget(name: "netctl", dependencies: [
-            "Primitives", "NetCore", "Netlink", "Proxy", "Runtime", "Images",
+            "Primitives", "NetCore", "Netlink", "Proxy", "ProxyService", "Runtime", "Images",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -32,6 +32,7 @@ public enum NetctlError: Error, CustomStringConvertible, Equatable {
     case endpointNotActive(String)
     case endpointBroken(String, reason: String)
     case invalidRoute(String, reason: String)
+    case relaysClaimed(scope: String, pid: Int32)
     case namespace(NamespaceError)
     case kernel(NetlinkError, hint: String)
     case state(String)
@@ -98,6 +99,8 @@ public enum NetctlError: Error, CustomStringConvertible, Equatable {
             return "endpoint \(name) is broken: \(reason); detach and attach it again, or run `netctl gc`"
         case .invalidRoute(let destination, let reason):
             return "invalid route to \(destination): \(reason)"
+        case .relaysClaimed(let scope, let pid):
+            return "the proxied ports of \(scope) are already relayed by process \(pid); stop it first, or leave them to it"
         case .namespace(let error):
             return error.description
         case .kernel(let error, let hint):

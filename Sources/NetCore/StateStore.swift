@@ -11,7 +11,7 @@ final class StateStore {
     private(set) var discardedPreviousBoot = false
 
     /// Bumped with every schema change below; kept in SQLite's `user_version`.
-    static let schemaVersion: Int64 = 2
+    static let schemaVersion: Int64 = 3
 
     init(path: String, bootID: String = currentBootID()) throws {
         db = try SQLiteDatabase(path: path)
@@ -111,6 +111,7 @@ final class StateStore {
             UNIQUE (proto, host_port, host_ip)
         );
         CREATE INDEX IF NOT EXISTS ports_by_endpoint ON ports(endpoint_id);
+        CREATE TABLE IF NOT EXISTS relay_claims (scope TEXT PRIMARY KEY, owner TEXT NOT NULL);
         """
 
     func transaction<T>(_ body: () throws -> T) throws -> T {
@@ -252,6 +253,25 @@ final class StateStore {
     func delete(_ port: PublishedPort) throws {
         try db.run("DELETE FROM ports WHERE proto = ? AND host_port = ? AND host_ip = ?",
                    [.text(port.proto.rawValue), .integer(Int64(port.hostPort)), .text(port.hostIP)])
+    }
+
+    // MARK: Relay claims
+
+    /// Who claims which relay scope (see `RelayClaims`), by scope key; dead owners included.
+    func relayClaims() throws -> [String: ProcessIdentity] {
+        var claims: [String: ProcessIdentity] = [:]
+        for row in try db.query("SELECT scope, owner FROM relay_claims") {
+            if let scope = row[0].string, let owner = row[1].string.flatMap(ProcessIdentity.init(encoded:)) { claims[scope] = owner }
+        }
+        return claims
+    }
+
+    func setRelayClaim(_ scope: String, owner: ProcessIdentity) throws {
+        try db.run("INSERT OR REPLACE INTO relay_claims(scope, owner) VALUES (?, ?)", [.text(scope), .text(owner.encoded)])
+    }
+
+    func deleteRelayClaim(_ scope: String, owner: ProcessIdentity) throws {
+        try db.run("DELETE FROM relay_claims WHERE scope = ? AND owner = ?", [.text(scope), .text(owner.encoded)])
     }
 
     /// Changes whenever another connection commits: how a long-running proxy notices new

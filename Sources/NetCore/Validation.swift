@@ -28,14 +28,10 @@ enum Validate {
         }
     }
 
-    /// Parses "02:42:ac:11:00:02" into six bytes: unicast, not all zero.
-    static func mac(_ text: String) throws -> [UInt8] {
-        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
-        let bytes = parts.compactMap { $0.count == 2 ? UInt8($0, radix: 16) : nil }
-        guard parts.count == 6, bytes.count == 6, bytes[0] & 1 == 0, bytes.contains(where: { $0 != 0 }) else {
-            throw NetctlError.invalidMAC(text)
-        }
-        return bytes
+    /// Parses "02:42:ac:11:00:02": six octets, unicast, not all zero.
+    static func mac(_ text: String) throws -> MACAddress {
+        guard let mac = MACAddress(text), mac.isAssignable else { throw NetctlError.invalidMAC(text) }
+        return mac
     }
 
     static func subnet(_ text: String, ipv6: Bool) throws -> IPNetwork {
@@ -83,10 +79,6 @@ enum Validate {
         }
         return ip
     }
-}
-
-extension Array where Element == UInt8 {
-    var macString: String { map { String($0, radix: 16).leftPadded(to: 2) }.joined(separator: ":") }
 }
 
 extension String {

@@ -46,9 +46,11 @@ public func readFile(_ path: String) -> String? {
 }
 
 /// Writes `bytes` to `path`, replacing what was there. With `atomically`, through a
-/// temporary file renamed into place (and synced), so a reader sees the old or the new
-/// content, never a part.
-public func writeFile(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644, atomically: Bool = false) throws {
+/// temporary file renamed into place, so a reader sees the old or the new content, never a
+/// part; with `synced` too, the content is on disk before the rename (a crash leaves the
+/// old file or the whole new one).
+public func writeFile(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644, atomically: Bool = false,
+                      synced: Bool = false) throws {
     let target = atomically ? path + ".tmp" : path
     let fd = open(target, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
     guard fd >= 0 else { throw SystemError("cannot write \(target)") }
@@ -57,7 +59,7 @@ public func writeFile(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644, at
         close(fd)
         throw SystemError("cannot write \(target)", code: code)
     }
-    if atomically { fsync(fd) }
+    if synced { fsync(fd) }
     guard close(fd) == 0 else { throw SystemError("cannot write \(target)") }
     if atomically && rename(target, path) != 0 {
         let code = errno
@@ -66,8 +68,9 @@ public func writeFile(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644, at
     }
 }
 
-public func writeFile(_ path: String, _ text: String, mode: mode_t = 0o644, atomically: Bool = false) throws {
-    try writeFile(path, Array(text.utf8), mode: mode, atomically: atomically)
+public func writeFile(_ path: String, _ text: String, mode: mode_t = 0o644, atomically: Bool = false,
+                      synced: Bool = false) throws {
+    try writeFile(path, Array(text.utf8), mode: mode, atomically: atomically, synced: synced)
 }
 
 /// mkdir -p, each directory it makes with `mode`.

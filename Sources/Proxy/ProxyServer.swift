@@ -271,16 +271,27 @@ public final class ProxyServer {
     public func totals() -> RouteStats { stats().values.reduce(RouteStats(), +) }
 
     /// Stops accepting, lets open connections finish for up to `drainSeconds`, then closes
-    /// everything and joins the worker threads.
-    public func stop(drainSeconds: Double) {
+    /// everything and joins the worker threads. Once no worker accepts any more, the
+    /// listening sockets close and `notAccepting` runs, so another server can take the ports
+    /// over while this one drains.
+    public func stop(drainSeconds: Double, notAccepting: () -> Void = {}) {
         guard !stopped else { return }
         stopped = true
         let deadline = monotonicNanoseconds() + UInt64(max(0, drainSeconds) * 1e9)
-        workers.forEach { $0.post(.drain(deadline: deadline)) }
-        for thread in threads { pthread_join(thread, nil) }
-        workers.forEach { $0.siblings = [] }  // they referred to each other
+        let done = eventfd(0, Int32(EFD_CLOEXEC))
+        var expected: UInt64 = 0
+        for worker in workers where worker.post(.drain(deadline: deadline, done: done)) { expected += 1 }
+        var seen: UInt64 = 0
+        while done >= 0 && seen < expected {
+            var count: UInt64 = 0
+            if read(done, &count, 8) == 8 { seen += count } else if errno != EINTR { break }
+        }
+        if done >= 0 { close(done) }
         tcpListeners.values.forEach { $0.forEach { close($0) } }
         tcpListeners = [:]
+        notAccepting()
+        for thread in threads { pthread_join(thread, nil) }
+        workers.forEach { $0.siblings = [] }  // they referred to each other
     }
 
     /// A listening socket per worker, sharing the port with SO_REUSEPORT, or (TCP only) one

@@ -18,8 +18,9 @@ final class Worker {
     enum Command {
         case add(fd: Int32, route: ProxyRoute, counters: Counters)
         case remove(ProxyRoute)
-        /// Stop accepting; finish open connections until the deadline, then close them.
-        case drain(deadline: UInt64)
+        /// Stop accepting (signalling the eventfd `done` once its listeners are let go);
+        /// finish open connections until the deadline, then close them.
+        case drain(deadline: UInt64, done: Int32)
         /// Signals the eventfd once everything posted before it is applied.
         case barrier(Int32)
         /// A connection another worker (`from`) accepted, for this one to relay (see
@@ -228,9 +229,11 @@ final class Worker {
                     from.load.subtract(1, ordering: .relaxed)
                 }
                 abort(client)
-            case .drain(let deadline):
+            case .drain(let deadline, let done):
                 for slot in listeners.indices { release(slot) }
                 drainDeadline = deadline
+                var one: UInt64 = 1
+                _ = write(done, &one, 8)
             }
         }
     }

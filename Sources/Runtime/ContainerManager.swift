@@ -7,7 +7,7 @@ import Primitives
 import Images
 import Logging
 import NetCore
-import Proxy
+import ProxyService
 
 /// What `netctl run` asks for.
 public struct RunRequest: Sendable {
@@ -44,6 +44,8 @@ public final class ContainerManager {
     public let stateDirectory: String
     let store: ContainerStore
     let images: ImageStore
+    /// Networking, held for the manager's lifetime (one state connection, one netlink socket).
+    public let network: NetworkManager
     let logger: Logger
     /// The program run as `<monitorExecutable> _monitor --state-dir DIR ID`; it must call
     /// `runMonitor(id:readyFD:)`. Defaults to the running executable (netctl has that command).
@@ -60,6 +62,7 @@ public final class ContainerManager {
         }
         store = try ContainerStore(directory: self.stateDirectory + "/containers")
         images = try ImageStore(directory: self.stateDirectory + "/images")
+        network = try NetworkManager(stateDirectory: self.stateDirectory)
         self.monitorExecutable = monitorExecutable ?? ContainerManager.ownExecutable()
     }
 
@@ -85,8 +88,7 @@ public final class ContainerManager {
         // Cheap refusals before loading the image, which can take minutes the first time (the
         // name is checked again under the lock below).
         if let other = store.all().first(where: { $0.name == name }) { throw RuntimeError.nameInUse(name: name, id: other.id) }
-        let networks = try NetworkManager(stateDirectory: stateDirectory)  // opened once, for this check and the attach
-        if let network = request.network { _ = try networks.network(named: network) }
+        if let name = request.network { _ = try network.network(named: name) }
 
         let image = try images.load(request.image)
         let config = image.config.config ?? .init()
@@ -113,7 +115,7 @@ public final class ContainerManager {
         do {
             record.rootfsMode = try RootFilesystem.create(layers: image.layerDirectories, in: dir).rawValue
             let user = try resolveUser(config.User, rootfs: dir + "/rootfs")
-            let endpoint = try networks.attach(AttachRequest(
+            let endpoint = try network.attach(AttachRequest(
                 network: request.network, target: .new(record.namespaceName), name: name, ports: mappings,
                 portBackend: request.portBackend))
             record.network = endpoint.network
@@ -219,7 +221,7 @@ public final class ContainerManager {
     struct Started {
         var record: ContainerRecord
         var pid: pid_t
-        var proxy: ProxyServer?
+        var relays: ProxyService.Background?
     }
 
     /// Takes ownership of the record, then `runc create` and `runc start`. On failure nothing
@@ -240,7 +242,7 @@ public final class ContainerManager {
         let log = attached ? -1 : open(dir + "/log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
         defer { if log >= 0 { close(log) } }
         let runcLog = dir + "/runc.log"
-        var proxy: ProxyServer?
+        var relays: ProxyService.Background?
         do {
             try runc.run(["create", "--bundle", dir, "--pid-file", dir + "/pid", id], container: record.name, logFile: runcLog,
                          stdout: attached ? 1 : log, stderr: attached ? 2 : log)
@@ -248,7 +250,7 @@ public final class ContainerManager {
                 throw RuntimeError.runcFailed(step: "create", container: record.name, message: "it wrote no pid file")
             }
             cproc_set_signal_target(pid)
-            proxy = try serveProxiedPorts(record)
+            relays = relayProxiedPorts(record)
             try runc.run(["start", id], container: record.name, logFile: runcLog)
             guard let running = try store.update(id, {
                 $0.state = .running; $0.pid = pid; $0.pidStart = ProcessIdentity.startTime(of: pid); $0.startedAt = .now()
@@ -256,9 +258,9 @@ public final class ContainerManager {
                 throw RuntimeError.monitorFailed(container: record.name, message: "it was removed while starting")
             }
             record = running
-            return Started(record: record, pid: pid, proxy: proxy)
+            return Started(record: record, pid: pid, relays: relays)
         } catch {
-            proxy?.stop(drainSeconds: 0)
+            relays?.stop(drainSeconds: 0)
             discard(record)
             throw error
         }
@@ -268,7 +270,7 @@ public final class ContainerManager {
     private func supervise(_ started: Started) -> Int32 {
         let code = reap(started.pid)
         cproc_set_signal_target(0)
-        started.proxy?.stop(drainSeconds: 0)
+        started.relays?.stop(drainSeconds: 0)
         release(started.record)
         if started.record.autoRemove {
             discard(started.record)
@@ -293,16 +295,22 @@ public final class ContainerManager {
     }
 
     /// Ports of this container the kernel can't DNAT (`[::1]`, IPv6 to an IPv4-only
-    /// container) are relayed by a proxy inside the monitor, for the container's lifetime.
-    private func serveProxiedPorts(_ record: ContainerRecord) throws -> ProxyServer? {
-        let network = try NetworkManager(stateDirectory: stateDirectory)
-        let routes = try network.proxyRoutes().filter { $0.value.endpoint == record.endpointName }.map(\.key)
-        guard !routes.isEmpty else { return nil }
-        let server = try ProxyServer(options: .init(workers: 1))
-        for (route, error) in try server.update(routes, partial: true) {
-            logger.warning("not relaying \(route): \(error)")
+    /// container) are relayed by a proxy service scoped to its endpoint, inside the monitor,
+    /// for the container's lifetime; it stands aside while a `netctl proxy serve` relays them
+    /// (NetCore's `RelayClaims`). A container without such ports gets none. A relay that
+    /// cannot start is logged, not fatal: the kernel's share of the ports works without it.
+    private func relayProxiedPorts(_ record: ContainerRecord) -> ProxyService.Background? {
+        guard let endpoint = try? network.endpoint(named: record.endpointName), let ports = try? network.ports(endpoint: endpoint.name),
+              ports.contains(where: { !PortPlan($0, on: endpoint).relays.isEmpty }) else {
+            return nil
         }
-        return server
+        do {
+            return try ProxyService.Background(stateDirectory: stateDirectory, endpoint: record.endpointName,
+                                               options: .init(workers: 1), logger: logger)
+        } catch {
+            logger.warning("not relaying the proxied ports of \(record.name): \(error)")
+            return nil
+        }
     }
 
     /// Tells `run -d` how the start went.
@@ -399,8 +407,7 @@ public final class ContainerManager {
         if let runc = try? Runc.locate(root: runcRoot) {
             try? runc.run(["delete", "--force", record.id], container: record.name, logFile: dir + "/runc.log")
         }
-        if let network = try? NetworkManager(stateDirectory: stateDirectory),
-           let endpoint = try? network.endpoint(named: record.endpointName),
+        if let endpoint = try? network.endpoint(named: record.endpointName),
            endpoint.netns.hasSuffix("/" + record.namespaceName) {  // ours, not a same-named endpoint of someone else
             do { _ = try network.detach([endpoint.name]) } catch { logger.warning("cannot detach \(endpoint.name): \(error)") }
         }

@@ -64,7 +64,7 @@ final class ContainerStore {
     func save(_ record: ContainerRecord) throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try writeFile(path(record.id) + "/container.json", Array(try encoder.encode(record)), mode: 0o600, atomically: true)
+        try writeFile(path(record.id) + "/container.json", Array(try encoder.encode(record)), mode: 0o600, atomically: true, synced: true)
     }
 
     func load(_ id: String) -> ContainerRecord? {

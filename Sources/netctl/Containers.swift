@@ -1,6 +1,7 @@
 import ArgumentParser
 import FoundationEssentials
 import Glibc
+import Logging
 import NetCore
 import Primitives
 import Runtime
@@ -10,7 +11,9 @@ import Runtime
 extension GlobalOptions {
     func containers() throws -> ContainerManager {
         setUpLogging()
-        return try ContainerManager(stateDirectory: stateDir ?? NetworkManager.defaultStateDirectory)
+        let containers = try ContainerManager(stateDirectory: stateDir ?? NetworkManager.defaultStateDirectory)
+        holdSocketsAtExit(containers.network)
+        return containers
     }
 }
 
@@ -60,7 +63,7 @@ struct PS: ParsableCommand {
             let records = manager.containers(all: all)
             if quiet { return records.forEach { print($0.shortID) } }
             if json { return try printJSON(records) }
-            let network = try global.manager()
+            let network = manager.network
             let rows = records.map { record -> [String] in
                 // As `docker ps` prints them: 0.0.0.0:8080->80/tcp.
                 let ports = ((try? network.ports(endpoint: record.endpointName)) ?? []).flatMap { port in
@@ -161,6 +164,12 @@ struct Monitor: ParsableCommand {
     @Argument var id: String
 
     func run() throws {
+        // Its stderr is the container's monitor.log: what it has to say goes there.
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = .notice
+            return handler
+        }
         let code = try ContainerManager(stateDirectory: stateDir).runMonitor(id: id, readyFD: 3)
         throw ExitCode(code)
     }

@@ -9,6 +9,7 @@ import Netlink
 import Primitives
 import Primitives
 import Proxy
+import ProxyService
 import Images
 import Runtime
 
@@ -33,13 +34,17 @@ struct GlobalOptions: ParsableArguments {
     func manager() throws -> NetworkManager {
         setUpLogging()
         let manager = try NetworkManager(stateDirectory: stateDir ?? NetworkManager.defaultStateDirectory)
+        holdSocketsAtExit(manager)
+        return manager
+    }
+
+    /// A command that removed published ports would wait on exit for the kernel to release
+    /// them (the nftables socket's last close); a detached process takes that.
+    func holdSocketsAtExit(_ manager: NetworkManager) {
         if openedManagers.isEmpty {
-            // A command that removed published ports would wait on exit for the kernel to
-            // release them (the nftables socket's last close); a detached process takes that.
             atexit { openedManagers.forEach { $0.holdSocketsUntilExit() } }
         }
         openedManagers.append(manager)
-        return manager
     }
 }
 
@@ -259,8 +264,9 @@ struct GC: ParsableCommand {
     func run() throws {
         try reportingErrors {
             // Containers whose monitor died first: their release detaches their endpoints.
-            let containers = try global.containers().gc()
-            let report = try global.manager().gc()
+            let manager = try global.containers()
+            let containers = try manager.gc()
+            let report = try manager.network.gc()
             if json { return try printJSON(report) }
             if !containers.isEmpty { print("cleaned up containers: \(containers.joined(separator: ", "))") }
             print("removed endpoints: \(report.removedEndpoints.count), links: \(report.removedLinks.count), " +
@@ -322,19 +328,6 @@ struct ProxyCommand: ParsableCommand {
 
         func run() throws {
             try reportingErrors {
-                // Block the stop signals before any thread starts, so every thread inherits the
-                // mask and sigtimedwait below receives them.
-                var signals = sigset_t()
-                sigemptyset(&signals)
-                for signal in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&signals, signal) }
-                pthread_sigmask(SIG_BLOCK, &signals, nil)
-                // Every TCP route holds a descriptor and every connection two or more: take
-                // the whole allowance the administrator granted.
-                var limit = rlimit()
-                if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 && limit.rlim_cur < limit.rlim_max {
-                    limit.rlim_cur = limit.rlim_max
-                    setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
-                }
                 // Bad input fails before anything starts.
                 let metricsAddress = try metrics.map { text -> SocketAddress in
                     guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]),
@@ -343,33 +336,16 @@ struct ProxyCommand: ParsableCommand {
                     }
                     return SocketAddress(ip, port)
                 }
-                let manager = try global.manager()
                 var options = ProxyServer.Options()
                 if let workers { options.workers = workers }
                 options.copyThreshold = copyThreshold
                 options.pinWorkers = pinWorkers
                 options.balanceConnections = balanceConnections
-                let wanted = backendCongestionControl == "system" ? nil : backendCongestionControl
-                options.backendCongestionControl = wanted
-                let service = try ProxyService(manager: manager, options: options)
-                if let wanted, service.backendCongestionControl != wanted {
-                    writeStandardError("netctl proxy: congestion control \(wanted) could not be set (see /proc/sys/net/ipv4/tcp_available_congestion_control)\n")
+                options.backendCongestionControl = backendCongestionControl == "system" ? nil : backendCongestionControl
+                try ProxyService.runUntilSignalled(manager: try global.manager(), options: options, metrics: metricsAddress,
+                                                   drainSeconds: drain, logger: Logger(label: "netctl-proxy")) {
+                    writeStandardError("netctl proxy: \($0)\n")
                 }
-                let endpoint = try metricsAddress.map { try MetricsEndpoint(listen: $0) }
-                try service.refresh(force: true)
-                writeStandardError("netctl proxy: serving \(service.serving) routes; connections to containers use \(service.backendCongestionControl)\n")
-                var tick = 0
-                var timeout = timespec(tv_sec: 0, tv_nsec: 250_000_000)
-                while true {
-                    if sigtimedwait(&signals, nil, &timeout) > 0 { break }
-                    do { try service.refresh() } catch { writeStandardError("netctl proxy: \(error)\n") }
-                    tick += 1
-                    if tick % 4 == 0 && service.writeStatsIfChanged() {
-                        endpoint?.update(service.metrics())
-                    }
-                }
-                writeStandardError("netctl proxy: draining (up to \(drain) s)\n")
-                service.stop(drainSeconds: drain)
             }
         }
     }
@@ -425,7 +401,7 @@ struct PortCommand: ParsableCommand {
 
         func run() throws {
             try reportingErrors {
-                let stats = try global.manager().portStats(endpoint: endpoint)
+                let stats = try PortStatistics.read(try global.manager(), endpoint: endpoint)
                 if json { return try printJSON(stats) }
                 printTable(["ENDPOINT", "PORT", "BACKEND", "KERNEL-FLOWS", "PROXY-CONN", "PROXY-ACTIVE", "BYTES-IN", "BYTES-OUT"],
                            stats.map { s in

@@ -92,6 +92,42 @@ struct RunTests {
         }
     }
 
+    @Test("one relay per port: `proxy serve` and a container's monitor never both serve it, whichever starts first")
+    func relayOwnership() throws {
+        let world = try World()
+        let s = world.sandbox
+        let firstLog = s.stateDirectory + "/.serve-1.log", thirdLog = s.stateDirectory + "/.serve-3.log"
+        let first = try s.startNetctl(["proxy", "serve", "--drain", "0"], stderrTo: firstLog)
+        var running = [first]
+        defer { for serve in running { serve.kill(); _ = try? serve.wait(timeout: 10) } }
+        #expect(eventually { slurp(firstLog).contains("serving") }, "\(slurp(firstLog))")
+        // A second `proxy serve` on the same state is refused, naming the first.
+        let second = try s.netctl("proxy", "serve")
+        #expect(second.status == 1 && second.stderr.contains("already relayed by process \(first.pid)"), "\(second.stderr)")
+
+        // A container started while `proxy serve` runs: its monitor stands aside and says so;
+        // [::] to the IPv4-only container is relayed by `proxy serve`.
+        let id = try world.netctlOK("run", "-d", "--name", "web", "-p", "8080:80", exampleImage).stdout
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let monitorLog = s.stateDirectory + "/containers/\(id)/monitor.log"
+        #expect(try world.page(from: world.neighbour, World.hostIP6, 8080).contains(pageTitle))
+        #expect(slurp(monitorLog).contains("netctl proxy serve (process \(first.pid)) relays them"), "\(slurp(monitorLog))")
+
+        // `proxy serve` stops: the monitor takes the port over.
+        first.kill(SIGTERM)
+        _ = try first.wait(timeout: 10)
+        running = []
+        #expect(eventually { (try? Traffic.httpGet(from: world.neighbour, World.hostIP6, 8080))?.contains(pageTitle) == true })
+
+        // `proxy serve` again: it leaves the container's port to the monitor and says so.
+        let third = try s.startNetctl(["proxy", "serve", "--drain", "0"], stderrTo: thirdLog)
+        running = [third]
+        #expect(eventually { slurp(thirdLog).contains("not relaying the proxied ports of endpoint web: its own service") },
+                "\(slurp(thirdLog))")
+        #expect(try world.page(from: world.neighbour, World.hostIP6, 8080).contains(pageTitle))
+        try world.netctlOK("rm", "-f", "web")
+    }
+
     @Test("run -d -p serves the page to the host and the LAN; ps, logs, port ls, stop; nothing is left")
     func detachedRunServesThePage() throws {
         let world = try World()

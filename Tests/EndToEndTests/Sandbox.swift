@@ -101,6 +101,16 @@ final class Sandbox {
                         environment: ["NETCTL_STATE_DIR": stateDirectory])
     }
 
+    /// Starts netctl inside the sandbox without waiting; its stderr goes to `log` (a path
+    /// outside the sandbox's mount namespace is fine: the file is opened here).
+    func startNetctl(_ arguments: [String], stderrTo log: String) throws -> Child {
+        let fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw SandboxError("cannot open \(log)") }
+        defer { close(fd) }
+        return try Child.spawn(["/usr/bin/nsenter", "--target", "\(holder.pid)", "--net", "--mount", "--", Sandbox.netctl] + arguments,
+                               stderr: fd, environment: ["NETCTL_STATE_DIR": stateDirectory])
+    }
+
     /// Runs netctl inside the sandbox.
     @discardableResult
     func netctl(_ arguments: String...) throws -> Result {

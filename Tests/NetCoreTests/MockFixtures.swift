@@ -24,10 +24,10 @@ final class MockManager {
     init(web: Bool = false) throws {
         manager = try NetworkManager(stateDirectory: directory, host: RouteNetlink(socket: host), firewall: firewall)
         guard web else { return }
-        try manager.store.transaction {
-            try manager.store.insert(Network(name: "web", bridge: "nc-web", subnet: "10.88.0.0/24", gateway: "10.88.0.1",
+        try manager.context.store.transaction {
+            try manager.context.store.insert(Network(name: "web", bridge: "nc-web", subnet: "10.88.0.0/24", gateway: "10.88.0.1",
                                              subnet6: nil, gateway6: nil, mtu: 1500, created: .now()))
-            try manager.store.insert(webEndpoint(id: "e1", name: "web1", hostInterface: "nc00000001", ip: "10.88.0.2"))
+            try manager.context.store.insert(webEndpoint(id: "e1", name: "web1", hostInterface: "nc00000001", ip: "10.88.0.2"))
         }
     }
 

@@ -48,7 +48,7 @@ struct ValidationTests {
     }
 
     @Test func macs() throws {
-        #expect(try Validate.mac("02:42:ac:11:00:02") == [2, 0x42, 0xac, 0x11, 0, 2])
+        #expect(try Validate.mac("02:42:ac:11:00:02").bytes == [2, 0x42, 0xac, 0x11, 0, 2])
         for bad in ["01:00:5e:00:00:01", "00:00:00:00:00:00", "02:42:ac:11:00", "zz:42:ac:11:00:02", "2:42:ac:11:00:02"] {
             #expect(throws: NetctlError.invalidMAC(bad)) { try Validate.mac(bad) }
         }
@@ -82,10 +82,10 @@ struct ValidationTests {
 
     @Test("bridge names fit the kernel's 15 bytes")
     func bridgeNames() {
-        #expect(NetworkManager.bridgeName(for: "web") == "nc-web")
-        let long = NetworkManager.bridgeName(for: "a-very-long-network-name")
+        #expect(NetworkRegistry.bridgeName(for: "web") == "nc-web")
+        let long = NetworkRegistry.bridgeName(for: "a-very-long-network-name")
         #expect(long.hasPrefix("nc-") && long.utf8.count == 11)
-        #expect(long == NetworkManager.bridgeName(for: "a-very-long-network-name"))
+        #expect(long == NetworkRegistry.bridgeName(for: "a-very-long-network-name"))
     }
 }
 

@@ -79,7 +79,7 @@ struct RetireMockTests {
             return linkReply(to: request, index: 7, name: "nc00000001", group: LinkGroups.endpoint, peer: 3)
         }
         let endpoint = webEndpoint(id: "e1", name: "web1", hostInterface: "nc00000001", ip: "10.88.0.2")
-        try manager.retire([endpoint])
+        try manager.attachments.retire([endpoint])
 
         let changes = socket.sent.filter { $0.type == NetlinkMessageType.newLink }
         #expect(changes.count == 1)
@@ -108,7 +108,7 @@ struct RetireMockTests {
             guard request.type == NetlinkMessageType.getLink else { return nil }
             return [MockNetlinkSocket.ack(request, error: ENODEV)]
         }
-        try manager.retire([webEndpoint(id: "e2", name: "web2", hostInterface: "nc00000002", ip: "10.88.0.3", netns: "/run/netns/y")])
+        try manager.attachments.retire([webEndpoint(id: "e2", name: "web2", hostInterface: "nc00000002", ip: "10.88.0.3", netns: "/run/netns/y")])
         #expect(socket.sent.allSatisfy { $0.type == NetlinkMessageType.getLink })
         #expect(socket.detached.isEmpty)
     }
