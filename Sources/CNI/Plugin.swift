@@ -67,7 +67,7 @@ public enum CNIPlugin {
         return Output(stdout: info.text, status: 0)
     }
 
-    /// NetCore's errors as CNI codes.
+    /// NetCore's errors as CNI codes, with what to do in a configuration's terms.
     public static func cniError(_ error: Error) -> CNIError {
         guard let e = error as? NetctlError else { return CNIError(.internalFailure, "\(error)") }
         let code: CNIError.Code
@@ -82,7 +82,7 @@ public enum CNIPlugin {
             code = .invalidNetworkConfig
         case .portAlreadyPublished, .portInUse, .noFreeHostPort:
             code = .portConflict
-        case .namespace, .interfaceExistsInNamespace:
+        case .namespace, .interfaceExistsInNamespace, .defaultRouteExists:
             code = .invalidEnvironment
         case .endpointExists:
             code = .alreadyAttached
@@ -91,37 +91,55 @@ public enum CNIPlugin {
         default:
             code = .internalFailure
         }
-        // The CLI's advice names its flags; say it in configuration terms.
-        switch e {
-        case .addressTaken(let address, let network, let endpoint):
-            return CNIError(code, "address \(address) on network \(network) is already used by endpoint \(endpoint)",
-                            details: "request another IP (runtimeConfig.ips, args or CNI_ARGS IP=), or none")
-        case .portAlreadyPublished(let port, let hostIP, let endpoint):
-            return CNIError(code, "port \(port) is already published on \(hostIP.isEmpty ? "all addresses" : hostIP) by endpoint \(endpoint)",
-                            details: "map another hostPort, or DEL the container that holds it")
-        case .bridgeNotOurs(let bridge):
-            return CNIError(code, e.description, details: "set another \"bridge\" in the configuration, or delete \(bridge) (e.g. left by the bridge plugin) once no container uses it")
-        case .bridgeInUse(let bridge, let network):
-            return CNIError(code, e.description, details: "bridge \(bridge) belongs to netctl network \(network); give this configuration its own \"bridge\"")
-        case .interfaceExistsInNamespace(let interface, let namespace):
-            return CNIError(code, "an interface named \(interface) already exists in \(namespace)",
-                            details: "give the attachment another CNI_IFNAME, or remove \(interface) from the container")
-        case .needsProxy(let spec, _):
-            // The plugin publishes with kernel DNAT only: a configuration has no backend to choose.
-            return CNIError(code, "cannot publish \(spec) with kernel DNAT, the only way this plugin publishes",
-                            details: "use an IPv4 hostIP, or none; an IPv6 one needs an IPv6 subnet in \"ipam\", and ::1 never works")
-        case .subnetOverlapsNetwork, .subnetOverlapsRoute:
-            return CNIError(code, configurationTerms(e.description), details: "change the subnet in \"ipam\"")
-        default:
-            return CNIError(code, configurationTerms(e.description))
+        return CNIError(code, e.message(naming: configurationKey), details: advice(e) ?? "")
+    }
+
+    /// How a configuration names each input NetCore may refuse.
+    static func configurationKey(_ field: InputField) -> String {
+        switch field {
+        case .ip: return "the requested IP"
+        case .gateway: return "the gateway"
+        case .gateway6: return "the IPv6 gateway"
+        case .subnet: return "the subnet"
+        case .subnet6: return "the IPv6 subnet"
         }
     }
 
-    /// A NetCore message with the CLI's flags named as what they are in a CNI configuration.
-    static func configurationTerms(_ message: String) -> String {
-        [("--ip", "the requested IP"), ("--gateway6", "IPv6 gateway"), ("--gateway", "gateway"),
-         ("--subnet6", "IPv6 subnet"), ("--subnet", "subnet")]
-            .reduce(message) { $0.replacing($1.0, with: $1.1) }
+    /// What to do, in a configuration's terms; nil when the message says it.
+    static func advice(_ e: NetctlError) -> String? {
+        switch e {
+        case .addressTaken:
+            return "request another IP (runtimeConfig.ips, args or CNI_ARGS IP=), or none"
+        case .portAlreadyPublished:
+            return "map another hostPort, or DEL the container that holds it"
+        case .portInUse:
+            return "map another hostPort, or stop the program that holds it"
+        case .bridgeNotOurs(let bridge):
+            return "set another \"bridge\" in the configuration, or delete \(bridge) (e.g. left by the bridge plugin) once no container uses it"
+        case .bridgeInUse(let bridge, let network):
+            return "bridge \(bridge) belongs to netctl network \(network); give this configuration its own \"bridge\""
+        case .interfaceExistsInNamespace(let interface, _):
+            return "give the attachment another CNI_IFNAME, or remove \(interface) from the container"
+        case .defaultRouteExists:
+            return "the container is attached to another network with a default route; DEL that attachment first"
+        case .needsProxy:
+            // The plugin publishes with kernel DNAT only: a configuration has no backend to choose.
+            return "use an IPv4 hostIP, or none; an IPv6 one needs an IPv6 subnet in \"ipam\", and ::1 never works"
+        case .subnetOverlapsNetwork, .subnetOverlapsRoute, .noFreeSubnet:
+            return "change the subnet in \"ipam\""
+        case .addressPoolExhausted:
+            return "DEL containers that are gone, or give the network a larger subnet"
+        case .endpointNotActive:
+            return "another operation on this attachment is in flight; retry"
+        case .endpointBroken:
+            return "DEL and ADD it again"
+        case .kernel(let error, _) where error.code == EPERM || error.code == EACCES:
+            return "the plugin needs root (CAP_NET_ADMIN)"
+        case .sysctl, .stateUnavailable:
+            return "the plugin needs root (CAP_NET_ADMIN), and netctl's state directory (\"stateDir\", $NETCTL_STATE_DIR or /var/lib/netctl) writable"
+        default:
+            return nil
+        }
     }
 
     /// netctl's endpoint name for a (network, container, interface) attachment: stable, so

@@ -53,7 +53,7 @@ final class Attachments {
         let mac = try request.mac.map(Validate.mac)
         if let name = request.name { try Validate.objectName(name, kind: "endpoint") }
         if let ip = request.ip, IPAddress(ip)?.isIPv4 != true {
-            throw NetctlError.invalidAddress(ip, reason: "--ip must be an IPv4 address")
+            throw NetctlError.invalidAddress(ip, field: .ip, problem: .notAnAddress(ipv4: true))
         }
         switch request.target {
         case .path(let path):
@@ -74,6 +74,18 @@ final class Attachments {
     func attach(_ request: AttachRequest, target: Target, to network: Network) throws -> Endpoint {
         let routes = try extraRoutes(request.routes, network: network)
         var namespace = target.namespace
+        // A namespace that exists already is looked at before anything is made: a default
+        // route it has (another network's) would refuse ours half-way.
+        let inside = try namespace.map { ns in try context.wrapKernel { try RouteNetlink.open(in: ns) } }
+        if let inside {
+            let gateways = [network.ipv4Gateway] + [network.ipv6Gateway].compactMap { $0 }
+            for gateway in gateways {
+                let family = gateway.isIPv4 ? UInt8(AF_INET) : UInt8(AF_INET6)
+                if try context.wrapKernel({ try inside.routes(family: family) }).contains(where: { $0.destination == nil }) {
+                    throw NetctlError.defaultRouteExists(namespace: target.path, gateway: "\(gateway)")
+                }
+            }
+        }
         let requestedIP = try request.ip.map {
             try Validate.requestedAddress($0, in: network.ipv4Subnet, gateway: network.ipv4Gateway, network: network.name)
         }
@@ -107,7 +119,7 @@ final class Attachments {
             let bridgeIndex = try registry.ensureBridge(network)
             try createVeth(endpoint, bridgeIndex: bridgeIndex, network: network, namespace: ns)
             undo.append { [host] in try? host.perform(.deleteLink(name: endpoint.hostInterface).ignoring(ENODEV)) }
-            try configureInside(ns, endpoint: endpoint, routes: routes)
+            try configureInside(try inside ?? context.wrapKernel { try RouteNetlink.open(in: ns) }, endpoint: endpoint, routes: routes)
             endpoint.state = .active
             endpoint.namespaceIdentity = ns.identity
             try store.transaction { try store.update(endpoint: id, state: .active, namespaceIdentity: ns.identity) }
@@ -145,8 +157,7 @@ final class Attachments {
 
     /// Inside the namespace, through a socket opened there: lo up, the address(es), the
     /// interface up and the default route(s), in one netlink round trip.
-    private func configureInside(_ namespace: NetworkNamespace, endpoint: Endpoint, routes: [Route]) throws {
-        let inside = try RouteNetlink.open(in: namespace)
+    private func configureInside(_ inside: RouteNetlink, endpoint: Endpoint, routes: [Route]) throws {
         guard let peer = try inside.link(named: endpoint.interface), let lo = try inside.link(named: "lo") else {
             throw NetlinkError(operation: "finding \(endpoint.interface) in \(endpoint.netns)", code: ENODEV)
         }
@@ -160,7 +171,13 @@ final class Attachments {
             requests.append(.addRoute(.defaultRoute(via: gateway6)))
         }
         requests += routes.map { .addRoute($0) }
-        try inside.perform(requests)
+        let codes = try inside.performEach(requests)
+        for (request, code) in zip(requests, codes) where code != 0 && !request.ignoredErrors.contains(code) {
+            if code == EEXIST, let route = request.route, route.destination == nil, let gateway = route.gateway {
+                throw NetctlError.defaultRouteExists(namespace: endpoint.netns, gateway: "\(gateway)")
+            }
+            throw NetlinkError(operation: request.operation, code: code)
+        }
     }
 
     /// Routes for inside an endpoint's namespace, checked against the network: destinations
@@ -202,10 +219,10 @@ final class Attachments {
     func links(of endpoint: Endpoint, on network: Network) throws -> EndpointLinks {
         let name = endpoint.name
         guard let bridge = try context.wrapKernel({ try host.link(named: network.bridge) }) else {
-            throw NetctlError.endpointBroken(name, reason: "bridge \(network.bridge) is missing; run `netctl gc` to restore it")
+            throw NetctlError.endpointBroken(name, reason: "bridge \(network.bridge) is missing")
         }
         guard let veth = try context.wrapKernel({ try host.link(named: endpoint.hostInterface) }) else {
-            throw NetctlError.endpointBroken(name, reason: "its host interface \(endpoint.hostInterface) is missing; detach and attach it again")
+            throw NetctlError.endpointBroken(name, reason: "its host interface \(endpoint.hostInterface) is missing")
         }
         return EndpointLinks(bridge: bridge.name, bridgeMAC: MACAddress(bytes: bridge.mac)?.description ?? "",
                              hostInterface: veth.name, hostMAC: MACAddress(bytes: veth.mac)?.description ?? "", mtu: Int(veth.mtu))

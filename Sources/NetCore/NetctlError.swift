@@ -1,12 +1,67 @@
 import Netlink
+import Primitives
 
-/// Every failure netctl reports: one line that names the problem and what to do about it.
+/// An input of a request that an error is about. Front ends name it in their own words (the
+/// CLI's `--ip`, a CNI configuration's "the requested IP"); see `NetctlError.message(naming:)`.
+public enum InputField: String, Sendable, CaseIterable {
+    /// The endpoint's IPv4 address (`AttachRequest.ip`).
+    case ip
+    case gateway, gateway6, subnet, subnet6
+
+    /// How the library names it.
+    public var plainName: String {
+        switch self {
+        case .ip: return "the requested address"
+        case .gateway: return "the gateway"
+        case .gateway6: return "the IPv6 gateway"
+        case .subnet: return "the subnet"
+        case .subnet6: return "the IPv6 subnet"
+        }
+    }
+}
+
+/// What is wrong with a given address.
+public enum AddressProblem: Equatable, Sendable {
+    /// Not an address of the family the input takes.
+    case notAnAddress(ipv4: Bool)
+    case outside(subnet: String)
+    case networkAddress(subnet: String)
+    case broadcastAddress(subnet: String)
+    /// It is the gateway of the network.
+    case isGateway(network: String)
+    /// A gateway given without its subnet.
+    case needsSubnet
+}
+
+/// What is wrong with a given subnet.
+public enum SubnetProblem: Equatable, Sendable {
+    case notCIDR
+    /// An IPv6 subnet where an IPv4 one goes, or the other way round.
+    case wrongFamily
+    case hostBitsSet(masked: String)
+    case tooSmall(prefix: Int, maxPrefix: Int)
+    case tooLarge(prefix: Int, minPrefix: Int)
+}
+
+/// Why a mapping cannot be published with kernel DNAT alone.
+public enum ProxyNeed: Equatable, Sendable {
+    /// The kernel does not DNAT from ::1.
+    case ipv6Loopback
+    /// An IPv6 host address for an endpoint without IPv6.
+    case noIPv6(endpoint: String)
+    /// The plan would relay SCTP, which the proxy does not.
+    case sctpNotRelayed
+}
+
+/// Every failure of the library: what failed, with the facts (which subnet, which endpoint,
+/// which port). The words of what to do next belong to each front end (CLI flags, CNI
+/// configuration keys), which adds them; `description` is the plain statement.
 public enum NetctlError: Error, CustomStringConvertible, Equatable {
     case invalidName(kind: String, value: String, reason: String)
     case invalidInterfaceName(String, reason: String)
     case invalidMAC(String)
-    case invalidSubnet(String, reason: String)
-    case invalidAddress(String, reason: String)
+    case invalidSubnet(String, field: InputField, problem: SubnetProblem)
+    case invalidAddress(String, field: InputField, problem: AddressProblem)
     case subnetOverlapsNetwork(subnet: String, network: String, other: String)
     case subnetOverlapsRoute(subnet: String, route: String)
     case noFreeSubnet
@@ -21,23 +76,33 @@ public enum NetctlError: Error, CustomStringConvertible, Equatable {
     case addressPoolExhausted(network: String, subnet: String)
     case namespaceExists(String)
     case interfaceExistsInNamespace(interface: String, namespace: String)
-    case missingTarget
+    /// The namespace has a default route of the family already (another network's).
+    case defaultRouteExists(namespace: String, gateway: String)
     case invalidPortSpec(spec: String, reason: String)
     case portAlreadyPublished(port: String, hostIP: String, endpoint: String)
     case portInUse(port: String, hostIP: String)
     case noFreeHostPort(range: String, proto: String)
     case hostAddressNotLocal(String)
-    case needsProxy(spec: String, reason: String)
+    case needsProxy(spec: String, need: ProxyNeed)
     case portNotPublished(endpoint: String, spec: String)
     case endpointNotActive(String)
     case endpointBroken(String, reason: String)
     case invalidRoute(String, reason: String)
     case relaysClaimed(scope: String, pid: Int32)
     case namespace(NamespaceError)
-    case kernel(NetlinkError, hint: String)
+    /// The kernel refused or failed a request. `unchanged`: state and ruleset are as before.
+    case kernel(NetlinkError, unchanged: Bool)
+    /// A sysctl could not be set (netctl needs root).
+    case sysctl(name: String, value: String, code: Int32)
+    /// The state directory or database cannot be opened or created.
+    case stateUnavailable(path: String, reason: String)
+    /// A state database operation failed.
     case state(String)
 
-    public var description: String {
+    public var description: String { message(naming: \.plainName) }
+
+    /// The failure in words, naming inputs with `name`.
+    public func message(naming name: (InputField) -> String) -> String {
         switch self {
         case .invalidName(let kind, let value, let reason):
             return "invalid \(kind) name \"\(value)\": \(reason)"
@@ -45,66 +110,93 @@ public enum NetctlError: Error, CustomStringConvertible, Equatable {
             return "invalid interface name \"\(name)\": \(reason); use 1-15 bytes without '/', ':' or spaces"
         case .invalidMAC(let mac):
             return "invalid MAC address \"\(mac)\": use six hex octets like 02:42:ac:11:00:02 with a unicast first octet"
-        case .invalidSubnet(let subnet, let reason):
+        case .invalidSubnet(let subnet, let field, let problem):
+            let reason: String
+            switch problem {
+            case .notCIDR: reason = "write it as ADDRESS/PREFIX, e.g. \(field == .subnet6 ? "fd00:1::/64" : "10.10.0.0/24")"
+            case .wrongFamily:
+                reason = field == .subnet6 ? "\(name(.subnet6)) takes an IPv6 subnet"
+                                           : "\(name(.subnet)) takes an IPv4 subnet; use \(name(.subnet6)) for IPv6"
+            case .hostBitsSet(let masked): reason = "host bits are set; did you mean \(masked)?"
+            case .tooSmall(let prefix, let maxPrefix): reason = "a /\(prefix) has no room for a gateway and endpoints; use /\(maxPrefix) or shorter"
+            case .tooLarge(let prefix, let minPrefix): reason = "a /\(prefix) is too large for one bridge; use /\(minPrefix) or longer"
+            }
             return "invalid subnet \"\(subnet)\": \(reason)"
-        case .invalidAddress(let address, let reason):
+        case .invalidAddress(let address, let field, let problem):
+            let reason: String
+            switch problem {
+            case .notAnAddress(let ipv4): reason = "\(name(field)) must be an IPv\(ipv4 ? 4 : 6) address"
+            case .outside(let subnet): reason = "\(name(field)) is outside the subnet \(subnet)"
+            case .networkAddress(let subnet): reason = "\(name(field)) is the network address of \(subnet)"
+            case .broadcastAddress(let subnet): reason = "\(name(field)) is the broadcast address of \(subnet)"
+            case .isGateway(let network): reason = "\(name(field)) is the gateway of network \(network)"
+            case .needsSubnet: reason = "\(name(field)) needs \(name(field == .gateway6 ? .subnet6 : .subnet))"
+            }
             return "invalid address \"\(address)\": \(reason)"
         case .subnetOverlapsNetwork(let subnet, let network, let other):
-            return "subnet \(subnet) overlaps network \(network) (\(other)); choose another --subnet"
+            return "subnet \(subnet) overlaps network \(network) (\(other))"
         case .subnetOverlapsRoute(let subnet, let route):
-            return "subnet \(subnet) overlaps the host route \(route); choose another --subnet"
+            return "subnet \(subnet) overlaps the host route \(route)"
         case .noFreeSubnet:
-            return "no free subnet left in the default pools (172.17-31.0.0/16, 192.168.0.0/16 in /20s); pass --subnet"
+            return "no free subnet left in the default pools (172.17-31.0.0/16, 192.168.0.0/16 in /20s)"
         case .networkExists(let name):
-            return "network \(name) already exists; pick another name or remove it with `netctl network rm \(name)`"
+            return "network \(name) already exists"
         case .networkNotFound(let name):
-            return "no network named \(name); list networks with `netctl network ls`"
+            return "no network named \(name)"
         case .bridgeInUse(let bridge, let network):
-            return "bridge \(bridge) is already used by network \(network); pass another --bridge"
+            return "bridge \(bridge) is already used by network \(network)"
         case .bridgeNotOurs(let bridge):
-            return "interface \(bridge) exists and was not created by netctl; pass another --bridge"
+            return "interface \(bridge) exists and was not created by netctl"
         case .networkInUse(let network, let endpoints):
-            return "network \(network) has attached endpoints (\(endpoints.joined(separator: ", "))); detach them or use --force"
+            return "network \(network) has attached endpoints (\(endpoints.joined(separator: ", ")))"
         case .endpointExists(let name):
-            return "endpoint \(name) already exists; pick another --name or detach it with `netctl detach \(name)`"
+            return "endpoint \(name) already exists"
         case .endpointNotFound(let name):
-            return "no endpoint named \(name); list endpoints with `netctl endpoints`"
+            return "no endpoint named \(name)"
         case .addressTaken(let address, let network, let endpoint):
-            return "address \(address) on network \(network) is already used by endpoint \(endpoint); pick another --ip or omit it"
+            return "address \(address) on network \(network) is already used by endpoint \(endpoint)"
         case .addressPoolExhausted(let network, let subnet):
-            return "no free address left in network \(network) (\(subnet)); detach endpoints or create a larger network"
+            return "no free address left in network \(network) (\(subnet))"
         case .namespaceExists(let path):
-            return "network namespace \(path) already exists; attach to it with --netns \(path) or pick another --new name"
+            return "network namespace \(path) already exists"
         case .interfaceExistsInNamespace(let interface, let namespace):
-            return "an interface named \(interface) already exists in \(namespace); pass another --ifname"
-        case .missingTarget:
-            return "say which network namespace to attach: --netns PATH, --pid PID or --new NAME (exactly one)"
+            return "an interface named \(interface) already exists in \(namespace)"
+        case .defaultRouteExists(let namespace, let gateway):
+            return "\(namespace) already has a default route, so it cannot get one via \(gateway)"
         case .invalidPortSpec(let spec, let reason):
             return "invalid port mapping \"\(spec)\": \(reason)"
         case .portAlreadyPublished(let port, let hostIP, let endpoint):
-            return "port \(port) is already published on \(hostIP.isEmpty ? "all addresses" : hostIP) by endpoint \(endpoint); pick another host port or remove it with `netctl port rm \(endpoint)`"
+            return "port \(port) is already published on \(hostIP.isEmpty ? "all addresses" : hostIP) by endpoint \(endpoint)"
         case .portInUse(let port, let hostIP):
-            return "host port \(port) is in use by another program on \(hostIP.isEmpty ? "this host" : hostIP); pick another host port or stop that program"
+            return "host port \(port) is in use by another program on \(hostIP.isEmpty ? "this host" : hostIP)"
         case .noFreeHostPort(let range, let proto):
-            return "no free \(proto) host port in \(range); widen the range or free a port"
+            return "no free \(proto) host port in \(range)"
         case .hostAddressNotLocal(let ip):
-            return "host address \(ip) is not assigned to any interface of this host; publish on one of its addresses or omit it"
-        case .needsProxy(let spec, let reason):
-            return "cannot publish \(spec) with kernel DNAT: \(reason)"
+            return "host address \(ip) is not assigned to any interface of this host"
+        case .needsProxy(let spec, let need):
+            switch need {
+            case .ipv6Loopback: return "cannot publish \(spec) with kernel DNAT: the kernel does not DNAT from ::1"
+            case .noIPv6(let endpoint): return "cannot publish \(spec) with kernel DNAT: endpoint \(endpoint) has no IPv6 address"
+            case .sctpNotRelayed: return "cannot publish \(spec) through the proxy: the proxy relays TCP and UDP only"
+            }
         case .portNotPublished(let endpoint, let spec):
-            return "endpoint \(endpoint) has no published port matching \(spec); list them with `netctl port ls \(endpoint)`"
+            return "endpoint \(endpoint) has no published port matching \(spec)"
         case .endpointNotActive(let name):
-            return "endpoint \(name) is being set up or torn down; retry, or run `netctl gc` if its owner died"
+            return "endpoint \(name) is being set up or torn down"
         case .endpointBroken(let name, let reason):
-            return "endpoint \(name) is broken: \(reason); detach and attach it again, or run `netctl gc`"
+            return "endpoint \(name) is broken: \(reason)"
         case .invalidRoute(let destination, let reason):
             return "invalid route to \(destination): \(reason)"
         case .relaysClaimed(let scope, let pid):
-            return "the proxied ports of \(scope) are already relayed by process \(pid); stop it first, or leave them to it"
+            return "the proxied ports of \(scope) are already relayed by process \(pid)"
         case .namespace(let error):
             return error.description
-        case .kernel(let error, let hint):
-            return hint.isEmpty ? error.description : "\(error.description); \(hint)"
+        case .kernel(let error, let unchanged):
+            return unchanged ? "\(error.description); state and the ruleset are unchanged" : error.description
+        case .sysctl(let name, let value, let code):
+            return "cannot set \(name) to \(value): \(errorMessage(code))"
+        case .stateUnavailable(let path, let reason):
+            return "cannot open netctl's state at \(path): \(reason)"
         case .state(let message):
             return message
         }
@@ -113,9 +205,9 @@ public enum NetctlError: Error, CustomStringConvertible, Equatable {
 
 extension NetctlError {
     /// Wraps kernel and namespace errors so callers see one error type.
-    static func wrap(_ error: Error, hint: String = "") -> Error {
+    static func wrap(_ error: Error, unchanged: Bool = false) -> Error {
         switch error {
-        case let e as NetlinkError: return NetctlError.kernel(e, hint: hint)
+        case let e as NetlinkError: return NetctlError.kernel(e, unchanged: unchanged)
         case let e as NamespaceError: return NetctlError.namespace(e)
         default: return error
         }

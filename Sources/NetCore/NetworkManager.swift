@@ -226,13 +226,13 @@ final class ManagerContext {
             try makeDirectories(stateDirectory)
             try makeDirectories(stateDirectory + "/netns")
         } catch let error as SystemError {
-            throw NetctlError.state(error.description)
+            throw NetctlError.stateUnavailable(path: stateDirectory, reason: error.description)
         }
         store = try StateStore(path: stateDirectory + "/state.db")
         do {
             self.host = try host ?? RouteNetlink()
         } catch {
-            throw NetctlError.wrap(error, hint: "netctl needs root (CAP_NET_ADMIN)")
+            throw NetctlError.wrap(error)
         }
     }
 

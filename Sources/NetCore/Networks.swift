@@ -41,13 +41,13 @@ final class NetworkRegistry {
         let subnet = try spec.subnet.map { try Validate.subnet($0, ipv6: false) }
         let subnet6 = try spec.subnet6.map { try Validate.subnet($0, ipv6: true) }
         if spec.gateway != nil && subnet == nil {
-            throw NetctlError.invalidAddress(spec.gateway!, reason: "--gateway needs --subnet")
+            throw NetctlError.invalidAddress(spec.gateway!, field: .gateway, problem: .needsSubnet)
         }
         if spec.gateway6 != nil && subnet6 == nil {
-            throw NetctlError.invalidAddress(spec.gateway6!, reason: "--gateway6 needs --subnet6")
+            throw NetctlError.invalidAddress(spec.gateway6!, field: .gateway6, problem: .needsSubnet)
         }
-        let gateway = try zip2(spec.gateway, subnet).map { try Validate.hostAddress($0, in: $1, what: "--gateway") }
-        let gateway6 = try zip2(spec.gateway6, subnet6).map { try Validate.hostAddress($0, in: $1, what: "--gateway6") }
+        let gateway = try zip2(spec.gateway, subnet).map { try Validate.hostAddress($0, in: $1, field: .gateway) }
+        let gateway6 = try zip2(spec.gateway6, subnet6).map { try Validate.hostAddress($0, in: $1, field: .gateway6) }
         let bridge = spec.bridge ?? NetworkRegistry.bridgeName(for: spec.name)
         try Validate.interfaceName(bridge)
         let mtu = spec.mtu ?? 1500

@@ -98,16 +98,16 @@ final class PortPublisher {
         switch backend {
         case .nft:
             if case .address(let ip) = scope, ip == PortPlan.ipv6Loopback {
-                throw NetctlError.needsProxy(spec: text, reason: "the kernel does not DNAT from ::1; use --backend auto (or proxy), or publish on 127.0.0.1")
+                throw NetctlError.needsProxy(spec: text, need: .ipv6Loopback)
             }
             if spec.hostIP != "" && scope.coversIPv6 && endpoint.ipv6 == nil {
-                throw NetctlError.needsProxy(spec: text, reason: "endpoint \(endpoint.name) has no IPv6 address; use --backend auto (or proxy), or give its network a --subnet6")
+                throw NetctlError.needsProxy(spec: text, need: .noIPv6(endpoint: endpoint.name))
             }
         case .proxy, .auto:
             let relays = PortPlan.shares(scope, backend: backend, v4: endpoint.ipv4Interface.address,
                                          v6: endpoint.ipv6Interface?.address).relays
             if spec.proto == .sctp && !relays.isEmpty {
-                throw NetctlError.needsProxy(spec: text, reason: "the proxy relays TCP and UDP only; publish SCTP with --backend nft")
+                throw NetctlError.needsProxy(spec: text, need: .sctpNotRelayed)
             }
         }
     }
@@ -173,7 +173,7 @@ final class PortPublisher {
             context.logger.notice("the netctl table was not as expected (\(error)); rebuilding it from state")
             try context.wrapKernel { try context.firewall().commit(tableFromState().batch, "rebuilding the netctl table") }
         } catch {
-            throw NetctlError.wrap(error, hint: "the ruleset and state are unchanged")
+            throw NetctlError.wrap(error, unchanged: true)
         }
     }
 

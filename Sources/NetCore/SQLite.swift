@@ -13,7 +13,7 @@ final class SQLiteDatabase {
             let message = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
             sqlite3_close(handle)
             handle = nil  // the throw runs deinit, which closes it otherwise
-            throw NetctlError.state("cannot open state database \(path): \(message)")
+            throw NetctlError.stateUnavailable(path: path, reason: message)
         }
         // Wait for other netctl processes instead of failing with SQLITE_BUSY.
         sqlite3_busy_timeout(handle, 15_000)

@@ -12,10 +12,10 @@ func setSysctl(_ name: String, _ value: String) throws {
     let path = "/proc/sys/" + name
     if readFile(path)?.split(separator: "\n").first.map(String.init) == value { return }
     let fd = open(path, O_WRONLY | O_CLOEXEC)
-    guard fd >= 0 else { throw NetctlError.state("cannot open \(path): \(errorMessage(errno)); netctl needs root") }
+    guard fd >= 0 else { throw NetctlError.sysctl(name: name, value: value, code: errno) }
     defer { close(fd) }
     let bytes = Array((value + "\n").utf8)
     guard write(fd, bytes, bytes.count) == bytes.count else {
-        throw NetctlError.state("cannot set \(name) to \(value): \(errorMessage(errno))")
+        throw NetctlError.sysctl(name: name, value: value, code: errno)
     }
 }

@@ -35,48 +35,33 @@ enum Validate {
     }
 
     static func subnet(_ text: String, ipv6: Bool) throws -> IPNetwork {
-        guard let loose = IPNetwork(text, strict: false) else {
-            throw NetctlError.invalidSubnet(text, reason: "write it as ADDRESS/PREFIX, e.g. \(ipv6 ? "fd00:1::/64" : "10.10.0.0/24")")
-        }
-        guard loose.isIPv4 != ipv6 else {
-            throw NetctlError.invalidSubnet(text, reason: ipv6 ? "--subnet6 takes an IPv6 subnet" : "--subnet takes an IPv4 subnet; use --subnet6 for IPv6")
-        }
-        guard IPNetwork(text) != nil else {
-            throw NetctlError.invalidSubnet(text, reason: "host bits are set; did you mean \(loose)?")
-        }
-        let maxPrefix = ipv6 ? 126 : 30
-        guard loose.prefixLength <= maxPrefix else {
-            throw NetctlError.invalidSubnet(text, reason: "a /\(loose.prefixLength) has no room for a gateway and endpoints; use /\(maxPrefix) or shorter")
-        }
-        guard loose.prefixLength >= (ipv6 ? 48 : 8) else {
-            throw NetctlError.invalidSubnet(text, reason: "a /\(loose.prefixLength) is too large for one bridge; use /\(ipv6 ? 48 : 8) or longer")
-        }
+        let field: InputField = ipv6 ? .subnet6 : .subnet
+        func fail(_ problem: SubnetProblem) -> NetctlError { .invalidSubnet(text, field: field, problem: problem) }
+        guard let loose = IPNetwork(text, strict: false) else { throw fail(.notCIDR) }
+        guard loose.isIPv4 != ipv6 else { throw fail(.wrongFamily) }
+        guard IPNetwork(text) != nil else { throw fail(.hostBitsSet(masked: "\(loose)")) }
+        let maxPrefix = ipv6 ? 126 : 30, minPrefix = ipv6 ? 48 : 8
+        guard loose.prefixLength <= maxPrefix else { throw fail(.tooSmall(prefix: loose.prefixLength, maxPrefix: maxPrefix)) }
+        guard loose.prefixLength >= minPrefix else { throw fail(.tooLarge(prefix: loose.prefixLength, minPrefix: minPrefix)) }
         return loose
     }
 
     /// An endpoint's requested address on a network: a host address of its subnet that is not
     /// its gateway.
     static func requestedAddress(_ text: String, in subnet: IPNetwork, gateway: IPAddress, network: String) throws -> IPAddress {
-        let ip = try hostAddress(text, in: subnet, what: "--ip")
-        if ip == gateway { throw NetctlError.invalidAddress(text, reason: "--ip is the gateway of network \(network)") }
+        let ip = try hostAddress(text, in: subnet, field: .ip)
+        if ip == gateway { throw NetctlError.invalidAddress(text, field: .ip, problem: .isGateway(network: network)) }
         return ip
     }
 
     /// An address that may be given to a host on `subnet`: inside it, and neither the
     /// network nor the broadcast address.
-    static func hostAddress(_ text: String, in subnet: IPNetwork, what: String) throws -> IPAddress {
-        guard let ip = IPAddress(text), ip.isIPv4 == subnet.isIPv4 else {
-            throw NetctlError.invalidAddress(text, reason: "\(what) must be an IPv\(subnet.isIPv4 ? 4 : 6) address")
-        }
-        guard subnet.contains(ip) else {
-            throw NetctlError.invalidAddress(text, reason: "\(what) is outside the subnet \(subnet)")
-        }
-        if ip == subnet.address {
-            throw NetctlError.invalidAddress(text, reason: "\(what) is the network address of \(subnet)")
-        }
-        if ip == subnet.broadcast {
-            throw NetctlError.invalidAddress(text, reason: "\(what) is the broadcast address of \(subnet)")
-        }
+    static func hostAddress(_ text: String, in subnet: IPNetwork, field: InputField) throws -> IPAddress {
+        func fail(_ problem: AddressProblem) -> NetctlError { .invalidAddress(text, field: field, problem: problem) }
+        guard let ip = IPAddress(text), ip.isIPv4 == subnet.isIPv4 else { throw fail(.notAnAddress(ipv4: subnet.isIPv4)) }
+        guard subnet.contains(ip) else { throw fail(.outside(subnet: "\(subnet)")) }
+        if ip == subnet.address { throw fail(.networkAddress(subnet: "\(subnet)")) }
+        if ip == subnet.broadcast { throw fail(.broadcastAddress(subnet: "\(subnet)")) }
         return ip
     }
 }

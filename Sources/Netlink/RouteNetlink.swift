@@ -8,6 +8,9 @@ public struct RouteRequest {
     public var message: MessageBuilder
     public var operation: String
     public var ignoredErrors: Set<Int32> = []
+    /// The route a route request adds or removes (for callers that tell a taken default
+    /// route from other failures).
+    public var route: Route?
 
     public init(_ message: MessageBuilder, _ operation: String) {
         self.message = message
@@ -143,7 +146,9 @@ public struct RouteRequest {
     }
 
     public static func addRoute(_ r: Route) -> RouteRequest {
-        RouteRequest(routeMessage(NetlinkMessageType.newRoute, r, flags: create), "adding route \(describe(r))")
+        var request = RouteRequest(routeMessage(NetlinkMessageType.newRoute, r, flags: create), "adding route \(describe(r))")
+        request.route = r
+        return request
     }
 
     public static func deleteRoute(_ r: Route) -> RouteRequest {

@@ -1,4 +1,7 @@
-/// Why a container operation failed: one line saying what and what to do.
+import Primitives
+
+/// Why a container operation failed: one line saying what, with the facts; front ends add
+/// what to do in their own words.
 public enum RuntimeError: Error, CustomStringConvertible, Equatable {
     case runcMissing(String)
     case runcFailed(step: String, container: String, message: String)
@@ -20,27 +23,25 @@ public enum RuntimeError: Error, CustomStringConvertible, Equatable {
         case .runcFailed(let step, let container, let message):
             return "runc \(step) failed for container \(container): \(message)"
         case .containerNotFound(let name):
-            return "no container named \(name); list containers with `netctl ps -a`"
+            return "no container named \(name)"
         case .ambiguousName(let name, let matches):
             return "\(name) matches several containers (\(matches.joined(separator: ", "))); give more of the ID or the name"
         case .nameInUse(let name, let id):
-            return "the name \(name) is already used by container \(id.prefix(12)); remove it with `netctl rm \(name)` or pick another --name"
+            return "the name \(name) is already used by container \(id.prefix(12))"
         case .noCommand(let image):
-            return "image \(image) has no Entrypoint or Cmd; give a command after the image"
+            return "image \(image) has no Entrypoint or Cmd, and no command was given"
         case .invalidEnvironment(let entry):
-            return "invalid -e \"\(entry)\": use KEY=VALUE, or KEY to copy it from this environment"
+            return "invalid environment variable \"\(entry)\": use KEY=VALUE, or KEY to copy it from this environment"
         case .unknownUser(let user, let reason):
             return "cannot run as user \"\(user)\": \(reason)"
         case .stillRunning(let name):
-            return "container \(name) is running; stop it first with `netctl stop \(name)` or remove it with `netctl rm -f \(name)`"
+            return "container \(name) is running"
         case .stillStarting(let name):
-            return "container \(name) is still starting; try again once `netctl ps` shows it running"
+            return "container \(name) is still starting"
         case .monitorFailed(let container, let message):
             return "container \(container) did not start: \(message)"
         case .io(let what, let code):
-            return "\(what): \(String(cString: strerror(code)))"
+            return "\(what): \(errorMessage(code))"
         }
     }
 }
-
-import Glibc

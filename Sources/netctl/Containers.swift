@@ -39,7 +39,8 @@ struct Run: ParsableCommand {
 
     func run() throws {
         var code: Int32 = 0
-        try reportingErrors {
+        // 125 for netctl's own failures, as `docker run`: a container's status passes through.
+        try reportingErrors(exitCode: 125) {
             let record = try global.containers().run(RunRequest(
                 image: image, name: name, command: command, environment: env, ports: publish, publishAll: publishAll,
                 network: network, detach: detach, autoRemove: autoRemove, portBackend: backend))

@@ -20,6 +20,25 @@ struct Netctl: ParsableCommand {
         abstract: "Container networking over netlink and nftables (networks, endpoints, published ports, a proxy), and `run` for images under runc.",
         subcommands: [NetworkCommand.self, Attach.self, Detach.self, Endpoints.self, PortCommand.self, ProxyCommand.self,
                       Reload.self, GC.self, Run.self, PS.self, Logs.self, Stop.self, Rm.self, Monitor.self])
+
+    /// As ArgumentParser's, but a command line it refuses is one line on stderr with exit
+    /// status 1, like every other failure (help still prints in full, with status 0).
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch let code as ExitCode {
+            Glibc.exit(code.rawValue)  // the command reported its failure already, or passes a container's status on
+        } catch {
+            if exitCode(for: error) == .success {
+                print(fullMessage(for: error))
+                Glibc.exit(0)
+            }
+            let message = self.message(for: error).split(whereSeparator: \.isNewline).joined(separator: " ")
+            writeStandardError("netctl: error: \(message)\(error is ValidationError ? "" : "; see --help")\n")
+            Glibc.exit(1)
+        }
+    }
 }
 
 /// Options every command takes.
@@ -63,22 +82,6 @@ extension GlobalOptions {
             handler.logLevel = level
             return handler
         }
-    }
-}
-
-/// Runs a command body; a netctl error becomes one line on stderr and exit status 1.
-func reportingErrors(_ body: () throws -> Void) throws {
-    do {
-        try body()
-    } catch let error as NetctlError {
-        writeStandardError("netctl: error: \(error)\n")
-        throw ExitCode(1)
-    } catch let error as RuntimeError {
-        writeStandardError("netctl: error: \(error)\n")
-        throw ExitCode(125)  // as `docker run` does for its own failures
-    } catch let error as ImageError {
-        writeStandardError("netctl: error: \(error)\n")
-        throw ExitCode(125)
     }
 }
 
@@ -212,7 +215,9 @@ struct Attach: ParsableCommand {
         try reportingErrors {
             let targets: [AttachRequest.Target] = [netns.map { .path($0) }, pid.map { .pid($0) },
                                                    newNamespace.map { .new($0) }].compactMap { $0 }
-            guard targets.count == 1 else { throw NetctlError.missingTarget }
+            guard targets.count == 1 else {
+                throw UsageError("say which network namespace to attach: --netns PATH, --pid PID or --new NAME (exactly one)")
+            }
             let ports = try publish.flatMap { try PortMapping.parse($0) }
             let manager = try global.manager()
             let endpoint = try manager.attach(AttachRequest(
@@ -332,7 +337,7 @@ struct ProxyCommand: ParsableCommand {
                 let metricsAddress = try metrics.map { text -> SocketAddress in
                     guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]),
                           let ip = IPAddress(String(text[..<colon].filter { $0 != "[" && $0 != "]" })) else {
-                        throw NetctlError.invalidAddress(text, reason: "--metrics needs IP:PORT, e.g. 127.0.0.1:9464 or [::1]:9464")
+                        throw UsageError("invalid --metrics \"\(text)\": give IP:PORT, e.g. 127.0.0.1:9464 or [::1]:9464")
                     }
                     return SocketAddress(ip, port)
                 }

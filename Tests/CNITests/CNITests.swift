@@ -207,12 +207,16 @@ struct CNIProtocolTests {
         #expect(CNIPlugin.cniError(NetctlError.addressPoolExhausted(network: "n", subnet: "s")).msg.contains("no free address"))
         // Advice in configuration terms, never the CLI's flags or commands.
         let advice: [NetctlError] = [
-            .invalidAddress("10.9.9.9", reason: "--ip is outside the subnet 10.88.0.0/24"),
+            .invalidAddress("10.9.9.9", field: .ip, problem: .outside(subnet: "10.88.0.0/24")),
             .addressTaken(address: "10.88.0.5", network: "n", endpoint: "cni-1"),
             .portAlreadyPublished(port: "8080/tcp", hostIP: "", endpoint: "cni-2"),
             .subnetOverlapsNetwork(subnet: "10.88.0.0/24", network: "m", other: "10.88.0.0/16"),
             .interfaceExistsInNamespace(interface: "eth0", namespace: "/run/netns/c1"),
-            .needsProxy(spec: "::1 -> 80/tcp", reason: "the kernel does not DNAT from ::1; use --backend auto (or proxy), or publish on 127.0.0.1"),
+            .needsProxy(spec: "::1 -> 80/tcp", need: .ipv6Loopback),
+            .invalidSubnet("10.0.0.0/24", field: .subnet6, problem: .wrongFamily),
+            .invalidAddress("10.0.0.1", field: .gateway6, problem: .needsSubnet),
+            .endpointBroken("cni-3", reason: "bridge cni9 is missing"),
+            .defaultRouteExists(namespace: "/run/netns/c1", gateway: "10.88.0.1"),
         ]
         for error in advice {
             let text = CNIPlugin.cniError(error).msg + " " + CNIPlugin.cniError(error).details

@@ -12,12 +12,34 @@ struct FailureTests {
                        sourceLocation: SourceLocation = #_sourceLocation) throws {
         let before = try sandbox.snapshot()
         let result = try sandbox.netctl(arguments)
-        #expect(!result.ok, "netctl \(arguments.joined(separator: " ")) should fail", sourceLocation: sourceLocation)
+        #expect(result.status == 1, "netctl \(arguments.joined(separator: " ")) should fail with status 1, not \(result.status)",
+                sourceLocation: sourceLocation)
         let lines = result.stderr.split(separator: "\n")
         #expect(lines.count == 1 && lines[0].hasPrefix("netctl: error: "), "stderr: \(result.stderr)", sourceLocation: sourceLocation)
         #expect(result.stderr.contains(needle), "stderr: \(result.stderr)", sourceLocation: sourceLocation)
         #expect(try sandbox.snapshot() == before, "netctl \(arguments.joined(separator: " ")) changed something",
                 sourceLocation: sourceLocation)
+    }
+
+    @Test("every kind of failure, from every library and the command line, is one line with status 1 and says what to do")
+    func everyKindOfError() throws {
+        let sandbox = try Sandbox()
+        try sandbox.netctlOK(["network", "create", "a", "--subnet", "10.74.0.0/24"])
+        try sandbox.netctlOK(["network", "create", "b", "--subnet", "10.75.0.0/24"])
+        try sandbox.netctlOK(["attach", "a", "--new", "c1", "--name", "c1"])
+        let cases: [([String], String)] = [
+            // The kernel's EEXIST for a second default route, as a fact and what to do.
+            (["attach", "b", "--netns", sandbox.stateDirectory + "/netns/c1", "--name", "c1b", "--ifname", "eth1"],
+             "already has a default route, so it cannot get one via 10.75.0.1; detach the namespace from its other network first"),
+            (["stop", "ghost"], "no container named ghost; list containers with `netctl ps -a`"),       // the runtime's
+            (["attach", "a", "--bogus"], "Unknown option '--bogus'; see --help"),                            // ArgumentParser's
+            (["proxy", "serve", "--workers", "0"], "--workers must be 1 or more"),                          // a flag's check
+            (["proxy", "serve", "--metrics", "nowhere"], "invalid --metrics \"nowhere\": give IP:PORT"),      // the CLI's own
+            (["network", "create", "c", "--gateway6", "fd00::1"], "invalid address \"fd00::1\": --gateway6 needs --subnet6"),
+        ]
+        for (arguments, message) in cases {
+            try expectRefused(sandbox, arguments, mentioning: message)
+        }
     }
 
     @Test("network create: bad subnets, overlaps, bad and foreign bridge names")

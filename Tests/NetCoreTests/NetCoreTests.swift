@@ -56,21 +56,36 @@ struct ValidationTests {
 
     @Test func subnets() throws {
         #expect(try Validate.subnet("10.1.0.0/16", ipv6: false) == IPNetwork("10.1.0.0/16"))
-        #expect(throws: NetctlError.invalidSubnet("10.1.0.5/16", reason: "host bits are set; did you mean 10.1.0.0/16?")) {
-            try Validate.subnet("10.1.0.5/16", ipv6: false)
+        let cases: [(String, Bool, SubnetProblem)] = [
+            ("10.1.0.5/16", false, .hostBitsSet(masked: "10.1.0.0/16")), ("10.0.0.0/33", false, .notCIDR),
+            ("banana", false, .notCIDR), ("10.0.0.0", false, .notCIDR), ("10.0.0.0/31", false, .tooSmall(prefix: 31, maxPrefix: 30)),
+            ("10.0.0.0/7", false, .tooLarge(prefix: 7, minPrefix: 8)), ("fd00::/64", false, .wrongFamily),
+            ("10.0.0.0/24", true, .wrongFamily), ("fd00::/127", true, .tooSmall(prefix: 127, maxPrefix: 126)),
+        ]
+        for (text, ipv6, problem) in cases {
+            #expect(throws: NetctlError.invalidSubnet(text, field: ipv6 ? .subnet6 : .subnet, problem: problem)) {
+                try Validate.subnet(text, ipv6: ipv6)
+            }
         }
-        for bad in ["10.0.0.0/33", "banana", "10.0.0.0/31", "fd00::/64", "10.0.0.0"] {
-            #expect(throws: NetctlError.self) { try Validate.subnet(bad, ipv6: false) }
-        }
-        #expect(throws: NetctlError.self) { try Validate.subnet("10.0.0.0/24", ipv6: true) }
     }
 
     @Test func hostAddresses() throws {
         let subnet = IPNetwork("10.0.0.0/24")!
-        #expect(try Validate.hostAddress("10.0.0.9", in: subnet, what: "--ip") == IPAddress("10.0.0.9"))
-        for bad in ["10.0.1.9", "10.0.0.0", "10.0.0.255", "fd00::1", "ten"] {
-            #expect(throws: NetctlError.self) { try Validate.hostAddress(bad, in: subnet, what: "--ip") }
+        #expect(try Validate.hostAddress("10.0.0.9", in: subnet, field: .ip) == IPAddress("10.0.0.9"))
+        let cases: [(String, AddressProblem)] = [
+            ("10.0.1.9", .outside(subnet: "10.0.0.0/24")), ("10.0.0.0", .networkAddress(subnet: "10.0.0.0/24")),
+            ("10.0.0.255", .broadcastAddress(subnet: "10.0.0.0/24")), ("fd00::1", .notAnAddress(ipv4: true)),
+            ("ten", .notAnAddress(ipv4: true)),
+        ]
+        for (bad, problem) in cases {
+            #expect(throws: NetctlError.invalidAddress(bad, field: .gateway, problem: problem)) {
+                try Validate.hostAddress(bad, in: subnet, field: .gateway)
+            }
         }
+        // The library names inputs in plain words; a front end in its own.
+        let error = NetctlError.invalidAddress("10.0.1.9", field: .gateway6, problem: .needsSubnet)
+        #expect(error.description == "invalid address \"10.0.1.9\": the IPv6 gateway needs the IPv6 subnet")
+        #expect(error.message(naming: { "--\($0.rawValue)" }) == "invalid address \"10.0.1.9\": --gateway6 needs --subnet6")
     }
 
     @Test func names() throws {
