@@ -1,4 +1,3 @@
-import CProcess
 import Glibc
 import Primitives
 import Synchronization
@@ -20,17 +19,12 @@ public final class MetricsEndpoint: Sendable {
             close(fd)
             throw ServiceError.cannotListen(address: "\(target)", code: code)
         }
-        var thread = pthread_t()
-        let context = Unmanaged.passRetained(self).toOpaque()
-        let rc = cproc_thread_start(&thread, { raw in
-            Unmanaged<MetricsEndpoint>.fromOpaque(raw!).takeRetainedValue().serve()
-        }, context)
-        guard rc == 0 else {
-            Unmanaged<MetricsEndpoint>.fromOpaque(context).release()
+        do {
+            pthread_detach(try startThread("the metrics endpoint") { [self] in serve() })  // it serves for the process's lifetime
+        } catch {
             close(fd)
-            throw ServiceError.cannotStartThread(what: "the metrics endpoint", code: -rc)
+            throw error
         }
-        pthread_detach(thread)  // it serves for the process's lifetime
     }
 
     public func update(_ text: String) {

@@ -68,7 +68,7 @@ extension ProxyService {
             for fd in ready { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
             defer { close(ready[0]) }
             let control = self.control, signal = ready[1]
-            let work = ThreadWork {
+            let work: @Sendable () -> Void = {
                 // The caller waits for end-of-file on the pipe, after `started` is set.
                 let service: ProxyService
                 do {
@@ -99,17 +99,12 @@ extension ProxyService {
                 }
                 service.stop(drainSeconds: Double(control.drainNanoseconds.load(ordering: .relaxed)) / 1e9)
             }
-            var thread = pthread_t()
-            let context = Unmanaged.passRetained(work).toOpaque()
-            let rc = cproc_thread_start(&thread, { raw in
-                Unmanaged<ThreadWork>.fromOpaque(raw!).takeRetainedValue().body()
-            }, context)
-            guard rc == 0 else {
-                Unmanaged<ThreadWork>.fromOpaque(context).release()
+            do {
+                thread = try startThread("the proxy of endpoint \(endpoint)", work)
+            } catch {
                 close(signal)
-                throw ServiceError.cannotStartThread(what: "the proxy of endpoint \(endpoint)", code: -rc)
+                throw error
             }
-            self.thread = thread
             var byte: UInt8 = 0
             while read(ready[0], &byte, 1) < 0 && errno == EINTR {}
             if case .failure(let error) = control.started.withLock({ $0 }) ?? .success(()) {
@@ -127,8 +122,20 @@ extension ProxyService {
     }
 }
 
-/// A closure for a new thread, passed through its `void *`.
-private final class ThreadWork: Sendable {
-    let body: @Sendable () -> Void
-    init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+/// Runs `body` on a new joinable thread (`what` names it in an error).
+func startThread(_ what: String, _ body: @escaping @Sendable () -> Void) throws -> pthread_t {
+    final class Work: Sendable {
+        let body: @Sendable () -> Void
+        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+    }
+    var thread = pthread_t()
+    let context = Unmanaged.passRetained(Work(body)).toOpaque()
+    let rc = cproc_thread_start(&thread, { raw in
+        Unmanaged<Work>.fromOpaque(raw!).takeRetainedValue().body()
+    }, context)
+    guard rc == 0 else {
+        Unmanaged<Work>.fromOpaque(context).release()
+        throw ServiceError.cannotStartThread(what: what, code: -rc)
+    }
+    return thread
 }
