@@ -35,12 +35,13 @@ public enum CNIPlugin {
                 let code: CNIError.Code = env.command == .status ? .notAvailable : .internalFailure
                 throw CNIError(code, "netctl state in \(stateDir) cannot be opened", details: "\(error)")
             }
-            // A runtime waits for each call; the kernel's deletion of a veth pair (16-35 ms)
-            // need not be part of that wait once the interface is out of use and its name free.
+            // A runtime waits for each call; the kernel's deletion of a veth pair (an RCU
+            // barrier) need not be part of that wait once the interface is out of use and its
+            // name free.
             manager.detachesInBackground = true
             let plugin = Operations(manager: manager, env: env, config: config)
             // After a removal (DEL, GC, a refused ADD's rollback), closing the nftables socket
-            // would wait for the kernel's release of it: 4-14 ms of a DEL.
+            // would wait for the kernel's release of it (an RCU grace period).
             defer { manager.holdSocketsUntilExit() }
             switch env.command {
             case .add: return Output(stdout: try plugin.add().json(cniVersion: version).text, status: 0)

@@ -17,6 +17,8 @@ public enum NftExpression: Equatable, Sendable {
     case lookup(register: UInt32, set: String, setID: UInt32?, into: UInt32?)
     case dnat(family: UInt32, addressRegister: UInt32, portRegister: UInt32)
     case masquerade
+    /// Constant data into a register (the per-port rule layout tools/bench-dnat compares with).
+    case immediateData([UInt8], into: UInt32)
     case verdict(Int32, chain: String? = nil)
 
     /// nft's register numbering: 1-4 are 16-byte registers, 8-23 the 4-byte ones used for
@@ -80,6 +82,11 @@ public enum NftExpression: Equatable, Sendable {
             return e
         case .masquerade:
             return make("masq")
+        case .immediateData(let data, let register):
+            let e = make("immediate")
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_IMM_DREG), register)
+            data.withUnsafeBytes { _ = nftnl_expr_set(e, UInt16(NFTNL_EXPR_IMM_DATA), $0.baseAddress, UInt32($0.count)) }
+            return e
         case .verdict(let verdict, let chain):
             let e = make("immediate")
             nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_IMM_DREG), 0)

@@ -264,7 +264,7 @@ public final class RouteNetlink {
 
     /// Deletes links by name in one kernel batch: each is moved into a fresh, private
     /// interface group, and the group is deleted with one request. Deleting links one by one
-    /// costs a kernel RCU wait (~16 ms) each; the group costs one wait in all. Links that
+    /// costs a kernel RCU wait each; the group costs one wait in all. Links that
     /// are already gone are skipped.
     public func deleteLinks(names: [String]) throws {
         switch names.count {
@@ -281,9 +281,9 @@ public final class RouteNetlink {
     }
 
     /// Deletes every link of `group` from a detached process, without waiting: the kernel's
-    /// unregister (an RCU barrier, 16-35 ms here) then costs the caller nothing. One such
-    /// process per namespace deletes the group every 100 ms until it is empty, so a burst
-    /// of calls is one kernel batch per round; links go 0.1-0.2 s after the call.
+    /// unregister (an RCU barrier) then costs the caller nothing. One such process per
+    /// namespace deletes the group every 100 ms until it is empty, so a burst of calls is
+    /// one kernel batch per round; links go a round or two after the call.
     /// `lockDirectory` must be root's: the lock file that makes that one process lives there.
     public func deleteLinksDetached(inGroup group: UInt32, lockDirectory: String) throws {
         let message = RouteRequest.deleteLinks(inGroup: group).message.finish(sequence: sequence)

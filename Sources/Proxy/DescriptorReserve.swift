@@ -14,7 +14,7 @@ import Synchronization
 /// back, and the next worker to need the reserve, or the sweep, takes it again. Without that
 /// rule a new connection could keep the number, and with no reserve and no free descriptor
 /// left, queued clients would hang until some connection closed (the end-to-end test that
-/// exhausts descriptors from both CPUs at once hung that way in 10 of 12 runs). Pooled pipes
+/// exhausts descriptors from both CPUs at once caught that). Pooled pipes
 /// need no rule: accept's EMFILE closes them before it sheds.
 final class DescriptorReserve: @unchecked Sendable {
     /// The reserve's descriptor, -1 while out.

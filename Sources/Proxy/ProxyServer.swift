@@ -20,50 +20,38 @@ public final class ProxyServer {
         public var maxFlows: Int
         public var udpBatch: Int
         /// Reads up to this size are copied through user space (recv + send); a read that
-        /// fills it switches the direction to splice. 0 = always splice. The default, 16 KiB:
-        /// averaged over four tools/bench-throughput runs it beat splice-only on every figure
-        /// (connections/s +6%, p99 -9%, keep-alive +7%), though run by run it won only two
-        /// of four on connections/s. At most `pipeSize`: a copied read the destination does
-        /// not take at once waits in the direction's pipe.
+        /// fills it switches the direction to splice. 0 = always splice. Small transfers
+        /// (requests, replies) cost less as one copy each way than as two splices through a
+        /// pipe; bulk transfers never enter user space. At most `pipeSize`: a copied read the
+        /// destination does not take at once waits in the direction's pipe.
         public var copyThreshold: Int
         /// Binds each worker to a CPU of its own when there is one worker per CPU the process
         /// may use (the default). Fewer workers are left to the scheduler: bound, they would
         /// all crowd the lowest CPUs, in every proxy of the host. Left to the scheduler, a
-        /// worker often waited for the CPU of the program it relays for while the other CPU
-        /// idled, and moved between CPUs. In two tools/bench-throughput runs alternating both
-        /// (3 rounds each), bound workers won every figure: single stream +12-33%,
-        /// connections/s +6-12%, keep-alive +7-11%.
+        /// worker often waits for the CPU of the program it relays for while another CPU
+        /// idles, and moves between CPUs, losing its caches.
         public var pinWorkers: Bool
         /// Listening descriptors TCP routes may hold. While there is room, a TCP route gets a
         /// listener per worker (SO_REUSEPORT; with bound workers, a socket filter hands each
-        /// connection to the worker on the CPU that took its SYN); after that, one listener
-        /// that every worker watches. A route keeps the kind it started with. nil: a quarter
-        /// of the open-files limit, the rest being for connections. In two interleaved
-        /// tools/bench-throughput runs, per-worker listeners beat one shared listener on
-        /// keep-alive (+14%, +18%), p99 and single stream, and tied or won on connections/s.
+        /// connection to the worker on the CPU that took its SYN, whose caches hold it); after
+        /// that, one listener that every worker watches, so 10,000 ports need not cost 10,000
+        /// descriptors per worker. A route keeps the kind it started with. nil: a quarter of
+        /// the open-files limit, the rest being for connections.
         public var maxListeners: Int?
         /// TCP congestion control for connections to backends; nil keeps the system's
         /// default. Backends are containers on this host, behind a bridge or loopback: no
-        /// link there is a bottleneck to pace for. Under BBR, which paces with its own timers
-        /// when the device has no fq qdisc (veth and loopback have none), that hop's segments
-        /// arrived out of order: in one 2.9 GB probe the container counted 21,589 of them and
-        /// the relay retransmitted 1,468 for nothing; with cubic, none. On this BBR host,
-        /// cubic raised the proxy's single stream 37% (six interleaved pairs of runs) and left
-        /// connections/s as it was. The clients' side keeps the system's choice. If the kernel
-        /// refuses the algorithm (not built, or not allowed without CAP_NET_ADMIN), backends
-        /// get the default.
+        /// link there is a bottleneck to pace for. BBR paces with its own timers when the
+        /// device has no fq qdisc (veth and loopback have none), and that hop's segments then
+        /// arrive out of order and are retransmitted for nothing. The clients' side keeps the
+        /// system's choice. If the kernel refuses the algorithm (not built, or not allowed
+        /// without CAP_NET_ADMIN), backends get the default.
         public var backendCongestionControl: String?
         /// A worker holding more than `connectionImbalance` TCP connections more than another
         /// hands new ones to it, for hosts whose local clients open many long-lived
         /// connections from one CPU (they all land on that CPU's worker). Off by default: a
         /// handed-over connection is served away from the CPU that takes its packets for the
-        /// rest of its life. On this project's 2-CPU machine (tools/bench-ab: one setup, wrk
-        /// with 32 connections for 3 s, 10-12 rounds), not handing over won:
-        /// connections/s in 10 of 12 and 10 of 10 pairs (medians +2.6%, +5.8%), and +4% in a
-        /// third run; keep-alive +3% (8 of 12 pairs), +8%, and +7% (10 of 12). A build with a
-        /// slack of eight connections instead of `connectionImbalance`'s one did no better
-        /// (+2% and +9% for not handing over). (Five pairs of whole-suite runs had once shown
-        /// keep-alive +12% with it; those runs vary more than that between rounds.)
+        /// rest of its life, which costs short and keep-alive connections more than the
+        /// balance gains (docs/measurements.md).
         public var balanceConnections: Bool
 
         /// `workers`: by default one per CPU this thread may run on (a container limited to

@@ -1,6 +1,6 @@
 import ArgumentParser
 // FoundationEssentials, not Foundation: the full Foundation loads ICU at start-up, which
-// cost ~10 ms per netctl invocation, several times the attach itself.
+// costs every netctl invocation more than the attach itself.
 import FoundationEssentials
 import Glibc
 import Logging

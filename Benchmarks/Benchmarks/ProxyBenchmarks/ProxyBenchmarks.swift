@@ -62,7 +62,7 @@ final class Rig: @unchecked Sendable {
     static let tcpPort: UInt16 = 47001, udpPort: UInt16 = 47002, backendTCP: UInt16 = 47003, backendUDP: UInt16 = 47004
     static let udpFullPort: UInt16 = 47005
     static let maxFlows = 4096
-    nonisolated(unsafe) static let shared: Rig? = try? Rig()
+    static let shared: Rig? = try? Rig()
 
     let proxy: ProxyServer
     let udpClient: Int32

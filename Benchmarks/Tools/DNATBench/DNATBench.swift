@@ -15,7 +15,7 @@ import Primitives
 struct DNATBench {
     static func main() throws {
         guard ProcessInfo.processInfo.environment["NETCTL_BENCH_PRIVATE"] == "1" else {
-            fputs("dnat-bench: run it through tools/bench-dnat (it needs a private network namespace)\n", stderr)
+            writeStandardError("dnat-bench: run it through tools/bench-dnat (it needs a private network namespace)\n")
             exit(2)
         }
         LoggingSystem.bootstrap { label in
@@ -253,16 +253,20 @@ struct PerPortRules {
         for start in stride(from: 0, to: ports.count, by: 1000) {
             var batch = NftBatch(family: PerPortRules.ipv4)
             for i in start..<min(start + 1000, ports.count) {
-                let port = ports[i], containerPort = containerPorts?[i] ?? 80
-                batch.addRule(table: PerPortRules.table, chain: "ports", [
+                let port: UInt16 = ports[i], containerPort: UInt16 = containerPorts?[i] ?? 80
+                let portBytes: [UInt8] = [UInt8(port >> 8), UInt8(port & 0xff)]
+                let containerPortBytes: [UInt8] = [UInt8(containerPort >> 8), UInt8(containerPort & 0xff)]
+                let targetBytes: [UInt8] = IPAddress(target)!.bytes
+                let rule: [NftExpression] = [
                     .meta(key: PerPortRules.l4proto, into: 1),
                     .compare(register: 1, op: PerPortRules.eq, data: [6]),
                     .payload(base: PerPortRules.transport, offset: 2, length: 2, into: 1),
-                    .compare(register: 1, op: PerPortRules.eq, data: [UInt8(port >> 8), UInt8(port & 0xff)]),
-                    .immediateData(IPAddress(target)!.bytes, into: 1),
-                    .immediateData([UInt8(containerPort >> 8), UInt8(containerPort & 0xff)], into: 2),
+                    .compare(register: 1, op: PerPortRules.eq, data: portBytes),
+                    .immediateData(targetBytes, into: 1),
+                    .immediateData(containerPortBytes, into: 2),
                     .dnat(family: UInt32(PerPortRules.ipv4), addressRegister: 1, portRegister: 2),
-                ])
+                ]
+                batch.addRule(table: PerPortRules.table, chain: "ports", rule)
             }
             try nft.commit(batch, "appending per-port rules")
         }
