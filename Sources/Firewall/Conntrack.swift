@@ -17,7 +17,7 @@ public final class ConntrackClient {
     public var descriptor: Int32? { socket.descriptor }
 
     public convenience init() throws {
-        self.init(socket: try MnlSocket())
+        self.init(socket: try LibnlSocket(.netfilter))
     }
 
     /// One tracked flow as the original direction saw it.

@@ -276,7 +276,7 @@ public final class NftClient {
     }
 
     public convenience init() throws {
-        self.init(socket: try MnlSocket())
+        self.init(socket: try LibnlSocket(.netfilter))
     }
 
     /// Every mapping in the table's maps, as the kernel holds them; nil when the table is

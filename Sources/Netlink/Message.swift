@@ -46,6 +46,16 @@ public struct MessageBuilder {
         append(UInt32(0))  // port id: 0 = the kernel assigns/accepts ours
     }
 
+    /// A message encoded elsewhere (by libnl-route), its header flags set to `flags`;
+    /// attributes can be appended, and `finish` sets its length and sequence as for any other.
+    public init(encoded: [UInt8], flags: UInt16) {
+        precondition(encoded.count >= 16, "a netlink message has a 16-byte header")
+        type = encoded.readInteger(at: 4, as: UInt16.self)
+        self.flags = flags
+        bytes = encoded
+        withUnsafeBytes(of: flags) { bytes.replaceSubrange(6..<8, with: $0) }
+    }
+
     // MARK: Family headers
 
     /// struct ifinfomsg (16 bytes).

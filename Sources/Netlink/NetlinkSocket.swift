@@ -63,28 +63,52 @@ extension NetlinkSocket {
     }
 }
 
-/// A NETLINK_ROUTE socket through libnl-3. It stays bound to the network namespace of the
-/// thread that created it, whichever thread uses it later.
+/// A netlink socket through libnl-3: the one transport for every kind netctl speaks,
+/// rtnetlink (links, addresses, routes) and nfnetlink (nftables batches, conntrack). It
+/// stays bound to the network namespace of the thread that created it, whichever thread
+/// uses it later.
 public final class LibnlSocket: NetlinkSocket {
+    public enum Family: Sendable {
+        case route
+        /// nftables and conntrack.
+        case netfilter
+
+        var name: String { self == .route ? "rtnetlink" : "nfnetlink" }
+    }
+
     private let handle: OpaquePointer
+    public let family: Family
 
     /// Opens a socket in the calling thread's network namespace.
-    public init(receiveTimeoutSeconds: Int = 10) throws {
+    public init(_ family: Family = .route, receiveTimeoutSeconds: Int = 10) throws {
+        self.family = family
         guard let handle = nl_socket_alloc() else {
             throw NetlinkError(operation: "allocating a netlink socket", code: ENOMEM)
         }
         self.handle = handle
         // From here on a throw runs deinit, which frees the socket.
-        let rc = nl_connect(handle, NETLINK_ROUTE)
+        let rc = nl_connect(handle, family == .route ? NETLINK_ROUTE : NETLINK_NETFILTER)
         if rc < 0 {
-            throw NetlinkError(operation: "connecting a netlink socket (\(String(cString: nl_geterror(rc))))", code: EIO)
+            throw NetlinkError(operation: "opening an \(family.name) socket (\(String(cString: nl_geterror(rc))))",
+                               code: errno != 0 ? errno : EIO)
         }
-        // Peek so a large dump message is never truncated; a receive timeout so a lost
-        // reply can never hang a caller forever.
+        // Peek so a large message is never truncated; a receive timeout so a lost reply can
+        // never hang a caller forever.
         nl_socket_enable_msg_peek(handle)
-        _ = nl_socket_set_buffer_size(handle, 1 << 20, 1 << 20)
+        let fd = nl_socket_get_fd(handle)
+        switch family {
+        case .route:
+            _ = nl_socket_set_buffer_size(handle, 1 << 20, 1 << 20)
+        case .netfilter:
+            // An nftables batch must go out in one sendmsg: room for large ones (root may
+            // force it past the system's maximum). Errors need not echo whole requests back.
+            var size: Int32 = 8 << 20, one: Int32 = 1
+            setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, socklen_t(MemoryLayout<Int32>.size))
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, socklen_t(MemoryLayout<Int32>.size))
+            setsockopt(fd, SOL_NETLINK, NETLINK_CAP_ACK, &one, socklen_t(MemoryLayout<Int32>.size))
+        }
         var timeout = timeval(tv_sec: receiveTimeoutSeconds, tv_usec: 0)
-        setsockopt(nl_socket_get_fd(handle), SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     }
 
     deinit { nl_socket_free(handle) }
@@ -93,7 +117,8 @@ public final class LibnlSocket: NetlinkSocket {
         var copy = datagram
         let rc = copy.withUnsafeMutableBytes { nl_sendto(handle, $0.baseAddress, $0.count) }
         if rc < 0 {
-            throw NetlinkError(operation: "sending a netlink request (\(String(cString: nl_geterror(rc))))", code: EIO)
+            let code = errno  // sendto's, which libnl leaves as it was
+            throw NetlinkError(operation: "sending \(datagram.count) bytes on an \(family.name) socket", code: code != 0 ? code : EIO)
         }
     }
 
@@ -111,9 +136,10 @@ public final class LibnlSocket: NetlinkSocket {
         defer { free(buffer) }
         if rc < 0 {
             let timedOut = rc == -NLE_AGAIN
-            throw NetlinkError(operation: timedOut ? "waiting for the kernel's netlink reply"
-                                                   : "receiving a netlink reply (\(String(cString: nl_geterror(rc))))",
-                               code: timedOut ? ETIMEDOUT : EIO)
+            let code = errno
+            throw NetlinkError(operation: timedOut ? "waiting for the kernel's \(family.name) reply"
+                                                   : "receiving an \(family.name) reply (\(String(cString: nl_geterror(rc))))",
+                               code: timedOut ? ETIMEDOUT : (code != 0 ? code : EIO))
         }
         guard let buffer else { return [] }
         return Array(UnsafeBufferPointer(start: buffer, count: Int(rc)))

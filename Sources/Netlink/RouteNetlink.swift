@@ -32,47 +32,15 @@ public struct RouteRequest {
     /// which changes as containers come and go and breaks neighbours' ARP caches.
     public static func createBridge(name: String, mtu: UInt32? = nil, mac: [UInt8]? = nil, group: UInt32? = nil,
                                     up: Bool = true) -> RouteRequest {
-        var m = MessageBuilder(type: NetlinkMessageType.newLink, flags: create)
-        m.ifinfo(flags: up ? LinkFlags.up : 0, change: up ? LinkFlags.up : 0)
-        m.attribute(UInt16(IFLA_IFNAME), string: name)
-        if let mac { m.attribute(UInt16(IFLA_ADDRESS), bytes: mac) }
-        if let mtu { m.attribute(UInt16(IFLA_MTU), mtu) }
-        if let group { m.attribute(UInt16(IFLA_GROUP), group) }
-        m.nested(UInt16(IFLA_LINKINFO)) { $0.attribute(UInt16(IFLA_INFO_KIND), string: "bridge") }
-        return RouteRequest(m, "creating bridge \(name)")
+        RouteRequest(Libnl.createBridge(name: name, mtu: mtu, mac: mac, group: group, up: up, flags: create), "creating bridge \(name)")
     }
 
     public static func createVeth(_ spec: VethSpec) -> RouteRequest {
-        var m = MessageBuilder(type: NetlinkMessageType.newLink, flags: create)
-        m.ifinfo(flags: spec.up ? LinkFlags.up : 0, change: spec.up ? LinkFlags.up : 0)
-        m.attribute(UInt16(IFLA_IFNAME), string: spec.name)
-        if let mtu = spec.mtu { m.attribute(UInt16(IFLA_MTU), mtu) }
-        if let master = spec.master { m.attribute(UInt16(IFLA_MASTER), master) }
-        if let group = spec.group { m.attribute(UInt16(IFLA_GROUP), group) }
-        // One queue each way, as veth uses anyway: left out, the kernel allocates one per
-        // CPU and then cuts the pair down to one, which waits for two expedited RCU grace
-        // periods under the RTNL lock (seen with perf sched in every CNI ADD).
-        m.attribute(UInt16(IFLA_NUM_TX_QUEUES), UInt32(1))
-        m.attribute(UInt16(IFLA_NUM_RX_QUEUES), UInt32(1))
-        m.nested(UInt16(IFLA_LINKINFO)) { info in
-            info.attribute(UInt16(IFLA_INFO_KIND), string: "veth")
-            info.nested(UInt16(IFLA_INFO_DATA)) { data in
-                data.nested(UInt16(VETH_INFO_PEER)) { peer in
-                    peer.ifinfo()
-                    peer.attribute(UInt16(IFLA_IFNAME), string: spec.peerName)
-                    if let fd = spec.peerNamespaceFD { peer.attribute(UInt16(IFLA_NET_NS_FD), UInt32(bitPattern: fd)) }
-                    if let mac = spec.peerMAC { peer.attribute(UInt16(IFLA_ADDRESS), bytes: mac) }
-                    if let mtu = spec.mtu { peer.attribute(UInt16(IFLA_MTU), mtu) }
-                    peer.attribute(UInt16(IFLA_NUM_TX_QUEUES), UInt32(1))
-                    peer.attribute(UInt16(IFLA_NUM_RX_QUEUES), UInt32(1))
-                }
-            }
-        }
-        return RouteRequest(m, "creating veth pair \(spec.name)/\(spec.peerName)")
+        RouteRequest(Libnl.createVeth(spec, flags: create), "creating veth pair \(spec.name)/\(spec.peerName)")
     }
 
     public static func setLink(index: Int32, _ change: LinkChange) -> RouteRequest {
-        RouteRequest(linkChange(index: index, name: change.name, change), "changing link #\(index)")
+        RouteRequest(linkChange(index: index, name: nil, change), "changing link #\(index)")
     }
 
     /// Changes the link with this name: the kernel looks it up by IFLA_IFNAME, so this form
@@ -83,16 +51,10 @@ public struct RouteRequest {
     }
 
     private static func linkChange(index: Int32, name: String?, _ change: LinkChange) -> MessageBuilder {
-        var m = MessageBuilder(type: NetlinkMessageType.newLink, flags: RouteRequest.change)
-        m.ifinfo(index: index, flags: change.up == true ? LinkFlags.up : 0, change: change.up == nil ? 0 : LinkFlags.up)
-        if let name { m.attribute(UInt16(IFLA_IFNAME), string: name) }
-        if let mtu = change.mtu { m.attribute(UInt16(IFLA_MTU), mtu) }
-        if let mac = change.mac { m.attribute(UInt16(IFLA_ADDRESS), bytes: mac) }
-        if let master = change.master { m.attribute(UInt16(IFLA_MASTER), master) }
-        if let group = change.group { m.attribute(UInt16(IFLA_GROUP), group) }
-        if let alias = change.alias { m.attribute(UInt16(IFLA_IFALIAS), string: alias) }
+        var m = Libnl.changeLink(index: index, name: name, change, flags: RouteRequest.change)
         if let hairpin = change.hairpin {
-            // Port options travel as the master's "slave data", as `ip link set X type bridge_slave` sends them.
+            // Port options travel as the master's "slave data", as `ip link set X type
+            // bridge_slave` sends them; libnl-route has no bridge port options, so it is added here.
             m.nested(UInt16(IFLA_LINKINFO)) { info in
                 info.attribute(UInt16(IFLA_INFO_SLAVE_KIND), string: "bridge")
                 info.nested(UInt16(IFLA_INFO_SLAVE_DATA)) { $0.attribute(UInt16(IFLA_BRPORT_MODE), UInt8(hairpin ? 1 : 0)) }
@@ -102,19 +64,15 @@ public struct RouteRequest {
     }
 
     public static func deleteLink(index: Int32) -> RouteRequest {
-        var m = MessageBuilder(type: NetlinkMessageType.delLink, flags: change)
-        m.ifinfo(index: index)
-        return RouteRequest(m, "deleting link #\(index)")
+        RouteRequest(Libnl.deleteLink(index: index, name: nil, flags: change), "deleting link #\(index)")
     }
 
     public static func deleteLink(name: String) -> RouteRequest {
-        var m = MessageBuilder(type: NetlinkMessageType.delLink, flags: change)
-        m.ifinfo()
-        m.attribute(UInt16(IFLA_IFNAME), string: name)
-        return RouteRequest(m, "deleting link \(name)")
+        RouteRequest(Libnl.deleteLink(index: 0, name: name, flags: change), "deleting link \(name)")
     }
 
-    /// Deletes every link in an interface group with one kernel-side unregister batch.
+    /// Deletes every link in an interface group with one kernel-side unregister batch (built
+    /// here: libnl-route deletes by index or name only).
     public static func deleteLinks(inGroup group: UInt32) -> RouteRequest {
         var m = MessageBuilder(type: NetlinkMessageType.delLink, flags: change)
         m.ifinfo()
@@ -124,46 +82,28 @@ public struct RouteRequest {
 
     // MARK: Addresses and routes
 
+    /// Duplicate address detection (`noDAD` off) would hold a fresh IPv6 address back for
+    /// seconds; netctl's IPAM already guarantees uniqueness on the bridge.
     public static func addAddress(_ a: InterfaceAddress, noDAD: Bool = true) -> RouteRequest {
-        var m = MessageBuilder(type: NetlinkMessageType.newAddress, flags: create)
-        m.ifaddr(family: a.address.family, prefixLength: UInt8(a.prefixLength), index: UInt32(bitPattern: a.index))
-        m.attribute(UInt16(IFA_LOCAL), bytes: a.address.bytes)
-        m.attribute(UInt16(IFA_ADDRESS), bytes: a.address.bytes)
-        if let broadcast = IPNetwork(address: a.address, prefixLength: a.prefixLength).broadcast {
-            m.attribute(UInt16(IFA_BROADCAST), bytes: broadcast.bytes)
-        }
-        // Duplicate address detection would hold a fresh IPv6 address back for seconds; our
-        // IPAM already guarantees uniqueness on the bridge.
-        if noDAD && !a.address.isIPv4 { m.attribute(UInt16(IFA_FLAGS), UInt32(IFA_F_NODAD)) }
-        return RouteRequest(m, "adding address \(a.address)/\(a.prefixLength) to link #\(a.index)")
+        RouteRequest(Libnl.address(a, noDAD: noDAD, delete: false, flags: create),
+                     "adding address \(a.address)/\(a.prefixLength) to link #\(a.index)")
     }
 
     public static func deleteAddress(_ a: InterfaceAddress) -> RouteRequest {
-        var m = MessageBuilder(type: NetlinkMessageType.delAddress, flags: change)
-        m.ifaddr(family: a.address.family, prefixLength: UInt8(a.prefixLength), index: UInt32(bitPattern: a.index))
-        m.attribute(UInt16(IFA_LOCAL), bytes: a.address.bytes)
-        return RouteRequest(m, "removing address \(a.address)/\(a.prefixLength) from link #\(a.index)")
+        RouteRequest(Libnl.address(a, noDAD: false, delete: true, flags: change),
+                     "removing address \(a.address)/\(a.prefixLength) from link #\(a.index)")
     }
 
     public static func addRoute(_ r: Route) -> RouteRequest {
-        var request = RouteRequest(routeMessage(NetlinkMessageType.newRoute, r, flags: create), "adding route \(describe(r))")
+        var request = RouteRequest(Libnl.route(r, delete: false, flags: create), "adding route \(describe(r))")
         request.route = r
         return request
     }
 
     public static func deleteRoute(_ r: Route) -> RouteRequest {
-        RouteRequest(routeMessage(NetlinkMessageType.delRoute, r, flags: change), "removing route \(describe(r))")
-    }
-
-    private static func routeMessage(_ type: UInt16, _ r: Route, flags: UInt16) -> MessageBuilder {
-        var m = MessageBuilder(type: type, flags: flags)
-        m.rtmsg(family: r.isIPv4 ? UInt8(AF_INET) : UInt8(AF_INET6),
-                dstLength: UInt8(r.destination?.prefixLength ?? 0),
-                scope: r.gateway == nil ? UInt8(RT_SCOPE_LINK.rawValue) : UInt8(RT_SCOPE_UNIVERSE.rawValue))
-        if let dst = r.destination { m.attribute(UInt16(RTA_DST.rawValue), bytes: dst.address.bytes) }
-        if let gw = r.gateway { m.attribute(UInt16(RTA_GATEWAY.rawValue), bytes: gw.bytes) }
-        if let oif = r.outputIndex { m.attribute(UInt16(RTA_OIF.rawValue), oif) }
-        return m
+        var request = RouteRequest(Libnl.route(r, delete: true, flags: change), "removing route \(describe(r))")
+        request.route = r
+        return request
     }
 
     private static func describe(_ r: Route) -> String {

@@ -52,9 +52,9 @@ struct MessageBuilderTests {
         let request = RouteRequest.addAddress(InterfaceAddress(index: 3, address: IPAddress("fd00::2")!, prefixLength: 64))
         let message = try #require(try NetlinkMessage.parse(request.message.finish(sequence: 1)).first)
         let attrs = message.attributes(after: 8)
-        #expect(attrs.integer(UInt16(IFA_FLAGS), as: UInt32.self) == UInt32(IFA_F_NODAD))
-        #expect(attrs[UInt16(IFA_BROADCAST)] == nil)
-        #expect(message.payload[0] == UInt8(AF_INET6))
+        #expect(message.payload[2] == UInt8(IFA_F_NODAD), "ifaddrmsg's flags")
+        #expect(attrs[UInt16(IFA_LOCAL)] == IPAddress("fd00::2")!.bytes && attrs[UInt16(IFA_BROADCAST)] == nil)
+        #expect(message.payload[0] == UInt8(AF_INET6) && message.payload[1] == 64)
     }
 
     @Test("veth request nests the peer, its name and its namespace inside the link info")
@@ -84,7 +84,7 @@ struct MessageBuilderTests {
         }
     }
 
-    @Test("default route: gateway, no destination, universe scope")
+    @Test("default route: gateway, a /0 destination, universe scope, the main table")
     func defaultRoute() throws {
         let request = RouteRequest.addRoute(.defaultRoute(via: IPAddress("172.17.0.1")!))
         let message = try #require(try NetlinkMessage.parse(request.message.finish(sequence: 1)).first)
@@ -92,7 +92,27 @@ struct MessageBuilderTests {
                                                    UInt8(RTPROT_BOOT), UInt8(RT_SCOPE_UNIVERSE.rawValue), UInt8(RTN_UNICAST)])
         let attrs = message.attributes(after: 12)
         #expect(attrs[UInt16(RTA_GATEWAY.rawValue)] == [172, 17, 0, 1])
-        #expect(attrs[UInt16(RTA_DST.rawValue)] == nil)
+        #expect(attrs[UInt16(RTA_DST.rawValue)] == [0, 0, 0, 0] && message.payload[1] == 0, "0.0.0.0/0")
+        #expect(attrs.integer(UInt16(RTA_TABLE.rawValue), as: UInt32.self) == UInt32(RT_TABLE_MAIN.rawValue))
+    }
+
+    @Test("a change by name carries the name (libnl sends one only to rename); hairpin is bridge port data")
+    func changeByName() throws {
+        let request = RouteRequest.setLink(name: "nc00000001", LinkChange(group: 77, hairpin: true))
+        let message = try #require(try NetlinkMessage.parse(request.message.finish(sequence: 5)).first)
+        #expect(message.type == NetlinkMessageType.newLink && message.flags == NetlinkFlags.request | NetlinkFlags.ack)
+        #expect(message.payload.readInteger(at: 4, as: Int32.self) == 0, "no index: by name")
+        let attrs = message.attributes(after: 16)
+        #expect(attrs.string(UInt16(IFLA_IFNAME)) == "nc00000001")
+        #expect(attrs.integer(UInt16(IFLA_GROUP), as: UInt32.self) == 77)
+        let info = try #require(attrs.nested(UInt16(IFLA_LINKINFO)))
+        #expect(info.string(UInt16(IFLA_INFO_SLAVE_KIND)) == "bridge")
+        #expect(info.nested(UInt16(IFLA_INFO_SLAVE_DATA))?.integer(UInt16(IFLA_BRPORT_MODE), as: UInt8.self) == 1)
+        // By index, a new name is a rename.
+        let rename = try #require(try NetlinkMessage.parse(RouteRequest.setLink(index: 9, LinkChange(up: false, name: "x")).message.finish(sequence: 6)).first)
+        #expect(rename.payload.readInteger(at: 4, as: Int32.self) == 9 && rename.attributes(after: 16).string(UInt16(IFLA_IFNAME)) == "x")
+        #expect(rename.payload.readInteger(at: 8, as: UInt32.self) == 0 && rename.payload.readInteger(at: 12, as: UInt32.self) == LinkFlags.up,
+                "down, as a change")
     }
 }
 
