@@ -4,7 +4,7 @@ import PackageDescription
 // Arrows point one way:
 //   C interop, Primitives (the leaf: shared value types and OS helpers)
 //   -> Netlink -> Firewall -> NetCore (networks, endpoints, IPAM, state, publishing);  Proxy;  Images
-//   -> ProxyService (NetCore + Proxy) -> Runtime (+ Images);  CNI (NetCore)
+//   -> ProxyService (NetCore + Proxy), NameService (NetCore) -> Runtime (+ Images);  CNI (NetCore)
 //   -> netctl, netctl-cni.
 let package = Package(
     name: "netctl",
@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "Firewall", targets: ["Firewall"]),
         .library(name: "Proxy", targets: ["Proxy"]),
         .library(name: "ProxyService", targets: ["ProxyService"]),
+        .library(name: "NameService", targets: ["NameService"]),
         .library(name: "Images", targets: ["Images"]),
         .library(name: "Runtime", targets: ["Runtime"]),
         .library(name: "CNI", targets: ["CNI"]),
@@ -41,9 +42,9 @@ let package = Package(
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
-        // The leaf: addresses and prefixes, socket and MAC addresses, process identity, the
-        // monotonic clock and timestamps, file and directory helpers.
-        .target(name: "Primitives"),
+        // The leaf (over C interop only): addresses and prefixes, socket and MAC addresses,
+        // process identity and spawning, the monotonic clock and timestamps, file helpers.
+        .target(name: "Primitives", dependencies: ["CProcess"]),
 
         // rtnetlink: links, addresses, routes, network namespaces.
         .target(name: "Netlink", dependencies: ["Primitives", "CNetlink", "CProcess", "CFilesystem", "CDetached"]),
@@ -64,15 +65,20 @@ let package = Package(
             "Primitives", "NetCore", "Proxy", "CProcess",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // The name service: a DNS server for networks with names, and its control.
+        .target(name: "NameService", dependencies: [
+            "Primitives", "NetCore", "CSocket", "CProcess",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // Runs images with runc on netctl networking: bundles, the monitor, container state.
         .target(name: "Runtime", dependencies: [
-            "Primitives", "Images", "NetCore", "Proxy", "ProxyService", "CProcess", "CFilesystem",
+            "Primitives", "Images", "NetCore", "Proxy", "ProxyService", "NameService", "CProcess", "CFilesystem",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The CNI plugin: protocol, configuration and results.
         .target(name: "CNI", dependencies: ["Primitives", "NetCore", "Netlink"]),
         .executableTarget(name: "netctl", dependencies: [
-            "Primitives", "NetCore", "Netlink", "Proxy", "ProxyService", "Runtime", "Images",
+            "Primitives", "NetCore", "Netlink", "Proxy", "ProxyService", "NameService", "Runtime", "Images",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -87,6 +93,7 @@ let package = Package(
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "Primitives", "TestSupport", "CNetlink"]),
         .testTarget(name: "FirewallTests", dependencies: ["Firewall", "Netlink", "Primitives", "TestSupport"]),
         .testTarget(name: "NetCoreTests", dependencies: ["NetCore", "Netlink", "Primitives", "TestSupport", "CNetlink"]),
+        .testTarget(name: "NameServiceTests", dependencies: ["NameService", "NetCore", "Primitives"]),
         .testTarget(name: "ProxyTests", dependencies: ["Proxy", "Primitives", "CSocket"]),
         .testTarget(name: "ImagesTests", dependencies: ["Images", "Primitives", "TestSupport"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "NetCore", "Primitives"]),

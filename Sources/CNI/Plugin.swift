@@ -79,7 +79,7 @@ public enum CNIPlugin {
             code = .tryAgainLater
         case .invalidName, .invalidInterfaceName, .invalidMAC, .invalidSubnet, .invalidAddress, .subnetOverlapsNetwork,
              .subnetOverlapsRoute, .noFreeSubnet, .bridgeInUse, .bridgeNotOurs, .invalidPortSpec, .hostAddressNotLocal,
-             .needsProxy, .invalidRoute, .addressTaken:
+             .needsProxy, .invalidRoute, .addressTaken, .publishOnInternalNetwork:
             code = .invalidNetworkConfig
         case .portAlreadyPublished, .portInUse, .noFreeHostPort:
             code = .portConflict
@@ -99,6 +99,7 @@ public enum CNIPlugin {
     static func configurationKey(_ field: InputField) -> String {
         switch field {
         case .ip: return "the requested IP"
+        case .ip6: return "the requested IPv6"
         case .gateway: return "the gateway"
         case .gateway6: return "the IPv6 gateway"
         case .subnet: return "the subnet"
@@ -126,6 +127,8 @@ public enum CNIPlugin {
         case .needsProxy:
             // The plugin publishes with kernel DNAT only: a configuration has no backend to choose.
             return "use an IPv4 hostIP, or none; an IPv6 one needs an IPv6 subnet in \"ipam\", and ::1 never works"
+        case .publishOnInternalNetwork:
+            return "drop portMappings from this configuration, or attach the container to a network that is not internal"
         case .subnetOverlapsNetwork, .subnetOverlapsRoute, .noFreeSubnet:
             return "change the subnet in \"ipam\""
         case .addressPoolExhausted:

@@ -31,14 +31,23 @@ extension DNATMapping: CustomStringConvertible {
     }
 }
 
-/// A bridge network as the firewall sees it: which sources to masquerade, which bridge to isolate.
+/// A bridge network as the firewall sees it: which sources to masquerade, which bridge to
+/// isolate, whether anything may leave it.
 public struct BridgeNetwork: Hashable, Sendable {
     public var bridge: String
     public var subnet: IPNetwork
     public var subnet6: IPNetwork?
+    /// Nothing forwarded in or out, no masquerade.
+    public var `internal`: Bool
+    /// No traffic with other netctl networks, routed or to their gateway addresses.
+    public var isolated: Bool
+    /// The host's addresses on the bridge.
+    public var gateways: [IPAddress]
 
-    public init(bridge: String, subnet: IPNetwork, subnet6: IPNetwork? = nil) {
+    public init(bridge: String, subnet: IPNetwork, subnet6: IPNetwork? = nil, internal: Bool = false, isolated: Bool = true,
+                gateways: [IPAddress] = []) {
         self.bridge = bridge; self.subnet = subnet; self.subnet6 = subnet6
+        self.internal = `internal`; self.isolated = isolated; self.gateways = gateways
     }
 }
 
@@ -50,11 +59,17 @@ public struct BridgeNetwork: Hashable, Sendable {
 ///     prerouting/output (nat, dstnat): jump publish
 ///     publish:                    ip daddr . l4proto . dport -> @v4_host, fib daddr local -> @v4_any,
 ///                                 the same for ipv6: dnat to the map's value
-///     forward (filter):           ct status dnat accept; per network: iifname BR oifname != BR
-///                                 oifname @bridges drop (networks are isolated)
+///     forward (filter):           ct status dnat accept; per isolated network: iifname BR
+///                                 oifname != BR oifname @bridges drop, and the same the other
+///                                 way; per internal network: iifname BR oifname != BR drop,
+///                                 oifname BR iifname != BR drop
+///     input (filter):             per isolated network: iifname BR ip daddr != its gateway
+///                                 ip daddr @gateways4 drop, ip daddr its gateway iifname != BR
+///                                 iifname @bridges drop (the same for IPv6): not through the
+///                                 host's addresses on other networks either
 ///     postrouting (nat, srcnat):  ip saddr 127.0.0.0/8 ct status dnat masquerade (host -> 127.0.0.1);
-///                                 per network: ip saddr NET oifname != BR masquerade (outbound),
-///                                 ip saddr NET ct status dnat masquerade (hairpin)
+///                                 per network not internal: ip saddr NET oifname != BR masquerade
+///                                 (outbound), ip saddr NET ct status dnat masquerade (hairpin)
 ///
 /// The guard is what makes `route_localnet` (needed on bridges for 127.0.0.1 mappings) safe:
 /// nothing from the wire addressed to 127/8 reaches DNAT or a local socket.
@@ -62,6 +77,9 @@ public enum PublishRuleset {
     public static let table = "netctl"
     static let bridgesSet = "bridges"
     static let bridgesSetID: UInt32 = 10
+    static let gatewaySets: [(name: String, id: UInt32, type: NftType, ipv6: Bool)] = [
+        ("gateways4", 11, .ipv4, false), ("gateways6", 12, .ipv6, true),
+    ]
 
     enum Map: String, CaseIterable {
         case v4Host = "v4_host", v4Any = "v4_any", v6Host = "v6_host", v6Any = "v6_any"
@@ -87,6 +105,7 @@ public enum PublishRuleset {
         ("prerouting", ("nat", UInt32(NF_INET_PRE_ROUTING.rawValue), -100)),
         ("output", ("nat", UInt32(NF_INET_LOCAL_OUT.rawValue), -100)),
         ("forward", ("filter", UInt32(NF_INET_FORWARD.rawValue), 0)),
+        ("input", ("filter", UInt32(NF_INET_LOCAL_IN.rawValue), 0)),
         ("postrouting", ("nat", UInt32(NF_INET_POST_ROUTING.rawValue), 100)),
     ]
 
@@ -107,6 +126,7 @@ public enum PublishRuleset {
             batch.addMap(table: table, name: map.rawValue, id: map.id, key: map.key, data: map.data)
         }
         batch.addMap(table: table, name: bridgesSet, id: bridgesSetID, key: .ifname, data: nil)
+        for set in gatewaySets { batch.addMap(table: table, name: set.name, id: set.id, key: set.type, data: nil) }
         for chain in chains { batch.addChain(table: table, name: chain.name, hook: chain.hook) }
         let ipv4: NftExpression = .compare(register: NftExpression.reg1, op: eq, data: [UInt8(NFPROTO_IPV4)])
         let nfproto: NftExpression = .meta(key: UInt32(NFT_META_NFPROTO.rawValue), into: NftExpression.reg1)
@@ -130,27 +150,57 @@ public enum PublishRuleset {
         }
         batch.addRule(table: table, chain: "forward", dnatted + accept)
         batch.addRule(table: table, chain: "postrouting", [nfproto, ipv4] + source(loopback) + dnatted + masquerade)
+        let iif: NftExpression = .meta(key: UInt32(NFT_META_IIFNAME.rawValue), into: NftExpression.reg1)
+        let oif: NftExpression = .meta(key: UInt32(NFT_META_OIFNAME.rawValue), into: NftExpression.reg1)
         for network in networks.sorted(by: { $0.bridge < $1.bridge }) {
             let name = ifname(network.bridge)
-            batch.addRule(table: table, chain: "forward", [
-                .meta(key: UInt32(NFT_META_IIFNAME.rawValue), into: NftExpression.reg1),
-                .compare(register: NftExpression.reg1, op: eq, data: name),
-                .meta(key: UInt32(NFT_META_OIFNAME.rawValue), into: NftExpression.reg1),
-                .compare(register: NftExpression.reg1, op: neq, data: name),
-                .lookup(register: NftExpression.reg1, set: bridgesSet, setID: bridgesSetID, into: nil),
-            ] + drop)
+            let isBridge: NftExpression = .compare(register: NftExpression.reg1, op: eq, data: name)
+            let isNotBridge: NftExpression = .compare(register: NftExpression.reg1, op: neq, data: name)
+            if network.internal {
+                // Nothing leaves and nothing is routed in.
+                batch.addRule(table: table, chain: "forward", [iif, isBridge, oif, isNotBridge] + drop)
+                batch.addRule(table: table, chain: "forward", [oif, isBridge, iif, isNotBridge] + drop)
+            } else if network.isolated {
+                // Nothing routed to or from another netctl network, either way (an open one's
+                // datagrams included).
+                let otherBridge: NftExpression = .lookup(register: NftExpression.reg1, set: bridgesSet, setID: bridgesSetID, into: nil)
+                batch.addRule(table: table, chain: "forward", [iif, isBridge, oif, isNotBridge, otherBridge] + drop)
+                batch.addRule(table: table, chain: "forward", [oif, isBridge, iif, isNotBridge, otherBridge] + drop)
+            }
+            if network.isolated {
+                // Nor through the host's addresses on the bridges: not from here to another
+                // network's, not from another network to this one's.
+                for set in gatewaySets {
+                    let own = network.gateways.filter { $0.isIPv4 != set.ipv6 }
+                    let family: NftExpression = .compare(register: NftExpression.reg1, op: eq,
+                                                         data: [UInt8(set.ipv6 ? NFPROTO_IPV6 : NFPROTO_IPV4)])
+                    let destination: NftExpression = .payload(base: UInt32(NFT_PAYLOAD_NETWORK_HEADER.rawValue),
+                                                              offset: set.ipv6 ? 24 : 16, length: set.ipv6 ? 16 : 4,
+                                                              into: NftExpression.reg1)
+                    batch.addRule(table: table, chain: "input", [iif, isBridge, nfproto, family, destination] +
+                        own.map { .compare(register: NftExpression.reg1, op: neq, data: $0.bytes) } +
+                        [.lookup(register: NftExpression.reg1, set: set.name, setID: set.id, into: nil)] + drop)
+                    for gateway in own {
+                        batch.addRule(table: table, chain: "input", [nfproto, family, destination,
+                            .compare(register: NftExpression.reg1, op: eq, data: gateway.bytes), iif, isNotBridge,
+                            .lookup(register: NftExpression.reg1, set: bridgesSet, setID: bridgesSetID, into: nil)] + drop)
+                    }
+                }
+            }
+            guard !network.internal else { continue }
             for subnet in [network.subnet] + [network.subnet6].compactMap({ $0 }) {
                 let family: NftExpression = .compare(register: NftExpression.reg1, op: eq,
                                                      data: [UInt8(subnet.isIPv4 ? NFPROTO_IPV4 : NFPROTO_IPV6)])
-                batch.addRule(table: table, chain: "postrouting", [nfproto, family] + source(subnet) + [
-                    .meta(key: UInt32(NFT_META_OIFNAME.rawValue), into: NftExpression.reg1),
-                    .compare(register: NftExpression.reg1, op: neq, data: name),
-                ] + masquerade)
+                batch.addRule(table: table, chain: "postrouting", [nfproto, family] + source(subnet) + [oif, isNotBridge] + masquerade)
                 batch.addRule(table: table, chain: "postrouting", [nfproto, family] + source(subnet) + dnatted + masquerade)
             }
         }
         let bridges = networks.map { (key: ifname($0.bridge), data: [UInt8]?.none) }
         if !bridges.isEmpty { batch.setElements(table: table, set: bridgesSet, bridges) }
+        for set in gatewaySets {
+            let gateways = Set(networks.flatMap(\.gateways).filter { $0.isIPv4 != set.ipv6 }).sorted().map { (key: $0.bytes, data: [UInt8]?.none) }
+            if !gateways.isEmpty { batch.setElements(table: table, set: set.name, gateways) }
+        }
     }
 
     /// Adds mappings to the table's maps.

@@ -49,11 +49,18 @@ final class Attachments {
     /// Checks what can be checked of a request without a network and without changing
     /// anything, and opens its namespace.
     func check(_ request: AttachRequest) throws -> Target {
-        try Validate.interfaceName(request.interface)
+        if let interface = request.interface { try Validate.interfaceName(interface) }
         let mac = try request.mac.map(Validate.mac)
         if let name = request.name { try Validate.objectName(name, kind: "endpoint") }
+        for alias in request.aliases { try Validate.objectName(alias, kind: "alias") }
+        for server in request.dnsServers where IPAddress(server) == nil {
+            throw NetctlError.invalidName(kind: "DNS server", value: server, reason: "give an IP address")
+        }
         if let ip = request.ip, IPAddress(ip)?.isIPv4 != true {
             throw NetctlError.invalidAddress(ip, field: .ip, problem: .notAnAddress(ipv4: true))
+        }
+        if let ip6 = request.ip6, IPAddress(ip6)?.isIPv4 != false {
+            throw NetctlError.invalidAddress(ip6, field: .ip6, problem: .notAnAddress(ipv4: false))
         }
         switch request.target {
         case .path(let path):
@@ -70,24 +77,51 @@ final class Attachments {
     }
 
     /// Records the endpoint and leases its addresses (one transaction), then makes its kernel
-    /// objects. Any failure undoes the kernel work, then the record.
+    /// objects. Any failure undoes the kernel work, then the record. A namespace may have
+    /// endpoints on several networks: the new one gets the next free ethN unless named, and
+    /// the namespace's default route (of each family) if it outranks the others there.
     func attach(_ request: AttachRequest, target: Target, to network: Network) throws -> Endpoint {
         let routes = try extraRoutes(request.routes, network: network)
         var namespace = target.namespace
-        // A namespace that exists already is looked at before anything is made: a default
-        // route it has (another network's) would refuse ours half-way.
+        let requestedIP = try request.ip.map {
+            try Validate.requestedAddress($0, in: network.ipv4Subnet, gateway: network.ipv4Gateway, network: network.name)
+        }
+        let requestedIP6 = try request.ip6.map { text -> IPAddress in
+            guard let subnet6 = network.ipv6Subnet, let gateway6 = network.ipv6Gateway else {
+                throw NetctlError.invalidAddress(text, field: .ip6, problem: .needsSubnet)
+            }
+            let ip = try Validate.hostAddress(text, in: subnet6, field: .ip6)
+            if ip == gateway6 { throw NetctlError.invalidAddress(text, field: .ip6, problem: .isGateway(network: network.name)) }
+            return ip
+        }
+        // A namespace that exists already is looked at before anything is made: its
+        // interfaces (for the name of ours), netctl's endpoints in it, and its default routes.
         let inside = try namespace.map { ns in try context.wrapKernel { try RouteNetlink.open(in: ns) } }
+        let neighbours = try namespace.map { ns in try endpoints(in: ns.identity) } ?? []
+        var taken = Set(neighbours.map(\.interface))
+        if let inside { taken.formUnion(try context.wrapKernel { try inside.links() }.map(\.name)) }
+        let interface = request.interface ?? Attachments.nextInterfaceName(taken: taken)
+        var candidate = Endpoint(
+            id: "", name: "", network: network.name, hostInterface: "", interface: interface, mac: "", ipv4: "",
+            ipv6: network.ipv6Subnet.map { _ in "" }, gateway: network.gateway, gateway6: network.gateway6, netns: target.path,
+            pid: target.pid, ownsNetns: false, state: .creating, created: .now())
+        candidate.gatewayPriority = request.gatewayPriority
+        candidate.mayHoldDefaultRoute = request.defaultRoute
+        candidate.attachOrder = Int64.max
+        let networks = try Dictionary(uniqueKeysWithValues: store.networks().map { ($0.name, $0) })
+        let holds = (ipv4: Attachments.defaultRouteHolder(neighbours + [candidate], networks, ipv6: false)?.attachOrder == Int64.max,
+                     ipv6: Attachments.defaultRouteHolder(neighbours + [candidate], networks, ipv6: true)?.attachOrder == Int64.max)
         if let inside {
-            let gateways = [network.ipv4Gateway] + [network.ipv6Gateway].compactMap { $0 }
-            for gateway in gateways {
-                let family = gateway.isIPv4 ? UInt8(AF_INET) : UInt8(AF_INET6)
-                if try context.wrapKernel({ try inside.routes(family: family) }).contains(where: { $0.destination == nil }) {
+            // A default route of a family ours would take, via none of netctl's gateways here,
+            // is someone else's: refused rather than replaced.
+            let ours = Set(neighbours.flatMap { [IPAddress($0.gateway)] + [$0.gateway6.flatMap(IPAddress.init)] }.compactMap { $0 })
+            for (family, gateway) in [(false, holds.ipv4 ? network.ipv4Gateway : nil), (true, holds.ipv6 ? network.ipv6Gateway : nil)] {
+                guard let gateway else { continue }
+                let routes = try context.wrapKernel { try inside.routes(family: UInt8(family ? AF_INET6 : AF_INET)) }
+                if routes.contains(where: { $0.destination == nil && !($0.gateway.map(ours.contains) ?? false) }) {
                     throw NetctlError.defaultRouteExists(namespace: target.path, gateway: "\(gateway)")
                 }
             }
-        }
-        let requestedIP = try request.ip.map {
-            try Validate.requestedAddress($0, in: network.ipv4Subnet, gateway: network.ipv4Gateway, network: network.name)
         }
         let id = randomHex(bytes: 6)
         let name = request.name ?? "ep-\(id.prefix(8))"
@@ -96,15 +130,21 @@ final class Attachments {
             if try store.endpoint(named: name) != nil { throw NetctlError.endpointExists(name) }
             let leases = try store.leases(network: network.name)
             let ipv4 = try registry.lease(in: network, requested: requestedIP, leases: leases, ipv6: false)!
-            let ipv6 = try registry.lease(in: network, requested: nil, leases: leases, ipv6: true)
-            let endpoint = Endpoint(
+            let ipv6 = try registry.lease(in: network, requested: requestedIP6, leases: leases, ipv6: true)
+            var endpoint = Endpoint(
                 id: id, name: name, network: network.name, hostInterface: "nc\(id.prefix(8))",
-                interface: request.interface, mac: (target.mac ?? Attachments.mac(for: ipv4)).description,
+                interface: interface, mac: (target.mac ?? Attachments.mac(for: ipv4)).description,
                 ipv4: "\(ipv4)/\(network.ipv4Subnet.prefixLength)",
                 ipv6: zip2(ipv6, network.ipv6Subnet).map { "\($0)/\($1.prefixLength)" },
                 gateway: network.gateway, gateway6: network.gateway6, netns: target.path, pid: target.pid,
-                ownsNetns: namespace == nil, state: .creating, created: .now(),
-                namespaceIdentity: namespace?.identity, owner: .current())
+                // netctl's own namespace files (attach --new) go with the last endpoint in them.
+                ownsNetns: target.path.hasPrefix(context.namespaceDirectory + "/"), state: .creating, created: .now())
+            endpoint.aliases = request.aliases
+            endpoint.dnsServers = request.dnsServers
+            endpoint.gatewayPriority = request.gatewayPriority
+            endpoint.mayHoldDefaultRoute = request.defaultRoute
+            endpoint.namespaceIdentity = namespace?.identity
+            endpoint.owner = .current()
             try store.insert(endpoint)
             return endpoint
         }
@@ -119,17 +159,64 @@ final class Attachments {
             let bridgeIndex = try registry.ensureBridge(network)
             try createVeth(endpoint, bridgeIndex: bridgeIndex, network: network, namespace: ns)
             undo.append { [host] in try? host.perform(.deleteLink(name: endpoint.hostInterface).ignoring(ENODEV)) }
-            try configureInside(try inside ?? context.wrapKernel { try RouteNetlink.open(in: ns) }, endpoint: endpoint, routes: routes)
+            let defaults = [holds.ipv4 ? network.ipv4Gateway : nil, holds.ipv6 ? network.ipv6Gateway : nil].compactMap { $0 }
+            try configureInside(try inside ?? context.wrapKernel { try RouteNetlink.open(in: ns) }, endpoint: endpoint,
+                                defaultRoutes: defaults, routes: routes)
             endpoint.state = .active
             endpoint.namespaceIdentity = ns.identity
             try store.transaction { try store.update(endpoint: id, state: .active, namespaceIdentity: ns.identity) }
         } catch {
             context.logger.debug("attach \(name) failed, rolling back: \(error)")
             undo.reversed().forEach { $0() }
+            // A default route ours replaced goes back to the endpoint that held it.
+            if namespace != nil, holds.ipv4 || holds.ipv6 { settleDefaultRoutes(target.path, identity: namespace!.identity) }
             throw NetctlError.wrap(error)
         }
         context.logger.info("attached \(name) (\(endpoint.ipv4)) to \(network.name)")
         return endpoint
+    }
+
+    /// netctl's endpoints in a namespace, in the order they were attached.
+    func endpoints(in identity: NetworkNamespace.Identity) throws -> [Endpoint] {
+        try store.endpoints().filter { $0.namespaceIdentity == identity && $0.state == .active }.sorted { $0.attachOrder < $1.attachOrder }
+    }
+
+    /// eth0, eth1, ...: the first not taken.
+    static func nextInterfaceName(taken: Set<String>) -> String {
+        (0...).lazy.map { "eth\($0)" }.first { !taken.contains($0) }!
+    }
+
+    /// Of a namespace's endpoints, the one whose network gives it the default route of a
+    /// family: those that may (not on an internal network, not told otherwise, with an
+    /// address of the family), the highest gateway priority, ties to the first attached.
+    static func defaultRouteHolder(_ endpoints: [Endpoint], _ networks: [String: Network], ipv6: Bool) -> Endpoint? {
+        endpoints.filter { e in
+            e.mayHoldDefaultRoute && networks[e.network].map { !$0.internal } ?? false && (!ipv6 || (e.ipv6 != nil && e.gateway6 != nil))
+        }.max { ($0.gatewayPriority, -$0.attachOrder) < ($1.gatewayPriority, -$1.attachOrder) }
+    }
+
+    /// Gives a namespace the default routes its endpoints say it should have (after one of
+    /// them went, or when an attach that replaced one is undone): the holder's, replacing
+    /// whatever default route netctl put there before. Best effort: the endpoints stand.
+    func settleDefaultRoutes(_ path: String, identity: NetworkNamespace.Identity) {
+        do {
+            let remaining = try endpoints(in: identity)
+            guard let first = remaining.first else { return }
+            let namespace = try first.pid.map { try NetworkNamespace(pid: $0) } ?? NetworkNamespace(path: path)
+            guard namespace.identity == identity else { return }
+            let networks = try Dictionary(uniqueKeysWithValues: store.networks().map { ($0.name, $0) })
+            var requests: [RouteRequest] = []
+            if let holder = Attachments.defaultRouteHolder(remaining, networks, ipv6: false), let gateway = IPAddress(holder.gateway) {
+                requests.append(.replaceRoute(.defaultRoute(via: gateway)))
+            }
+            if let holder = Attachments.defaultRouteHolder(remaining, networks, ipv6: true), let gateway = holder.gateway6.flatMap(IPAddress.init) {
+                requests.append(.replaceRoute(.defaultRoute(via: gateway)))
+            }
+            guard !requests.isEmpty else { return }
+            try RouteNetlink.open(in: namespace).perform(requests)
+        } catch {
+            context.logger.warning("could not move the default route of \(path) to its next network: \(error)")
+        }
     }
 
     /// A stable MAC per IPv4 address (02:6e + the address), so a re-attached container
@@ -156,8 +243,9 @@ final class Attachments {
     }
 
     /// Inside the namespace, through a socket opened there: lo up, the address(es), the
-    /// interface up and the default route(s), in one netlink round trip.
-    private func configureInside(_ inside: RouteNetlink, endpoint: Endpoint, routes: [Route]) throws {
+    /// interface up, the default route(s) it holds (replacing another network's) and the
+    /// extra routes, in one netlink round trip.
+    private func configureInside(_ inside: RouteNetlink, endpoint: Endpoint, defaultRoutes: [IPAddress], routes: [Route]) throws {
         guard let peer = try inside.link(named: endpoint.interface), let lo = try inside.link(named: "lo") else {
             throw NetlinkError(operation: "finding \(endpoint.interface) in \(endpoint.netns)", code: ENODEV)
         }
@@ -166,18 +254,9 @@ final class Attachments {
             requests.append(.addAddress(InterfaceAddress(index: peer.index, address: ip.address, prefixLength: ip.prefixLength)))
         }
         requests.append(.setLink(index: peer.index, LinkChange(up: true)))
-        requests.append(.addRoute(.defaultRoute(via: IPAddress(endpoint.gateway)!)))
-        if let gateway6 = endpoint.gateway6.flatMap(IPAddress.init) {
-            requests.append(.addRoute(.defaultRoute(via: gateway6)))
-        }
+        requests += defaultRoutes.map { .replaceRoute(.defaultRoute(via: $0)) }
         requests += routes.map { .addRoute($0) }
-        let codes = try inside.performEach(requests)
-        for (request, code) in zip(requests, codes) where code != 0 && !request.ignoredErrors.contains(code) {
-            if code == EEXIST, let route = request.route, route.destination == nil, let gateway = route.gateway {
-                throw NetctlError.defaultRouteExists(namespace: endpoint.netns, gateway: "\(gateway)")
-            }
-            throw NetlinkError(operation: request.operation, code: code)
-        }
+        try inside.perform(requests)
     }
 
     /// Routes for inside an endpoint's namespace, checked against the network: destinations
@@ -259,8 +338,18 @@ final class Attachments {
         } else {
             try context.wrapKernel { try host.deleteLinks(names: endpoints.map(\.hostInterface)) }
         }
-        for e in endpoints where e.ownsNetns {
-            try context.wrapKernel { try NetworkNamespace.remove(at: e.netns) }
+        // The namespaces they leave: netctl's own files go with their last endpoint; the
+        // others get their default routes from the networks that remain.
+        let going = Set(endpoints.map(\.id))
+        let staying = try store.endpoints().filter { !going.contains($0.id) }
+        var settle: [String: NetworkNamespace.Identity] = [:]
+        for e in endpoints {
+            let others = staying.filter { $0.netns == e.netns || ($0.namespaceIdentity != nil && $0.namespaceIdentity == e.namespaceIdentity) }
+            if others.isEmpty {
+                if e.ownsNetns { try context.wrapKernel { try NetworkNamespace.remove(at: e.netns) } }
+            } else if let identity = e.namespaceIdentity {
+                settle[e.netns] = identity
+            }
         }
         try store.transaction {
             for e in endpoints {
@@ -269,6 +358,7 @@ final class Attachments {
                 try store.deleteEndpoint(id: e.id)
             }
         }
+        for (path, identity) in settle { settleDefaultRoutes(path, identity: identity) }
     }
 
     /// Takes endpoints' veth pairs out of use at once and leaves their deletion to a detached

@@ -11,6 +11,17 @@ public struct Network: Codable, Equatable, Sendable {
     public var gateway6: String?
     public var mtu: Int
     public var created: Timestamp
+    /// No route out: no masquerade, endpoints get no default route, nothing is forwarded in
+    /// or out (Docker's and Podman's `--internal`).
+    public var `internal`: Bool = false
+    /// Names resolve: netctl's DNS server answers the names and aliases of this network's
+    /// endpoints on its gateway address (user-defined networks; not the default network).
+    public var dns: Bool = false
+    /// No traffic with other netctl networks, also routed through the host (the default).
+    public var isolated: Bool = true
+    /// Whether the bridge carries the gateway address: always, except on an internal
+    /// network with no names, where it is there only when asked for.
+    public var gatewayOnBridge: Bool = true
 
     var ipv4Subnet: IPNetwork { IPNetwork(subnet)! }
     var ipv4Gateway: IPAddress { IPAddress(gateway)! }
@@ -48,6 +59,18 @@ public struct Endpoint: Codable, Equatable, Sendable {
     public var ownsNetns: Bool
     public var state: State
     public var created: Timestamp
+    /// Names besides `name` this endpoint answers to on its network (Docker's network aliases).
+    public var aliases: [String] = []
+    /// Of a namespace's endpoints that may hold its default route, the highest priority
+    /// holds it (ties: the first attached), as Docker's gateway priority.
+    public var gatewayPriority: Int = 0
+    /// False: never the namespace's default route (netavark's `no_default_route`).
+    public var mayHoldDefaultRoute: Bool = true
+    /// Upstream name servers of its own (`--dns`): the name server forwards this endpoint's
+    /// other queries there rather than to the host's.
+    public var dnsServers: [String] = []
+    /// Increases with every attach: what breaks ties between equal priorities.
+    var attachOrder: Int64 = 0
 
     var namespaceIdentity: NetworkNamespace.Identity? = nil
 
@@ -64,6 +87,6 @@ public struct Endpoint: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case id, name, network, hostInterface, interface, mac, ipv4, ipv6, gateway, gateway6,
-             netns, pid, ownsNetns, state, created
+             netns, pid, ownsNetns, state, created, aliases, gatewayPriority, mayHoldDefaultRoute, dnsServers
     }
 }

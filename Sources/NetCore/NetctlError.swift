@@ -6,12 +6,15 @@ import Primitives
 public enum InputField: String, Sendable, CaseIterable {
     /// The endpoint's IPv4 address (`AttachRequest.ip`).
     case ip
+    /// The endpoint's IPv6 address (`AttachRequest.ip6`).
+    case ip6
     case gateway, gateway6, subnet, subnet6
 
     /// How the library names it.
     public var plainName: String {
         switch self {
         case .ip: return "the requested address"
+        case .ip6: return "the requested IPv6 address"
         case .gateway: return "the gateway"
         case .gateway6: return "the IPv6 gateway"
         case .subnet: return "the subnet"
@@ -84,6 +87,8 @@ public enum NetctlError: Error, CustomStringConvertible, Equatable {
     case noFreeHostPort(range: String, proto: String)
     case hostAddressNotLocal(String)
     case needsProxy(spec: String, need: ProxyNeed)
+    /// Ports are not published from an internal network (Docker's rule): nothing reaches it.
+    case publishOnInternalNetwork(endpoint: String, network: String)
     case portNotPublished(endpoint: String, spec: String)
     case endpointNotActive(String)
     case endpointBroken(String, reason: String)
@@ -130,7 +135,7 @@ public enum NetctlError: Error, CustomStringConvertible, Equatable {
             case .networkAddress(let subnet): reason = "\(name(field)) is the network address of \(subnet)"
             case .broadcastAddress(let subnet): reason = "\(name(field)) is the broadcast address of \(subnet)"
             case .isGateway(let network): reason = "\(name(field)) is the gateway of network \(network)"
-            case .needsSubnet: reason = "\(name(field)) needs \(name(field == .gateway6 ? .subnet6 : .subnet))"
+            case .needsSubnet: reason = "\(name(field)) needs \(name(field == .gateway6 || field == .ip6 ? .subnet6 : .subnet))"
             }
             return "invalid address \"\(address)\": \(reason)"
         case .subnetOverlapsNetwork(let subnet, let network, let other):
@@ -162,7 +167,7 @@ public enum NetctlError: Error, CustomStringConvertible, Equatable {
         case .interfaceExistsInNamespace(let interface, let namespace):
             return "an interface named \(interface) already exists in \(namespace)"
         case .defaultRouteExists(let namespace, let gateway):
-            return "\(namespace) already has a default route, so it cannot get one via \(gateway)"
+            return "\(namespace) has a default route netctl did not make, so it cannot get one via \(gateway)"
         case .invalidPortSpec(let spec, let reason):
             return "invalid port mapping \"\(spec)\": \(reason)"
         case .portAlreadyPublished(let port, let hostIP, let endpoint):
@@ -179,6 +184,8 @@ public enum NetctlError: Error, CustomStringConvertible, Equatable {
             case .noIPv6(let endpoint): return "cannot publish \(spec) with kernel DNAT: endpoint \(endpoint) has no IPv6 address"
             case .sctpNotRelayed: return "cannot publish \(spec) through the proxy: the proxy relays TCP and UDP only"
             }
+        case .publishOnInternalNetwork(let endpoint, let network):
+            return "endpoint \(endpoint) is on network \(network), which is internal: nothing from outside it can reach a published port"
         case .portNotPublished(let endpoint, let spec):
             return "endpoint \(endpoint) has no published port matching \(spec)"
         case .endpointNotActive(let name):

@@ -176,6 +176,23 @@ public final class NetworkManager {
         return try publisher.ports(endpoint: name)
     }
 
+    /// Moves all published ports of endpoint `source` to endpoint `target` (see
+    /// `PortPublisher.move`); returns them as they are now.
+    @discardableResult
+    public func movePorts(from source: String, to target: String) throws -> [PublishedPort] {
+        try publisher.move(from: try attachments.endpoint(named: source), to: try attachments.endpoint(named: target))
+    }
+
+    /// The endpoint holding the default route of the namespace endpoint `name` is in (IPv4;
+    /// where a container's published ports go); nil when none may (all internal, say).
+    /// `excluding`: as if that endpoint were gone (which one would hold it next).
+    public func defaultRouteEndpoint(sharingNamespaceWith name: String, excluding: String? = nil) throws -> Endpoint? {
+        let endpoint = try attachments.endpoint(named: name)
+        guard let identity = endpoint.namespaceIdentity else { return nil }
+        let networks = try Dictionary(uniqueKeysWithValues: registry.networks().map { ($0.name, $0) })
+        return Attachments.defaultRouteHolder(try attachments.endpoints(in: identity).filter { $0.name != excluding }, networks, ipv6: false)
+    }
+
     /// Reinstalls the whole netctl table from state in one atomic batch: after
     /// `nft flush ruleset`, a firewalld reload or anything else that wiped or changed it.
     /// Returns the number of map elements installed.

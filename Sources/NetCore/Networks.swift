@@ -85,11 +85,14 @@ final class NetworkRegistry {
                 chosen = free
             }
             if let subnet6, let error = clash(subnet6) { throw error }
+            let dns = spec.dns ?? (spec.name != NetworkManager.defaultNetworkName)
             let network = Network(
                 name: spec.name, bridge: bridge, subnet: "\(chosen)",
                 gateway: "\(gateway ?? NetworkRegistry.defaultGateway(of: chosen))",
                 subnet6: subnet6.map { "\($0)" }, gateway6: subnet6.map { "\(gateway6 ?? NetworkRegistry.defaultGateway(of: $0))" },
-                mtu: mtu, created: .now())
+                mtu: mtu, created: .now(), internal: spec.internal, dns: dns, isolated: spec.isolated,
+                // An internal network's bridge needs an address only to serve names, or when asked.
+                gatewayOnBridge: !spec.internal || dns || spec.gateway != nil || spec.gateway6 != nil)
             try store.insert(network)
             return network
         }
@@ -141,14 +144,14 @@ final class NetworkRegistry {
         }
         guard let bridge = link else { throw NetlinkError(operation: "creating bridge \(network.bridge)", code: ENODEV) }
         guard bridge.group == LinkGroups.bridge else { throw NetctlError.bridgeNotOurs(network.bridge) }
-        var requests: [RouteRequest] = [
-            .setLink(index: bridge.index, LinkChange(up: true, alias: "netctl network \(network.name)")),
-            .addAddress(InterfaceAddress(index: bridge.index, address: network.ipv4Gateway,
-                                         prefixLength: network.ipv4Subnet.prefixLength)).ignoring(EEXIST),
-        ]
-        if let gateway6 = network.ipv6Gateway, let subnet6 = network.ipv6Subnet {
-            requests.append(.addAddress(InterfaceAddress(index: bridge.index, address: gateway6,
-                                                         prefixLength: subnet6.prefixLength)).ignoring(EEXIST))
+        var requests: [RouteRequest] = [.setLink(index: bridge.index, LinkChange(up: true, alias: "netctl network \(network.name)"))]
+        if network.gatewayOnBridge {
+            requests.append(.addAddress(InterfaceAddress(index: bridge.index, address: network.ipv4Gateway,
+                                                         prefixLength: network.ipv4Subnet.prefixLength)).ignoring(EEXIST))
+            if let gateway6 = network.ipv6Gateway, let subnet6 = network.ipv6Subnet {
+                requests.append(.addAddress(InterfaceAddress(index: bridge.index, address: gateway6,
+                                                             prefixLength: subnet6.prefixLength)).ignoring(EEXIST))
+            }
         }
         try host.perform(requests)
         // Forwarding carries published and outbound traffic; route_localnet lets the host's

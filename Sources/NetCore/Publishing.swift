@@ -23,6 +23,9 @@ final class PortPublisher {
         guard !specs.isEmpty else { return [] }
         guard let endpoint = try store.endpoint(named: name) else { throw NetctlError.endpointNotFound(name) }
         guard endpoint.state == .active else { throw NetctlError.endpointNotActive(name) }
+        if try store.network(named: endpoint.network)?.internal == true {
+            throw NetctlError.publishOnInternalNetwork(endpoint: name, network: endpoint.network)
+        }
         for spec in specs { try checkBackendCanServe(spec, backend: backend, endpoint: endpoint) }
 
         var kernelChanged = false
@@ -141,6 +144,41 @@ final class PortPublisher {
         return removed
     }
 
+    /// Moves all of an endpoint's published ports to another endpoint (another network of
+    /// the same container, when the one holding its default route changes): the same host
+    /// ports, now to the other endpoint's addresses, in one transaction and one kernel batch.
+    func move(from source: Endpoint, to target: Endpoint) throws -> [PublishedPort] {
+        var kernelChanged = false
+        let moved: [PublishedPort]
+        do {
+          moved = try store.transaction {
+            guard try store.endpoint(named: target.name)?.state == .active else { throw NetctlError.endpointNotActive(target.name) }
+            if try store.network(named: target.network)?.internal == true {
+                throw NetctlError.publishOnInternalNetwork(endpoint: target.name, network: target.network)
+            }
+            let old = try store.ports(endpoint: source.name).map(\.port)
+            guard !old.isEmpty else { return [] }
+            let new = old.map { p in
+                PublishedPort(endpoint: target.name, proto: p.proto, hostIP: p.hostIP, hostPort: p.hostPort,
+                              containerPort: p.containerPort, servesIPv6: target.ipv6 != nil, backend: p.backend)
+            }
+            for p in old { try store.delete(p) }
+            for p in new { try store.insert(p, endpointID: target.id) }
+            try commit("moving ports of \(source.name) to \(target.name)") { batch in
+                PublishRuleset.remove(old.flatMap { PortPlan($0, on: source).kernel }, to: &batch)
+                PublishRuleset.add(new.flatMap { PortPlan($0, on: target).kernel }, to: &batch)
+            }
+            kernelChanged = true
+            return new
+          }
+        } catch {
+            if kernelChanged { _ = try? syncTable() }
+            throw error
+        }
+        flushConntrack(moved)
+        return moved
+    }
+
     func ports(endpoint name: String? = nil) throws -> [PublishedPort] {
         try store.ports(endpoint: name).map(\.port)
     }
@@ -178,7 +216,10 @@ final class PortPublisher {
     }
 
     private func tableFromState() throws -> (batch: NftBatch, mappings: [DNATMapping]) {
-        let networks = try store.networks().map { BridgeNetwork(bridge: $0.bridge, subnet: $0.ipv4Subnet, subnet6: $0.ipv6Subnet) }
+        let networks = try store.networks().map {
+            BridgeNetwork(bridge: $0.bridge, subnet: $0.ipv4Subnet, subnet6: $0.ipv6Subnet, internal: $0.internal,
+                          isolated: $0.isolated, gateways: $0.gatewayOnBridge ? [$0.ipv4Gateway] + [$0.ipv6Gateway].compactMap { $0 } : [])
+        }
         let mappings = try plans().flatMap(\.plan.kernel)
         return (PublishRuleset.rebuild(networks: networks, mappings: mappings), mappings)
     }

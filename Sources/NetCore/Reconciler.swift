@@ -119,8 +119,12 @@ final class Reconciler {
                 throw broken("\(e.interface) lacks its address \(ip.address)/\(ip.prefixLength)")
             }
         }
+        // The default route of each family this endpoint holds among the namespace's.
         let routes = try context.wrapKernel { try inside.routes(family: UInt8(AF_INET)) + inside.routes(family: UInt8(AF_INET6)) }
-        for gateway in [e.gateway] + [e.gateway6].compactMap({ $0 }) {
+        let neighbours = try attachments.endpoints(in: namespace.identity)
+        let networks = try Dictionary(uniqueKeysWithValues: store.networks().map { ($0.name, $0) })
+        for (ipv6, gateway) in [(false, Optional(e.gateway)), (true, e.gateway6)] {
+            guard let gateway, Attachments.defaultRouteHolder(neighbours, networks, ipv6: ipv6)?.id == e.id else { continue }
             guard routes.contains(where: { $0.destination == nil && $0.gateway == IPAddress(gateway) }) else {
                 throw broken("the default route via \(gateway) is missing in \(e.netns)")
             }

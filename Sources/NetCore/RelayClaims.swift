@@ -5,12 +5,16 @@ import Primitives
 public enum RelayScope: Hashable, Sendable, CustomStringConvertible {
     case all
     case endpoint(String)
+    /// Every endpoint in the network namespace at this path (a container's, on all its
+    /// networks).
+    case namespace(String)
 
     /// As state stores it.
     var key: String {
         switch self {
         case .all: return "*"
         case .endpoint(let name): return "endpoint:" + name
+        case .namespace(let path): return "netns:" + path
         }
     }
 
@@ -18,6 +22,15 @@ public enum RelayScope: Hashable, Sendable, CustomStringConvertible {
         switch self {
         case .all: return "every endpoint"
         case .endpoint(let name): return "endpoint \(name)"
+        case .namespace(let path): return "the endpoints in \(path)"
+        }
+    }
+
+    func covers(_ endpoint: Endpoint) -> Bool {
+        switch self {
+        case .all: return true
+        case .endpoint(let name): return endpoint.name == name
+        case .namespace(let path): return endpoint.netns == path
         }
     }
 }
@@ -71,14 +84,15 @@ final class RelayClaims {
                 var skipped: [String: ProcessIdentity] = [:]
                 var relays: [Relay: PublishedPort] = [:]
                 for (port, endpoint) in try store.ports() where endpoint.state == .active {
-                    if let owner = claims[RelayScope.endpoint(endpoint.name).key], owner != me {
+                    let scoped = [RelayScope.endpoint(endpoint.name), .namespace(endpoint.netns)].compactMap { claims[$0.key] }
+                    if let owner = scoped.first(where: { $0 != me }) {
                         skipped[endpoint.name] = owner
                         continue
                     }
                     for relay in PortPlan(port, on: endpoint).relays { relays[relay] = port }
                 }
                 return RelayAssignment(relays: relays, servedBy: nil, skipped: skipped)
-            case .endpoint(let name):
+            case .endpoint, .namespace:
                 if let other = claims[scope.key], other != me { throw NetctlError.relaysClaimed(scope: scope.description, pid: other.pid) }
                 if let shared = claims["*"], shared != me {
                     try store.deleteRelayClaim(scope.key, owner: me)  // stood aside: the shared service relays it
@@ -86,7 +100,7 @@ final class RelayClaims {
                 }
                 try claim()
                 var relays: [Relay: PublishedPort] = [:]
-                for (port, endpoint) in try store.ports(endpoint: name) where endpoint.state == .active {
+                for (port, endpoint) in try store.ports() where endpoint.state == .active && scope.covers(endpoint) {
                     for relay in PortPlan(port, on: endpoint).relays { relays[relay] = port }
                 }
                 return RelayAssignment(relays: relays, servedBy: nil, skipped: [:])

@@ -9,11 +9,19 @@ public struct NetworkSpec: Sendable {
     public var subnet6: String?
     public var gateway6: String?
     public var mtu: Int?
+    /// No route out (see `Network.internal`).
+    public var `internal`: Bool
+    /// Names resolve on it (see `Network.dns`); nil: yes, except on the default network.
+    public var dns: Bool?
+    /// No traffic with other netctl networks (see `Network.isolated`).
+    public var isolated: Bool
 
     public init(name: String, subnet: String? = nil, gateway: String? = nil, bridge: String? = nil,
-                subnet6: String? = nil, gateway6: String? = nil, mtu: Int? = nil) {
+                subnet6: String? = nil, gateway6: String? = nil, mtu: Int? = nil, internal: Bool = false,
+                dns: Bool? = nil, isolated: Bool = true) {
         self.name = name; self.subnet = subnet; self.gateway = gateway; self.bridge = bridge
         self.subnet6 = subnet6; self.gateway6 = gateway6; self.mtu = mtu
+        self.internal = `internal`; self.dns = dns; self.isolated = isolated
     }
 }
 
@@ -31,9 +39,21 @@ public struct AttachRequest: Sendable {
     public var network: String?
     public var target: Target
     public var ip: String?
+    /// A static IPv6 address (the network needs an IPv6 subnet).
+    public var ip6: String?
     public var name: String?
-    public var interface: String
+    /// The interface name inside the namespace; nil: the first free eth0, eth1, ...
+    public var interface: String?
     public var mac: String?
+    /// Names besides `name` the endpoint answers to on its network.
+    public var aliases: [String]
+    /// Which of a namespace's networks holds its default route: the highest priority, ties
+    /// going to the first attached (Docker's gateway priority; netavark's metric, negated).
+    public var gatewayPriority: Int
+    /// False: this endpoint never holds the namespace's default route.
+    public var defaultRoute: Bool
+    /// Upstream name servers for this endpoint's queries (`--dns`); empty: the host's.
+    public var dnsServers: [String]
     /// Ports to publish once attached (`-p`); if publishing fails, the attach is undone.
     public var ports: [PortMapping]
     public var portBackend: PortBackend
@@ -44,11 +64,13 @@ public struct AttachRequest: Sendable {
     /// checks have passed; a refused attach removes it again.
     public var createNetwork: NetworkSpec?
 
-    public init(network: String? = nil, target: Target, ip: String? = nil, name: String? = nil,
-                interface: String = "eth0", mac: String? = nil, ports: [PortMapping] = [], portBackend: PortBackend = .nft,
+    public init(network: String? = nil, target: Target, ip: String? = nil, ip6: String? = nil, name: String? = nil,
+                interface: String? = nil, mac: String? = nil, aliases: [String] = [], gatewayPriority: Int = 0,
+                defaultRoute: Bool = true, dnsServers: [String] = [], ports: [PortMapping] = [], portBackend: PortBackend = .nft,
                 routes: [StaticRoute] = [], createNetwork: NetworkSpec? = nil) {
-        self.network = network; self.target = target; self.ip = ip; self.name = name
-        self.interface = interface; self.mac = mac; self.ports = ports; self.portBackend = portBackend
+        self.network = network; self.target = target; self.ip = ip; self.ip6 = ip6; self.name = name
+        self.interface = interface; self.mac = mac; self.aliases = aliases; self.gatewayPriority = gatewayPriority
+        self.defaultRoute = defaultRoute; self.dnsServers = dnsServers; self.ports = ports; self.portBackend = portBackend
         self.routes = routes; self.createNetwork = createNetwork
     }
 }

@@ -99,6 +99,13 @@ final class SQLiteDatabase {
         }
     }
 
+    /// Runs `body` in a read transaction: its queries see one snapshot of the database.
+    func readTransaction<T>(_ body: () throws -> T) throws -> T {
+        try execute("BEGIN DEFERRED")
+        defer { try? execute("COMMIT") }
+        return try body()
+    }
+
     private func failure(_ sql: String) -> NetctlError {
         .state("state database (\(path)): \(String(cString: sqlite3_errmsg(handle)))")
     }
@@ -111,6 +118,8 @@ enum SQLiteValue: Equatable {
 
     var string: String? { if case .text(let v) = self { return v } else { return nil } }
     var int: Int64? { if case .integer(let v) = self { return v } else { return nil } }
+
+    static func bool(_ value: Bool) -> SQLiteValue { .integer(value ? 1 : 0) }
 }
 
 extension Optional where Wrapped == String {

@@ -11,7 +11,7 @@ final class StateStore {
     private(set) var discardedPreviousBoot = false
 
     /// Bumped with every schema change below; kept in SQLite's `user_version`.
-    static let schemaVersion: Int64 = 3
+    static let schemaVersion: Int64 = 4
 
     init(path: String, bootID: String = currentBootID()) throws {
         db = try SQLiteDatabase(path: path)
@@ -49,10 +49,18 @@ final class StateStore {
         }
         try db.transaction {
             try db.execute(StateStore.schema)
-            // State written before ports had backends: every one of them was kernel DNAT.
-            if try !db.query("PRAGMA table_info(ports)").contains(where: { $0[1].string == "backend" }) {
-                try db.execute("ALTER TABLE ports ADD COLUMN backend TEXT NOT NULL DEFAULT 'nft'")
-            }
+            // Columns added since the first schema, with what older state meant: every port was
+            // kernel DNAT; every network masqueraded, had no names and was isolated; every
+            // endpoint was its namespace's only one, with its default route.
+            try addColumn("ports", "backend TEXT NOT NULL DEFAULT 'nft'")
+            try addColumn("networks", "internal INTEGER NOT NULL DEFAULT 0")
+            try addColumn("networks", "dns INTEGER NOT NULL DEFAULT 0")
+            try addColumn("networks", "isolated INTEGER NOT NULL DEFAULT 1")
+            try addColumn("networks", "gateway_on_bridge INTEGER NOT NULL DEFAULT 1")
+            try addColumn("endpoints", "aliases TEXT NOT NULL DEFAULT ''")
+            try addColumn("endpoints", "gateway_priority INTEGER NOT NULL DEFAULT 0")
+            try addColumn("endpoints", "default_route INTEGER NOT NULL DEFAULT 1")
+            try addColumn("endpoints", "dns_servers TEXT NOT NULL DEFAULT ''")
             let recorded = try db.query("SELECT value FROM meta WHERE key = 'boot_id'").first?.first?.string
             if recorded != bootID {
                 // Every veth, address and namespace mount died with the previous boot;
@@ -64,6 +72,14 @@ final class StateStore {
                 try db.run("INSERT OR REPLACE INTO meta(key, value) VALUES ('boot_id', ?)", [.text(bootID)])
             }
             try db.execute("PRAGMA user_version = \(StateStore.schemaVersion)")
+        }
+    }
+
+    /// Adds a column to a table written by an older schema (the CREATE TABLEs below have it).
+    private func addColumn(_ table: String, _ definition: String) throws {
+        let name = String(definition.prefix { $0 != " " })
+        if try !db.query("PRAGMA table_info(\(table))").contains(where: { $0[1].string == name }) {
+            try db.execute("ALTER TABLE \(table) ADD COLUMN \(definition)")
         }
     }
 
@@ -79,7 +95,11 @@ final class StateStore {
             mtu INTEGER NOT NULL,
             last_ipv4 TEXT,
             last_ipv6 TEXT,
-            created TEXT NOT NULL
+            created TEXT NOT NULL,
+            internal INTEGER NOT NULL DEFAULT 0,
+            dns INTEGER NOT NULL DEFAULT 0,
+            isolated INTEGER NOT NULL DEFAULT 1,
+            gateway_on_bridge INTEGER NOT NULL DEFAULT 1
         );
         CREATE TABLE IF NOT EXISTS endpoints (
             id TEXT PRIMARY KEY,
@@ -98,6 +118,10 @@ final class StateStore {
             state TEXT NOT NULL,
             owner TEXT NOT NULL,
             created TEXT NOT NULL,
+            aliases TEXT NOT NULL DEFAULT '',
+            gateway_priority INTEGER NOT NULL DEFAULT 0,
+            default_route INTEGER NOT NULL DEFAULT 1,
+            dns_servers TEXT NOT NULL DEFAULT '',
             UNIQUE (network, ipv4),
             UNIQUE (network, ipv6)
         );
@@ -118,9 +142,14 @@ final class StateStore {
         try db.transaction(body)
     }
 
+    /// Reads under one snapshot, without the write lock.
+    func transactionRead<T>(_ body: () throws -> T) throws -> T {
+        try db.readTransaction(body)
+    }
+
     // MARK: Networks
 
-    private static let networkColumns = "name, bridge, subnet, gateway, subnet6, gateway6, mtu, created"
+    private static let networkColumns = "name, bridge, subnet, gateway, subnet6, gateway6, mtu, created, internal, dns, isolated, gateway_on_bridge"
 
     func networks() throws -> [Network] {
         try db.query("SELECT \(StateStore.networkColumns) FROM networks ORDER BY name").map(StateStore.network)
@@ -132,9 +161,10 @@ final class StateStore {
     }
 
     func insert(_ n: Network) throws {
-        try db.run("INSERT INTO networks (\(StateStore.networkColumns)) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        try db.run("INSERT INTO networks (\(StateStore.networkColumns)) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                    [.text(n.name), .text(n.bridge), .text(n.subnet), .text(n.gateway), n.subnet6.sqlite,
-                    n.gateway6.sqlite, .integer(Int64(n.mtu)), .text(n.created.description)])
+                    n.gateway6.sqlite, .integer(Int64(n.mtu)), .text(n.created.description), .bool(n.internal), .bool(n.dns),
+                    .bool(n.isolated), .bool(n.gatewayOnBridge)])
     }
 
     func deleteNetwork(named name: String) throws {
@@ -154,14 +184,16 @@ final class StateStore {
     private static func network(_ row: [SQLiteValue]) -> Network {
         Network(name: row[0].string!, bridge: row[1].string!, subnet: row[2].string!, gateway: row[3].string!,
                 subnet6: row[4].string, gateway6: row[5].string, mtu: Int(row[6].int ?? 1500),
-                created: Timestamp(iso8601: row[7].string!) ?? Timestamp(secondsSinceEpoch: 0))
+                created: Timestamp(iso8601: row[7].string!) ?? Timestamp(secondsSinceEpoch: 0),
+                internal: row[8].int == 1, dns: row[9].int == 1, isolated: row[10].int != 0, gatewayOnBridge: row[11].int != 0)
     }
 
     // MARK: Endpoints
 
     private static let endpointColumns = """
         e.id, e.name, e.network, e.host_interface, e.interface, e.mac, e.ipv4, e.ipv6, e.netns, e.netns_device,
-        e.netns_inode, e.pid, e.owns_netns, e.state, e.owner, e.created, n.subnet, n.gateway, n.subnet6, n.gateway6
+        e.netns_inode, e.pid, e.owns_netns, e.state, e.owner, e.created, n.subnet, n.gateway, n.subnet6, n.gateway6,
+        e.aliases, e.gateway_priority, e.default_route, e.rowid, e.dns_servers
         """
 
     func endpoints(network: String? = nil) throws -> [Endpoint] {
@@ -193,15 +225,17 @@ final class StateStore {
     func insert(_ e: Endpoint) throws {
         try db.run("""
             INSERT INTO endpoints (id, name, network, host_interface, interface, mac, ipv4, ipv6, netns,
-                netns_device, netns_inode, pid, owns_netns, state, owner, created)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                netns_device, netns_inode, pid, owns_netns, state, owner, created, aliases, gateway_priority, default_route,
+                dns_servers)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """,
             [.text(e.id), .text(e.name), .text(e.network), .text(e.hostInterface), .text(e.interface), .text(e.mac),
              .text(StateStore.bareAddress(e.ipv4)), e.ipv6.map { StateStore.bareAddress($0) }.sqlite, .text(e.netns),
              e.namespaceIdentity.map { .integer(Int64(bitPattern: $0.device)) } ?? .null,
              e.namespaceIdentity.map { .integer(Int64(bitPattern: $0.inode)) } ?? .null,
              e.pid.map { .integer(Int64($0)) } ?? .null, .integer(e.ownsNetns ? 1 : 0), .text(e.state.rawValue),
-             .text(e.owner.encoded), .text(e.created.description)])
+             .text(e.owner.encoded), .text(e.created.description), .text(e.aliases.joined(separator: ",")),
+             .integer(Int64(e.gatewayPriority)), .bool(e.mayHoldDefaultRoute), .text(e.dnsServers.joined(separator: ","))])
     }
 
     func update(endpoint id: String, state: Endpoint.State, owner: ProcessIdentity? = nil,
@@ -237,10 +271,10 @@ final class StateStore {
             ORDER BY e.name, p.container_port, p.proto, p.host_ip, p.host_port
             """, values).compactMap { row in
             let e = StateStore.endpoint(row)
-            guard let proto = PortMapping.Proto(rawValue: row[20].string!) else { return nil }
-            return (PublishedPort(endpoint: e.name, proto: proto, hostIP: row[21].string!, hostPort: UInt16(row[22].int!),
-                                  containerPort: UInt16(row[23].int!), servesIPv6: e.ipv6 != nil,
-                                  backend: PortBackend(rawValue: row[24].string ?? "") ?? .nft), e)
+            guard let proto = PortMapping.Proto(rawValue: row[25].string!) else { return nil }
+            return (PublishedPort(endpoint: e.name, proto: proto, hostIP: row[26].string!, hostPort: UInt16(row[27].int!),
+                                  containerPort: UInt16(row[28].int!), servesIPv6: e.ipv6 != nil,
+                                  backend: PortBackend(rawValue: row[29].string ?? "") ?? .nft), e)
         }
     }
 
@@ -291,13 +325,22 @@ final class StateStore {
         let identity = r[9].int.flatMap { device in
             r[10].int.map { NetworkNamespace.Identity(device: UInt64(bitPattern: device), inode: UInt64(bitPattern: $0)) }
         }
-        return Endpoint(
+        let created: Timestamp = Timestamp(iso8601: r[15].string!) ?? Timestamp(secondsSinceEpoch: 0)
+        let owner: ProcessIdentity = ProcessIdentity(encoded: r[14].string!) ?? ProcessIdentity(pid: 0, startTime: 0)
+        let aliases: [String] = (r[20].string ?? "").split(separator: ",").map(String.init)
+        var e = Endpoint(
             id: r[0].string!, name: r[1].string!, network: r[2].string!, hostInterface: r[3].string!,
             interface: r[4].string!, mac: r[5].string!, ipv4: "\(r[6].string!)/\(subnet.prefixLength)",
             ipv6: r[7].string.map { "\($0)/\(subnet6?.prefixLength ?? 64)" },
             gateway: r[17].string!, gateway6: r[19].string, netns: r[8].string!, pid: r[11].int.map { Int32($0) },
-            ownsNetns: r[12].int == 1, state: Endpoint.State(rawValue: r[13].string!) ?? .removing,
-            created: Timestamp(iso8601: r[15].string!) ?? Timestamp(secondsSinceEpoch: 0), namespaceIdentity: identity,
-            owner: ProcessIdentity(encoded: r[14].string!) ?? ProcessIdentity(pid: 0, startTime: 0))
+            ownsNetns: r[12].int == 1, state: Endpoint.State(rawValue: r[13].string!) ?? .removing, created: created)
+        e.aliases = aliases
+        e.gatewayPriority = Int(r[21].int ?? 0)
+        e.mayHoldDefaultRoute = r[22].int != 0
+        e.attachOrder = r[23].int ?? 0
+        e.dnsServers = (r[24].string ?? "").split(separator: ",").map(String.init)
+        e.namespaceIdentity = identity
+        e.owner = owner
+        return e
     }
 }

@@ -128,7 +128,7 @@ enum Libnl {
 
     /// A unicast route of the main table: to `destination` (nil: the default route) via a
     /// gateway, or on a link when it names none.
-    static func route(_ r: Route, delete: Bool, flags: UInt16) -> MessageBuilder {
+    static func route(_ r: Route, delete: Bool, replace: Bool = false, flags: UInt16) -> MessageBuilder {
         let route = rtnl_route_alloc()!
         defer { rtnl_route_put(route) }
         let family = r.isIPv4 ? AF_INET : AF_INET6
@@ -151,7 +151,7 @@ enum Libnl {
         rtnl_route_add_nexthop(route, hop)  // the route owns it from here
         var message: OpaquePointer?
         let rc = delete ? rtnl_route_build_del_request(route, 0, &message)
-                        : rtnl_route_build_add_request(route, Int32(NLM_F_CREATE | NLM_F_EXCL), &message)
+                        : rtnl_route_build_add_request(route, Int32(NLM_F_CREATE | (replace ? NLM_F_REPLACE : NLM_F_EXCL)), &message)
         return take(rc, message, flags: flags, "route \(r.destination.map { "\($0)" } ?? "default")")
     }
 }

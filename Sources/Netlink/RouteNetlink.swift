@@ -100,6 +100,14 @@ public struct RouteRequest {
         return request
     }
 
+    /// Adds a route, or replaces the one to the same destination (another default route).
+    public static func replaceRoute(_ r: Route) -> RouteRequest {
+        var request = RouteRequest(Libnl.route(r, delete: false, replace: true, flags: change | NetlinkFlags.create | NetlinkFlags.replace),
+                                   "setting route \(describe(r))")
+        request.route = r
+        return request
+    }
+
     public static func deleteRoute(_ r: Route) -> RouteRequest {
         var request = RouteRequest(Libnl.route(r, delete: true, flags: change), "removing route \(describe(r))")
         request.route = r

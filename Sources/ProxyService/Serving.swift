@@ -60,11 +60,11 @@ extension ProxyService {
             let started = Mutex<Result<Void, any Error>?>(nil)
         }
 
-        /// Starts relaying `endpoint`'s proxied ports; returns once the first refresh is done,
-        /// or throws what failed.
-        public init(stateDirectory: String, endpoint: String, options: ProxyServer.Options, logger: Logger) throws {
+        /// Starts relaying the proxied ports of `scope` (one endpoint, or a container's
+        /// namespace); returns once the first refresh is done, or throws what failed.
+        public init(stateDirectory: String, scope: RelayScope, options: ProxyServer.Options, logger: Logger) throws {
             var ready: [Int32] = [-1, -1]
-            guard pipe(&ready) == 0 else { throw ServiceError.cannotStartThread(what: "the proxy of endpoint \(endpoint)", code: errno) }
+            guard pipe(&ready) == 0 else { throw ServiceError.cannotStartThread(what: "the proxy of \(scope)", code: errno) }
             for fd in ready { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
             defer { close(ready[0]) }
             let control = self.control, signal = ready[1]
@@ -73,7 +73,7 @@ extension ProxyService {
                 let service: ProxyService
                 do {
                     let manager = try NetworkManager(stateDirectory: stateDirectory, logger: logger)
-                    service = try ProxyService(manager: manager, scope: .endpoint(endpoint), options: options, logger: logger)
+                    service = try ProxyService(manager: manager, scope: scope, options: options, logger: logger)
                     do {
                         try service.refresh(force: true)
                     } catch {
@@ -100,7 +100,7 @@ extension ProxyService {
                 service.stop(drainSeconds: Double(control.drainNanoseconds.load(ordering: .relaxed)) / 1e9)
             }
             do {
-                thread = try startThread("the proxy of endpoint \(endpoint)", work)
+                thread = try startThread("the proxy of \(scope)", work)
             } catch {
                 close(signal)
                 throw error

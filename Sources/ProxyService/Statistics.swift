@@ -22,6 +22,7 @@ public enum PortStatistics {
         switch scope {
         case .all: return stateDirectory + "/proxy-stats.json"
         case .endpoint(let name): return stateDirectory + "/proxy-stats.\(name).json"
+        case .namespace(let path): return stateDirectory + "/proxy-stats.\(path.split(separator: "/").last ?? "netns").json"
         }
     }
 

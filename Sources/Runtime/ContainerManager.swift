@@ -7,6 +7,7 @@ import Primitives
 import Images
 import Logging
 import NetCore
+import NameService
 import ProxyService
 
 /// What `netctl run` asks for.
@@ -21,17 +22,35 @@ public struct RunRequest: Sendable {
     public var ports: [String]
     /// `-P`: every exposed port on a free host port.
     public var publishAll: Bool
-    public var network: String?
+    /// The networks to join, in order (the first holds the default route unless another has
+    /// a higher gateway priority); empty: the default network.
+    public var networks: [String]
+    /// Network aliases (`--network-alias`), on every network it joins.
+    public var aliases: [String]
+    /// Addresses and MAC on its first network.
+    public var ip: String?
+    public var ip6: String?
+    public var mac: String?
+    /// `--hostname` (default: the short ID), `--add-host NAME:IP`, and `--dns`,
+    /// `--dns-search`, `--dns-option` as Docker reads them.
+    public var hostname: String?
+    public var extraHosts: [String]
+    public var dns: [String]
+    public var dnsSearch: [String]
+    public var dnsOptions: [String]
     public var detach: Bool
     public var autoRemove: Bool
     public var portBackend: PortBackend
 
     public init(image: String, name: String? = nil, command: [String] = [], environment: [String] = [], ports: [String] = [],
-                publishAll: Bool = false, network: String? = nil, detach: Bool = false, autoRemove: Bool = false,
+                publishAll: Bool = false, networks: [String] = [], aliases: [String] = [], ip: String? = nil, ip6: String? = nil,
+                mac: String? = nil, hostname: String? = nil, extraHosts: [String] = [], dns: [String] = [],
+                dnsSearch: [String] = [], dnsOptions: [String] = [], detach: Bool = false, autoRemove: Bool = false,
                 portBackend: PortBackend = .auto) {
         self.image = image; self.name = name; self.command = command; self.environment = environment; self.ports = ports
-        self.publishAll = publishAll; self.network = network; self.detach = detach; self.autoRemove = autoRemove
-        self.portBackend = portBackend
+        self.publishAll = publishAll; self.networks = networks; self.aliases = aliases; self.ip = ip; self.ip6 = ip6
+        self.mac = mac; self.hostname = hostname; self.extraHosts = extraHosts; self.dns = dns; self.dnsSearch = dnsSearch
+        self.dnsOptions = dnsOptions; self.detach = detach; self.autoRemove = autoRemove; self.portBackend = portBackend
     }
 }
 
@@ -67,7 +86,7 @@ public final class ContainerManager {
     }
 
     private var runcRoot: String { stateDirectory + "/runc" }
-    private func directory(_ record: ContainerRecord) -> String { store.path(record.id) }
+    func directory(_ record: ContainerRecord) -> String { store.path(record.id) }
 
     // MARK: run
 
@@ -88,7 +107,8 @@ public final class ContainerManager {
         // Cheap refusals before loading the image, which can take minutes the first time (the
         // name is checked again under the lock below).
         if let other = store.all().first(where: { $0.name == name }) { throw RuntimeError.nameInUse(name: name, id: other.id) }
-        if let name = request.network { _ = try network.network(named: name) }
+        for name in request.networks { _ = try network.network(named: name) }
+        let files = try ContainerFiles(request)
 
         let image = try images.load(request.image)
         let config = image.config.config ?? .init()
@@ -102,7 +122,7 @@ public final class ContainerManager {
 
         var record = ContainerRecord(
             id: id, name: name, image: request.image, imageID: image.id.description, command: args, created: .now(),
-            network: request.network, ports: request.ports + (request.publishAll ? ["(all exposed)"] : []),
+            networks: [], ports: request.ports + (request.publishAll ? ["(all exposed)"] : []),
             autoRemove: request.autoRemove, detached: request.detach,
             stopSignal: config.StopSignal.map { $0.hasPrefix("SIG") ? String($0.dropFirst(3)) : $0 }, state: .created,
             monitorPID: getpid(), monitorStart: ProcessIdentity.current().startTime)
@@ -115,15 +135,9 @@ public final class ContainerManager {
         do {
             record.rootfsMode = try RootFilesystem.create(layers: image.layerDirectories, in: dir).rawValue
             let user = try resolveUser(config.User, rootfs: dir + "/rootfs")
-            let endpoint = try network.attach(AttachRequest(
-                network: request.network, target: .new(record.namespaceName), name: name, ports: mappings,
-                portBackend: request.portBackend))
-            record.network = endpoint.network
-            let hostname = record.shortID
-            let address = String(endpoint.ipv4.split(separator: "/")[0])
-            try writeFile(dir + "/hostname", hostname + "\n")
-            try writeFile(dir + "/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\(address)\t\(hostname) \(name)\n")
-            try writeFile(dir + "/resolv.conf", ContainerManager.resolvConf())
+            let endpoints = try connectNetworks(of: &record, request, mappings: mappings)
+            let hostname = request.hostname ?? record.shortID
+            try files.write(for: record, hostname: hostname, endpoints: endpoints, manager: network, in: dir)
             var env = (config.Env ?? []).filter { !$0.hasPrefix("HOSTNAME=") }
             if !env.contains(where: { $0.hasPrefix("PATH=") }) { env.insert("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", at: 0) }
             env.append("HOSTNAME=" + hostname)
@@ -133,10 +147,11 @@ public final class ContainerManager {
                 env.append(entry)
             }
             let cwd = config.WorkingDir.flatMap { $0.isEmpty ? nil : $0 } ?? "/"
-            try RuntimeSpec(args: args, env: env, cwd: cwd, user: user, hostname: hostname, netns: endpoint.netns, containerID: id,
+            try RuntimeSpec(args: args, env: env, cwd: cwd, user: user, hostname: hostname, netns: record.namespacePath(stateDirectory), containerID: id,
                             etcFiles: ["/etc/hostname": dir + "/hostname", "/etc/hosts": dir + "/hosts", "/etc/resolv.conf": dir + "/resolv.conf"])
                 .write(to: dir + "/config.json")
             try store.save(record)
+            try syncNames()
         } catch {
             discard(record)
             throw error
@@ -295,17 +310,17 @@ public final class ContainerManager {
     }
 
     /// Ports of this container the kernel can't DNAT (`[::1]`, IPv6 to an IPv4-only
-    /// container) are relayed by a proxy service scoped to its endpoint, inside the monitor,
+    /// container) are relayed by a proxy service scoped to its namespace, inside the monitor,
     /// for the container's lifetime; it stands aside while a `netctl proxy serve` relays them
     /// (NetCore's `RelayClaims`). A container without such ports gets none. A relay that
     /// cannot start is logged, not fatal: the kernel's share of the ports works without it.
     private func relayProxiedPorts(_ record: ContainerRecord) -> ProxyService.Background? {
-        guard let endpoint = try? network.endpoint(named: record.endpointName), let ports = try? network.ports(endpoint: endpoint.name),
-              ports.contains(where: { !PortPlan($0, on: endpoint).relays.isEmpty }) else {
-            return nil
+        let hasRelays = endpoints(of: record).contains { endpoint in
+            ((try? network.ports(endpoint: endpoint.name)) ?? []).contains { !PortPlan($0, on: endpoint).relays.isEmpty }
         }
+        guard hasRelays else { return nil }
         do {
-            return try ProxyService.Background(stateDirectory: stateDirectory, endpoint: record.endpointName,
+            return try ProxyService.Background(stateDirectory: stateDirectory, scope: .namespace(record.namespacePath(stateDirectory)),
                                                options: .init(workers: 1), logger: logger)
         } catch {
             logger.warning("not relaying the proxied ports of \(record.name): \(error)")
@@ -407,9 +422,10 @@ public final class ContainerManager {
         if let runc = try? Runc.locate(root: runcRoot) {
             try? runc.run(["delete", "--force", record.id], container: record.name, logFile: dir + "/runc.log")
         }
-        if let endpoint = try? network.endpoint(named: record.endpointName),
-           endpoint.netns.hasSuffix("/" + record.namespaceName) {  // ours, not a same-named endpoint of someone else
-            do { _ = try network.detach([endpoint.name]) } catch { logger.warning("cannot detach \(endpoint.name): \(error)") }
+        let attached = endpoints(of: record).map(\.name)
+        if !attached.isEmpty {
+            do { _ = try network.detach(attached) } catch { logger.warning("cannot detach \(attached.joined(separator: ", ")): \(error)") }
+            do { try syncNames() } catch { logger.warning("\(error)") }
         }
         _ = cfs_umount_detach(dir + "/rootfs")
     }
@@ -445,38 +461,7 @@ public final class ContainerManager {
         }.joined()
     }
 
-    /// The host's resolvers, minus loopback ones (they don't exist inside the container),
-    /// with its search and options lines.
-    static func resolvConf(host hostFile: String = "/etc/resolv.conf",
-                           resolved resolvedFile: String = "/run/systemd/resolve/resolv.conf") -> String {
-        func lines(_ path: String) -> [Substring] {
-            (readBytes(path).map { String(decoding: $0, as: UTF8.self) } ?? "").split(separator: "\n")
-        }
-        // The nameservers (off loopback) and the search/options lines of a resolv.conf.
-        func kept(_ lines: [Substring]) -> (servers: [Substring], other: [Substring]) {
-            var servers: [Substring] = [], other: [Substring] = []
-            for line in lines {
-                let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-                if fields.first == "nameserver", fields.count > 1 {
-                    if !(fields[1].hasPrefix("127.") || fields[1] == "::1") { servers.append(line) }
-                } else if fields.first == "search" || fields.first == "options" {
-                    other.append(line)
-                }
-            }
-            return (servers, other)
-        }
-        let host = kept(lines(hostFile))
-        // systemd-resolved's stub (127.0.0.53) is unreachable from the container; its
-        // upstream servers are not.
-        let servers = host.servers.isEmpty ? kept(lines(resolvedFile)).servers : host.servers
-        return (servers + host.other).joined(separator: "\n") + "\n"
-    }
-
-    static func ownExecutable() -> String {
-        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        return n > 0 ? String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : "/proc/self/exe"
-    }
+    static func ownExecutable() -> String { Processes.ownExecutable() }
 }
 
 extension String {

@@ -21,7 +21,8 @@ public struct ContainerRecord: Codable, Equatable, Sendable {
     /// The process's argv: entrypoint + command.
     public var command: [String]
     public var created: Timestamp
-    public var network: String?
+    /// The networks it is on, in the order it joined them.
+    public var networks: [String]
     public var ports: [String]
     public var autoRemove: Bool
     public var detached: Bool
@@ -44,8 +45,9 @@ public struct ContainerRecord: Codable, Equatable, Sendable {
     /// The monitor and the container's first process, as identities (nil until recorded).
     var monitor: ProcessIdentity? { monitorPID.flatMap { pid in monitorStart.map { ProcessIdentity(pid: pid, startTime: $0) } } }
     var process: ProcessIdentity? { pid.flatMap { pid in pidStart.map { ProcessIdentity(pid: pid, startTime: $0) } } }
-    /// The endpoint that carries the container's network: named like the container.
-    public var endpointName: String { name }
+    /// The endpoint on its first network is named like the container; on each other
+    /// network, NAME.NETWORK (endpoint names are unique across networks).
+    public func endpointName(on network: String, first: Bool) -> String { first ? name : name + "." + network }
     /// The network namespace file netctl makes for it.
     public var namespaceName: String { "ctr-" + shortID }
 }

@@ -15,6 +15,13 @@ public enum RuntimeError: Error, CustomStringConvertible, Equatable {
     case stillStarting(String)
     case monitorFailed(container: String, message: String)
     case io(what: String, errno: Int32)
+    case invalidExtraHost(String)
+    case invalidDNSServer(String)
+    case notRunning(String)
+    case alreadyConnected(container: String, network: String)
+    case notConnected(container: String, network: String)
+    case lastNetwork(container: String, network: String)
+    case portsNeedNetwork(container: String, network: String)
 
     public var description: String {
         switch self {
@@ -42,6 +49,20 @@ public enum RuntimeError: Error, CustomStringConvertible, Equatable {
             return "container \(container) did not start: \(message)"
         case .io(let what, let code):
             return "\(what): \(errorMessage(code))"
+        case .invalidExtraHost(let entry):
+            return "invalid extra host \"\(entry)\": write it as NAME:IP"
+        case .invalidDNSServer(let server):
+            return "invalid DNS server \"\(server)\": give an IP address"
+        case .notRunning(let name):
+            return "container \(name) is not running"
+        case .alreadyConnected(let container, let network):
+            return "container \(container) is already on network \(network)"
+        case .notConnected(let container, let network):
+            return "container \(container) is not on network \(network)"
+        case .lastNetwork(let container, let network):
+            return "network \(network) is the last network of container \(container)"
+        case .portsNeedNetwork(let container, let network):
+            return "container \(container) publishes ports through network \(network), and no other network of it can carry them"
         }
     }
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import FoundationEssentials
 import Glibc
 import Logging
+import NameService
 import NetCore
 import Primitives
 import Runtime
@@ -28,7 +29,18 @@ struct Run: ParsableCommand {
     var publish: [String] = []
     @Flag(name: [.customShort("P"), .customLong("publish-all")], help: "Publish every exposed port on a free host port.")
     var publishAll = false
-    @Option(help: "Network to attach to (default: netctl, made on first use).") var network: String?
+    @Option(help: "A network to join (repeat for several; default: netctl, made on first use). The first holds the default route.")
+    var network: [String] = []
+    @Option(name: .customLong("network-alias"), help: "Another name the container answers to on its networks. Repeatable.")
+    var networkAlias: [String] = []
+    @Option(help: "IPv4 address on its first network.") var ip: String?
+    @Option(help: "IPv6 address on its first network.") var ip6: String?
+    @Option(name: .customLong("mac-address"), help: "MAC address on its first network.") var macAddress: String?
+    @Option(help: "Its hostname (default: the short container ID).") var hostname: String?
+    @Option(name: .customLong("add-host"), help: "An /etc/hosts entry, NAME:IP. Repeatable.") var addHost: [String] = []
+    @Option(help: "A DNS server of its own (the network's name server forwards to it). Repeatable.") var dns: [String] = []
+    @Option(name: .customLong("dns-search"), help: "A DNS search domain. Repeatable.") var dnsSearch: [String] = []
+    @Option(name: .customLong("dns-option"), help: "A resolv.conf option. Repeatable.") var dnsOption: [String] = []
     @Option(name: [.short, .customLong("env")], help: "Set an environment variable: KEY=VALUE, or KEY to pass ours.")
     var env: [String] = []
     @Flag(name: .customLong("rm"), help: "Remove the container when it exits.") var autoRemove = false
@@ -43,7 +55,8 @@ struct Run: ParsableCommand {
         try reportingErrors(exitCode: 125) {
             let record = try global.containers().run(RunRequest(
                 image: image, name: name, command: command, environment: env, ports: publish, publishAll: publishAll,
-                network: network, detach: detach, autoRemove: autoRemove, portBackend: backend))
+                networks: network, aliases: networkAlias, ip: ip, ip6: ip6, mac: macAddress, hostname: hostname, extraHosts: addHost,
+                dns: dns, dnsSearch: dnsSearch, dnsOptions: dnsOption, detach: detach, autoRemove: autoRemove, portBackend: backend))
             if detach { print(record.id) } else { code = record.exitCode ?? 0 }
         }
         if code != 0 { throw ExitCode(code) }
@@ -67,7 +80,7 @@ struct PS: ParsableCommand {
             let network = manager.network
             let rows = records.map { record -> [String] in
                 // As `docker ps` prints them: 0.0.0.0:8080->80/tcp.
-                let ports = ((try? network.ports(endpoint: record.endpointName)) ?? []).flatMap { port in
+                let ports = manager.endpoints(of: record).flatMap { (try? network.ports(endpoint: $0.name)) ?? [] }.flatMap { port in
                     port.servedAddresses.map { "\($0):\(port.hostPort)->\(port.containerPort)/\(port.proto.rawValue)" }
                 }
                 let command = "\"" + String(record.command.joined(separator: " ").prefix(20)) + "\""
@@ -173,5 +186,22 @@ struct Monitor: ParsableCommand {
         }
         let code = try ContainerManager(stateDirectory: stateDir).runMonitor(id: id, readyFD: 3)
         throw ExitCode(code)
+    }
+}
+
+/// The name server (started on demand by any command that changes names).
+struct NameServer: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "_dns", abstract: "Internal: the name server.",
+                                                    shouldDisplay: false)
+    @Option var stateDir: String
+
+    func run() throws {
+        // Its stderr is dns.log in the state directory.
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = .notice
+            return handler
+        }
+        try NameService.serve(stateDirectory: stateDir, logger: Logger(label: "netctl-dns"))
     }
 }

@@ -23,6 +23,7 @@ struct UsageError: Error, CustomStringConvertible {
 func flag(_ field: InputField) -> String {
     switch field {
     case .ip: return "--ip"
+    case .ip6: return "--ip6"
     case .gateway: return "--gateway"
     case .gateway6: return "--gateway6"
     case .subnet: return "--subnet"
@@ -48,7 +49,8 @@ func advice(_ error: NetctlError) -> String? {
     case .addressPoolExhausted: return "detach endpoints or create a larger network"
     case .namespaceExists(let path): return "attach to it with --netns \(path) or pick another --new name"
     case .interfaceExistsInNamespace: return "pass another --ifname"
-    case .defaultRouteExists: return "detach the namespace from its other network first (`netctl endpoints` lists them)"
+    case .defaultRouteExists: return "pass --no-default-route to attach without one, or remove that route first"
+    case .publishOnInternalNetwork: return "publish on an endpoint of a network that is not --internal"
     case .portAlreadyPublished(_, _, let endpoint): return "pick another host port or remove it with `netctl port rm \(endpoint)`"
     case .portInUse: return "pick another host port or stop that program"
     case .noFreeHostPort: return "widen the range or free a port"
@@ -86,7 +88,13 @@ func advice(_ error: RuntimeError) -> String? {
     case .stillRunning(let name): return "stop it first with `netctl stop \(name)` or remove it with `netctl rm -f \(name)`"
     case .stillStarting: return "try again once `netctl ps` shows it running"
     case .io(_, let code): return kernelAdvice(code)
-    case .runcMissing, .runcFailed, .ambiguousName, .invalidEnvironment, .unknownUser, .monitorFailed: return nil
+    case .notRunning: return "see `netctl ps -a`"
+    case .alreadyConnected: return "list its networks with `netctl ps --json`"
+    case .notConnected: return "list its networks with `netctl ps --json`"
+    case .lastNetwork: return "connect it to another network first, or pass --force to leave it on none"
+    case .portsNeedNetwork: return "connect it to a network that is not internal first, or use --force to drop its ports"
+    case .runcMissing, .runcFailed, .ambiguousName, .invalidEnvironment, .unknownUser, .monitorFailed, .invalidExtraHost,
+         .invalidDNSServer: return nil
     }
 }
 

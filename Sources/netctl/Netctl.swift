@@ -11,6 +11,7 @@ import Primitives
 import Proxy
 import ProxyService
 import Images
+import NameService
 import Runtime
 
 @main
@@ -19,7 +20,7 @@ struct Netctl: ParsableCommand {
         commandName: "netctl",
         abstract: "Container networking over netlink and nftables (networks, endpoints, published ports, a proxy), and `run` for images under runc.",
         subcommands: [NetworkCommand.self, Attach.self, Detach.self, Endpoints.self, PortCommand.self, ProxyCommand.self,
-                      Reload.self, GC.self, Run.self, PS.self, Logs.self, Stop.self, Rm.self, Monitor.self])
+                      Reload.self, GC.self, Run.self, PS.self, Logs.self, Stop.self, Rm.self, Monitor.self, NameServer.self])
 
     /// As ArgumentParser's, but a command line it refuses is one line on stderr with exit
     /// status 1, like every other failure (help still prints in full, with status 0).
@@ -55,6 +56,12 @@ struct GlobalOptions: ParsableArguments {
         let manager = try NetworkManager(stateDirectory: stateDir ?? NetworkManager.defaultStateDirectory)
         holdSocketsAtExit(manager)
         return manager
+    }
+
+    /// After a change of names: the name server answers from it once this returns (and is
+    /// started, or restarted, if a network needs it).
+    func syncNames(_ manager: NetworkManager) throws {
+        try NameService.sync(manager, executable: Processes.ownExecutable())
     }
 
     /// A command that removed published ports would wait on exit for the kernel to release
@@ -106,7 +113,7 @@ func printTable(_ header: [String], _ rows: [[String]]) {
 struct NetworkCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "network", abstract: "Create, list, inspect and remove networks.",
-        subcommands: [Create.self, List.self, Inspect.self, Remove.self])
+        subcommands: [Create.self, List.self, Inspect.self, Remove.self, Connect.self, Disconnect.self])
 
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create a bridge network.")
@@ -118,13 +125,19 @@ struct NetworkCommand: ParsableCommand {
         @Option(help: "IPv6 subnet in CIDR form, e.g. fd00:1::/64.") var subnet6: String?
         @Option(help: "IPv6 gateway (default: the subnet's first address).") var gateway6: String?
         @Option(help: "MTU of the bridge and its veth pairs.") var mtu: Int?
+        @Flag(help: "No route out: no masquerade, no default route in its containers, nothing forwarded in or out.")
+        var `internal` = false
+        @Flag(name: .customLong("disable-dns"), help: "Its containers' names do not resolve (they do by default).")
+        var disableDNS = false
+        @Flag(inversion: .prefixedNo, help: "No traffic with other netctl networks (--no-isolate: with other open ones).")
+        var isolate = true
         @Flag(help: "Print the network as JSON.") var json = false
 
         func run() throws {
             try reportingErrors {
                 let network = try global.manager().createNetwork(NetworkSpec(
                     name: name, subnet: subnet, gateway: gateway, bridge: bridge, subnet6: subnet6,
-                    gateway6: gateway6, mtu: mtu))
+                    gateway6: gateway6, mtu: mtu, internal: `internal`, dns: disableDNS ? false : nil, isolated: isolate))
                 if json { try printJSON(network) } else { print(network.name) }
             }
         }
@@ -139,8 +152,11 @@ struct NetworkCommand: ParsableCommand {
             try reportingErrors {
                 let networks = try global.manager().networks()
                 if json { return try printJSON(networks) }
-                printTable(["NAME", "BRIDGE", "SUBNET", "GATEWAY", "SUBNET6"],
-                           networks.map { [$0.name, $0.bridge, $0.subnet, $0.gateway, $0.subnet6 ?? "-"] })
+                printTable(["NAME", "BRIDGE", "SUBNET", "GATEWAY", "SUBNET6", "OPTIONS"],
+                           networks.map { n in
+                               let options = [n.internal ? "internal" : nil, n.dns ? "dns" : nil, n.isolated ? nil : "open"].compactMap { $0 }
+                               return [n.name, n.bridge, n.subnet, n.gateway, n.subnet6 ?? "-", options.isEmpty ? "-" : options.joined(separator: ",")]
+                           })
             }
         }
     }
@@ -182,8 +198,44 @@ struct NetworkCommand: ParsableCommand {
 
         func run() throws {
             try reportingErrors {
-                try global.manager().removeNetwork(named: name, force: force)
+                let manager = try global.manager()
+                try manager.removeNetwork(named: name, force: force)
+                try global.syncNames(manager)
                 print(name)
+            }
+        }
+    }
+
+    struct Connect: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Connect a running container to another network.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Network name.") var network: String
+        @Argument(help: "Container name or ID.") var container: String
+        @Option(help: "IPv4 address on the network.") var ip: String?
+        @Option(help: "IPv6 address on the network.") var ip6: String?
+        @Option(name: .customLong("mac-address"), help: "MAC address on the network.") var macAddress: String?
+        @Option(help: "Another name it answers to on this network. Repeatable.") var alias: [String] = []
+        @Option(name: .customLong("gateway-priority"), help: "The network with the highest priority holds the default route (ties: the first).")
+        var gatewayPriority = 0
+
+        func run() throws {
+            try reportingErrors {
+                try global.containers().connect(container, network: network, ip: ip, ip6: ip6, mac: macAddress, aliases: alias,
+                                                gatewayPriority: gatewayPriority)
+            }
+        }
+    }
+
+    struct Disconnect: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Disconnect a container from a network.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Network name.") var network: String
+        @Argument(help: "Container name or ID.") var container: String
+        @Flag(name: .shortAndLong, help: "Also its last network, or ports no other network of it can carry.") var force = false
+
+        func run() throws {
+            try reportingErrors {
+                try global.containers().disconnect(container, network: network, force: force)
             }
         }
     }
@@ -202,8 +254,14 @@ struct Attach: ParsableCommand {
     var newNamespace: String?
     @Option(help: "IPv4 address to use (default: the next free one).") var ip: String?
     @Option(help: "Endpoint name (default: ep-ID).") var name: String?
-    @Option(help: "Interface name inside the namespace.") var ifname = "eth0"
+    @Option(help: "IPv6 address to use (the network needs an IPv6 subnet).") var ip6: String?
+    @Option(help: "Interface name inside the namespace (default: the first free eth0, eth1, ...).") var ifname: String?
     @Option(help: "MAC address inside the namespace (default: derived from the IPv4 address).") var mac: String?
+    @Option(help: "Another name the endpoint answers to on its network. Repeatable.") var alias: [String] = []
+    @Option(name: .customLong("gateway-priority"), help: "Of a namespace's networks, the highest priority holds the default route (ties: the first attached).")
+    var gatewayPriority = 0
+    @Flag(name: .customLong("no-default-route"), help: "Never give the namespace its default route through this network.")
+    var noDefaultRoute = false
     @Option(name: [.customShort("p"), .customLong("publish")],
             help: "Publish a port, Docker's -p syntax: [hostIP:][hostPort[-end]:]containerPort[-end][/proto]. Repeatable.")
     var publish: [String] = []
@@ -221,8 +279,9 @@ struct Attach: ParsableCommand {
             let ports = try publish.flatMap { try PortMapping.parse($0) }
             let manager = try global.manager()
             let endpoint = try manager.attach(AttachRequest(
-                network: network, target: targets[0], ip: ip, name: name, interface: ifname, mac: mac, ports: ports,
-                portBackend: backend))
+                network: network, target: targets[0], ip: ip, ip6: ip6, name: name, interface: ifname, mac: mac, aliases: alias,
+                gatewayPriority: gatewayPriority, defaultRoute: !noDefaultRoute, ports: ports, portBackend: backend))
+            try global.syncNames(manager)
             if json { return try printJSON(endpoint) }
             print("\(endpoint.name) \(endpoint.ipv4)\(endpoint.ipv6.map { " \($0)" } ?? "") " +
                   "\(endpoint.interface) in \(endpoint.netns) via \(endpoint.gateway) on \(endpoint.network)")
@@ -238,7 +297,9 @@ struct Detach: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            for endpoint in try global.manager().detach(endpoints) { print(endpoint.name) }
+            let manager = try global.manager()
+            for endpoint in try manager.detach(endpoints) { print(endpoint.name) }
+            try global.syncNames(manager)
         }
     }
 }
@@ -272,6 +333,7 @@ struct GC: ParsableCommand {
             let manager = try global.containers()
             let containers = try manager.gc()
             let report = try manager.network.gc()
+            try global.syncNames(manager.network)
             if json { return try printJSON(report) }
             if !containers.isEmpty { print("cleaned up containers: \(containers.joined(separator: ", "))") }
             print("removed endpoints: \(report.removedEndpoints.count), links: \(report.removedLinks.count), " +

@@ -26,11 +26,14 @@ struct FailureTests {
         let sandbox = try Sandbox()
         try sandbox.netctlOK(["network", "create", "a", "--subnet", "10.74.0.0/24"])
         try sandbox.netctlOK(["network", "create", "b", "--subnet", "10.75.0.0/24"])
-        try sandbox.netctlOK(["attach", "a", "--new", "c1", "--name", "c1"])
+        // A namespace with a default route netctl did not make: refused, with what to do, not
+        // the kernel's "File exists" half-way.
+        let foreign = try sandbox.makeNamespaceFile("foreign")
+        try sandbox.run("/usr/bin/nsenter", ["--net=" + foreign, "/usr/sbin/ip", "link", "set", "lo", "up"])
+        try sandbox.run("/usr/bin/nsenter", ["--net=" + foreign, "/usr/sbin/ip", "route", "add", "default", "dev", "lo"])
         let cases: [([String], String)] = [
-            // The kernel's EEXIST for a second default route, as a fact and what to do.
-            (["attach", "b", "--netns", sandbox.stateDirectory + "/netns/c1", "--name", "c1b", "--ifname", "eth1"],
-             "already has a default route, so it cannot get one via 10.75.0.1; detach the namespace from its other network first"),
+            (["attach", "b", "--netns", foreign, "--name", "f1"],
+             "has a default route netctl did not make, so it cannot get one via 10.75.0.1; pass --no-default-route"),
             (["stop", "ghost"], "no container named ghost; list containers with `netctl ps -a`"),       // the runtime's
             (["attach", "a", "--bogus"], "Unknown option '--bogus'; see --help"),                            // ArgumentParser's
             (["proxy", "serve", "--workers", "0"], "--workers must be 1 or more"),                          // a flag's check

@@ -40,4 +40,15 @@ struct GoldenTests {
         try s.netctlOK("network", "rm", "--force", "six")
         try check(world, against: "after-network-rm")
     }
+
+    @Test("an internal network (no masquerade, nothing in or out) and an open one beside an isolated one")
+    func internalAndOpen() throws {
+        let world = try World()
+        let s = world.sandbox
+        try s.netctlOK("network", "create", "inner", "--subnet", "10.94.0.0/24", "--internal")
+        try s.netctlOK("network", "create", "quiet", "--subnet", "10.96.0.0/24", "--internal", "--disable-dns")
+        try s.netctlOK("network", "create", "open", "--subnet", "10.95.0.0/24", "--no-isolate")
+        try s.netctlOK("network", "create", "closed", "--subnet", "10.97.0.0/24", "--subnet6", "fd00:97::/64")
+        try check(world, against: "internal-and-open")
+    }
 }

@@ -45,12 +45,14 @@ struct RulesetTests {
         let batch = PublishRuleset.rebuild(networks: [BridgeNetwork(bridge: "nc-web", subnet: IPNetwork("10.90.0.0/24")!)], mappings: [])
         try NftClient(socket: socket).commit(batch, "rebuilding")
         let types = socket.sent.map { $0.type & 0xff }.dropFirst().dropLast()
-        // NEWTABLE, DELTABLE, NEWTABLE, then five sets and six chains before any rule.
+        // NEWTABLE, DELTABLE, NEWTABLE, then seven sets (four maps, bridges, gateways4 and 6) and
+        // seven chains before any rule.
         #expect(Array(types.prefix(3)) == [UInt16(NFT_MSG_NEWTABLE.rawValue), UInt16(NFT_MSG_DELTABLE.rawValue), UInt16(NFT_MSG_NEWTABLE.rawValue)])
-        #expect(types.filter { $0 == UInt16(NFT_MSG_NEWSET.rawValue) }.count == 5)
-        #expect(types.filter { $0 == UInt16(NFT_MSG_NEWCHAIN.rawValue) }.count == 6)
-        // Fixed rules (guard, 4 DNAT, 2 jumps, forward accept, localhost masquerade) + 3 per IPv4 network.
-        #expect(types.filter { $0 == UInt16(NFT_MSG_NEWRULE.rawValue) }.count == 9 + 3)
+        #expect(types.filter { $0 == UInt16(NFT_MSG_NEWSET.rawValue) }.count == 7)
+        #expect(types.filter { $0 == UInt16(NFT_MSG_NEWCHAIN.rawValue) }.count == 7)
+        // Fixed rules (guard, 4 DNAT, 2 jumps, forward accept, localhost masquerade) + 6 per isolated
+        // IPv4 network without a gateway: 2 forward, 2 input (one per family), 2 masquerade.
+        #expect(types.filter { $0 == UInt16(NFT_MSG_NEWRULE.rawValue) }.count == 9 + 6)
     }
 
     /// A conntrack dump reply for one UDP flow, as the kernel encodes it.

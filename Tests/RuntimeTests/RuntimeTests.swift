@@ -65,18 +65,4 @@ import Testing
         let id = ContainerManager.randomID()
         #expect(id.count == 64 && id.allSatisfy(\.isHexDigit) && id != ContainerManager.randomID())
     }
-
-    @Test("resolv.conf: loopback nameservers dropped (resolved's upstream ones instead), search and options kept")
-    func resolvConf() throws {
-        let directory = try makeTemporaryDirectory("/tmp/netctl-resolv-")
-        defer { unlink(directory + "/host"); unlink(directory + "/resolved"); rmdir(directory) }
-        func write(_ name: String, _ text: String) { _ = FileManager.default.createFile(atPath: directory + "/" + name, contents: Data(text.utf8)) }
-        write("host", "# stub\nnameserver 127.0.0.53\nnameserver\t::1\nsearch corp.example\noptions edns0 trust-ad\n")
-        write("resolved", "nameserver 10.1.1.1\nnameserver 127.0.0.1\nsearch other.example\n")
-        #expect(ContainerManager.resolvConf(host: directory + "/host", resolved: directory + "/resolved")
-                == "nameserver 10.1.1.1\nsearch corp.example\noptions edns0 trust-ad\n")
-        write("host", "nameserver 192.0.2.53\nsearch corp.example\n")
-        #expect(ContainerManager.resolvConf(host: directory + "/host", resolved: directory + "/resolved")
-                == "nameserver 192.0.2.53\nsearch corp.example\n")
-    }
 }
