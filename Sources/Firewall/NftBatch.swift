@@ -15,6 +15,8 @@ public enum NftExpression: Equatable, Sendable {
     case compare(register: UInt32, op: UInt32, data: [UInt8])
     /// A set (`into` nil) or map lookup by name (and by id when the set is made in the same batch).
     case lookup(register: UInt32, set: String, setID: UInt32?, into: UInt32?)
+    /// The register's value is not in the set (`!= @set`).
+    case notInSet(register: UInt32, set: String, setID: UInt32?)
     case dnat(family: UInt32, addressRegister: UInt32, portRegister: UInt32)
     case masquerade
     /// Constant data into a register (the per-port rule layout tools/bench-dnat compares with).
@@ -72,6 +74,13 @@ public enum NftExpression: Equatable, Sendable {
             nftnl_expr_set_str(e, UInt16(NFTNL_EXPR_LOOKUP_SET), set)
             if let setID { nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_LOOKUP_SET_ID), setID) }
             if let into { nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_LOOKUP_DREG), into) }
+            return e
+        case .notInSet(let register, let set, let setID):
+            let e = make("lookup")
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_LOOKUP_SREG), register)
+            nftnl_expr_set_str(e, UInt16(NFTNL_EXPR_LOOKUP_SET), set)
+            if let setID { nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_LOOKUP_SET_ID), setID) }
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_LOOKUP_FLAGS), UInt32(NFT_LOOKUP_F_INV.rawValue))
             return e
         case .dnat(let family, let addressRegister, let portRegister):
             let e = make("nat")

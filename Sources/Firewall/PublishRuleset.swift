@@ -68,8 +68,9 @@ public struct BridgeNetwork: Hashable, Sendable {
 ///                                 iifname @bridges drop (the same for IPv6): not through the
 ///                                 host's addresses on other networks either
 ///     postrouting (nat, srcnat):  ip saddr 127.0.0.0/8 ct status dnat masquerade (host -> 127.0.0.1);
-///                                 per network not internal: ip saddr NET oifname != BR masquerade
-///                                 (outbound), ip saddr NET ct status dnat masquerade (hairpin)
+///                                 per network not internal: ip saddr NET oifname != @bridges
+///                                 masquerade (outbound), ip saddr NET ct status dnat masquerade
+///                                 (hairpin)
 ///
 /// The guard is what makes `route_localnet` (needed on bridges for 127.0.0.1 mappings) safe:
 /// nothing from the wire addressed to 127/8 reaches DNAT or a local socket.
@@ -191,7 +192,9 @@ public enum PublishRuleset {
             for subnet in [network.subnet] + [network.subnet6].compactMap({ $0 }) {
                 let family: NftExpression = .compare(register: NftExpression.reg1, op: eq,
                                                      data: [UInt8(subnet.isIPv4 ? NFPROTO_IPV4 : NFPROTO_IPV6)])
-                batch.addRule(table: table, chain: "postrouting", [nfproto, family] + source(subnet) + [oif, isNotBridge] + masquerade)
+                // Outbound, not to another netctl network (an open one's peers see who calls).
+                batch.addRule(table: table, chain: "postrouting", [nfproto, family] + source(subnet) +
+                    [oif, .notInSet(register: NftExpression.reg1, set: bridgesSet, setID: bridgesSetID)] + masquerade)
                 batch.addRule(table: table, chain: "postrouting", [nfproto, family] + source(subnet) + dnatted + masquerade)
             }
         }

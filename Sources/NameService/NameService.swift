@@ -37,6 +37,27 @@ public enum NameService {
         throw NameServiceError.notStarted(reason: "it did not answer within 5 s", log: logPath(directory))
     }
 
+    /// Starts the server again if a network needs it and it does not answer (it was
+    /// killed, say): what every command does, cheaply (one connect when it runs).
+    public static func ensureRunning(_ manager: NetworkManager, executable: String) throws {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        if var address = try? unixAddress(socketPath(manager.stateDirectory)), withUnsafePointer(to: &address, {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }) == 0 {
+            return
+        }
+        try sync(manager, executable: executable)
+    }
+
+    /// The running server's process ID, if one serves this state directory.
+    public static func serverProcess(_ stateDirectory: String) -> ProcessIdentity? {
+        guard let text = readFile(lockPath(stateDirectory)), let identity = ProcessIdentity(encoded: text.trimmingWhitespace()),
+              identity.isAlive else { return nil }
+        return identity
+    }
+
     private static func check(_ reply: String, _ directory: String) throws {
         guard reply.hasPrefix("ok") || reply.hasPrefix("stop") else {
             throw NameServiceError.failed(reason: String(reply.drop { $0 != " " }.dropFirst()), log: logPath(directory))
@@ -78,6 +99,9 @@ public enum NameService {
         let lock = open(lockPath(stateDirectory), O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard lock >= 0 else { throw SystemError("opening \(lockPath(stateDirectory))") }
         guard flock(lock, LOCK_EX | LOCK_NB) == 0 else { return }  // another one serves
+        // Who serves, for operators and tests (the lock is what counts).
+        ftruncate(lock, 0)
+        _ = writeAll(lock, Array((ProcessIdentity.current().encoded + "\n").utf8))
         let manager = try NetworkManager(stateDirectory: stateDirectory, logger: logger)
         let path = socketPath(stateDirectory)
         unlink(path)
@@ -95,6 +119,12 @@ public enum NameService {
         logger.notice("serving names (pid \(getpid()))")
         server.run()
         logger.notice("no network needs names any more; stopping")
+    }
+}
+
+extension String {
+    func trimmingWhitespace() -> String {
+        String(drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed())
     }
 }
 

@@ -16,6 +16,11 @@ public struct NameTable: Equatable, Sendable {
         public var names: [String: [IPAddress]]
         /// Address -> the name a reverse lookup gives (the endpoint's name).
         public var reverse: [IPAddress: String]
+
+        public init(network: String, gateways: [IPAddress], subnets: [IPNetwork], names: [String: [IPAddress]],
+                    reverse: [IPAddress: String]) {
+            self.network = network; self.gateways = gateways; self.subnets = subnets; self.names = names; self.reverse = reverse
+        }
     }
 
     public struct Client: Equatable, Sendable {
@@ -23,6 +28,10 @@ public struct NameTable: Equatable, Sendable {
         public var networks: [String]
         /// Upstream servers of its own (`--dns`); empty: the host's.
         public var dnsServers: [IPAddress]
+
+        public init(networks: [String], dnsServers: [IPAddress]) {
+            self.networks = networks; self.dnsServers = dnsServers
+        }
     }
 
     public var zones: [String: Zone] = [:]

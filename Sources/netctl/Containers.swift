@@ -14,6 +14,7 @@ extension GlobalOptions {
         setUpLogging()
         let containers = try ContainerManager(stateDirectory: stateDir ?? NetworkManager.defaultStateDirectory)
         holdSocketsAtExit(containers.network)
+        ensureNameServer(containers.network)
         return containers
     }
 }

@@ -55,13 +55,28 @@ struct GlobalOptions: ParsableArguments {
         setUpLogging()
         let manager = try NetworkManager(stateDirectory: stateDir ?? NetworkManager.defaultStateDirectory)
         holdSocketsAtExit(manager)
+        ensureNameServer(manager)
         return manager
     }
 
     /// After a change of names: the name server answers from it once this returns (and is
     /// started, or restarted, if a network needs it).
     func syncNames(_ manager: NetworkManager) throws {
-        try NameService.sync(manager, executable: Processes.ownExecutable())
+        do {
+            try NameService.sync(manager, executable: Processes.ownExecutable())
+        } catch {
+            // The change itself stands; what it means for names is said, not hidden.
+            writeStandardError("netctl: warning: \(errorLine(error))\n")
+        }
+    }
+
+    /// The name server is started again if it died: the next command does it, whatever it is.
+    func ensureNameServer(_ manager: NetworkManager) {
+        do {
+            try NameService.ensureRunning(manager, executable: Processes.ownExecutable())
+        } catch {
+            writeStandardError("netctl: warning: \(errorLine(error))\n")
+        }
     }
 
     /// A command that removed published ports would wait on exit for the kernel to release

@@ -63,6 +63,11 @@ final class Sandbox {
             helper.kill()
             _ = try? helper.wait(timeout: 5)
         }
+        // The name server a command started (its PID is in its lock file).
+        if let text = try? String(contentsOfFile: stateDirectory + "/dns.lock", encoding: .utf8),
+           let identity = ProcessIdentity(encoded: text.trimmingCharacters(in: .whitespacesAndNewlines)), identity.isAlive {
+            kill(identity.pid, SIGKILL)
+        }
         close(holderInput)
         _ = try? holder.wait(timeout: 10)
         try? FileManager.default.removeItem(atPath: stateDirectory)
@@ -135,6 +140,19 @@ final class Sandbox {
         let result = try run(Sandbox.netctl, arguments + ["--json"])
         guard result.ok else { throw SandboxError("netctl \(arguments.joined(separator: " ")) failed: \(result.stderr)") }
         return try JSONSerialization.jsonObject(with: Data(result.stdout.utf8))
+    }
+
+    /// Starts a long-running program inside the sandbox (in the network namespace at
+    /// `netns`, if given), stopped (by PID) when the sandbox goes; its stderr to `log`.
+    @discardableResult
+    func startHelper(_ argv: [String], netns: String? = nil, log: String? = nil) throws -> Child {
+        let fd = log.map { open($0, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600) } ?? -1
+        defer { if fd >= 0 { close(fd) } }
+        let enter = ["/usr/bin/nsenter", "--target", "\(holder.pid)", "--net", "--mount", "--"]
+        let command = netns.map { ["/usr/bin/nsenter", "--net=" + $0] + argv } ?? argv
+        let child = try Child.spawn(enter + command, stderr: fd)
+        helpers.append(child)
+        return child
     }
 
     /// Starts a long-running "container" process in a new network namespace inside the
