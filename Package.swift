@@ -59,7 +59,6 @@ let package = Package(
             "Primitives", "Netlink", "Firewall", "CSQLite", "CDetached",
             .product(name: "Logging", package: "swift-log"),
         ]),
-        // The proxy as a service: serves NetCore's proxied routes, follows state, publishes counters.
         // The proxy as a service: relays NetCore's proxied share, follows state, publishes counters.
         .target(name: "ProxyService", dependencies: [
             "Primitives", "NetCore", "Proxy", "CProcess",

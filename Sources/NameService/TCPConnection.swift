@@ -1,4 +1,5 @@
 import CProcess
+import CSocket
 import Glibc
 import Primitives
 import Synchronization

@@ -1,5 +1,6 @@
+import Foundation
 import Glibc
-@testable import NameService
+@_spi(Fuzzing) @testable import NameService
 import NetCore
 import Primitives
 import Testing
@@ -183,6 +184,34 @@ struct DNSMessageTests {
         #expect(header(resolve(status).answer).rcode == DNS.RCode.notImplemented.rawValue)
     }
 
+    /// The fuzz target's seeds (Fuzz/seeds/dns.txt).
+    static let seeds: [[UInt8]] = {
+        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../Fuzz/seeds/dns.txt").path
+        let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").filter { !$0.hasPrefix("#") && !$0.isEmpty }.map { bytes(String($0)) }
+    }()
+
+    @Test("the fuzz target's checks hold for its seeds, every prefix of them and 20,000 seeded mutations")
+    func fuzzHarness() throws {
+        #expect(DNSMessageTests.seeds.count >= 10)
+        var random = SplitMix(seed: 0x6e657463746c)
+        for seed in DNSMessageTests.seeds {
+            for length in 0...seed.count { seed.prefix(length).withUnsafeBytes { DNSFuzzing.exercise($0) } }
+        }
+        for _ in 0..<20_000 {
+            var packet = DNSMessageTests.seeds[Int(random.next() % UInt64(DNSMessageTests.seeds.count))]
+            for _ in 0...(random.next() % 4) {
+                let at = Int(random.next() % UInt64(packet.count))
+                switch random.next() % 3 {
+                case 0: packet[at] = UInt8(truncatingIfNeeded: random.next())
+                case 1: packet.insert(UInt8(truncatingIfNeeded: random.next()), at: at)
+                default: packet[at] ^= 0xc0  // a label length into a pointer and back
+                }
+            }
+            packet.withUnsafeBytes { DNSFuzzing.exercise($0) }
+        }
+    }
+
     @Test("reverse names: IPv4 and IPv6, both ways; anything else is not one")
     func reverseNames() throws {
         for text in ["10.60.0.2", "fd00:60::3", "::1"] {
@@ -193,6 +222,19 @@ struct DNSMessageTests {
         for name in ["60.10.in-addr.arpa", "256.0.60.10.in-addr.arpa", "a.b.c.d.in-addr.arpa", "example.com"] {
             #expect(DNSName.wire(name)!.withUnsafeBytes { DNSName.reverseAddress($0) } == nil, "\(name)")
         }
+    }
+}
+
+/// A small deterministic generator (SplitMix64), so a failure replays.
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9e3779b97f4a7c15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xbf58476d1ce4e5b9
+        z = (z ^ (z >> 27)) &* 0x94d049bb133111eb
+        return z ^ (z >> 31)
     }
 }
 

@@ -1,0 +1,21 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// Fuzz targets for netctl's parsers of untrusted input, kept out of the main package: they
+// build only with libFuzzer (`-sanitize=fuzzer`), which tools/fuzz passes.
+//
+//     tools/fuzz [SECONDS]
+let package = Package(
+    name: "netctl-fuzz",
+    dependencies: [
+        .package(name: "netctl", path: ".."),
+    ],
+    targets: [
+        // DNS queries as the name server receives them, from any client, over UDP and TCP.
+        .executableTarget(
+            name: "fuzz-dns",
+            dependencies: [.product(name: "NameService", package: "netctl")]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)
