@@ -21,6 +21,7 @@ let package = Package(
         .library(name: "CNI", targets: ["CNI"]),
         .executable(name: "netctl", targets: ["netctl"]),
         .executable(name: "netctl-cni", targets: ["netctl-cni"]),
+        .executable(name: "netctl-dns", targets: ["netctl-dns"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -84,6 +85,7 @@ let package = Package(
         .executableTarget(name: "netctl-cni", dependencies: [
             "CNI", "Primitives", .product(name: "Logging", package: "swift-log"),
         ]),
+        .executableTarget(name: "netctl-dns", dependencies: ["NameService", "Primitives", .product(name: "Logging", package: "swift-log")]),
 
         // Test helpers: a mock netlink socket, tar archives and OCI images (crafted and hostile ones included).
         .target(name: "TestSupport", dependencies: ["Primitives", "Netlink", "Images", "CZlib"], path: "Tests/TestSupport"),

@@ -304,10 +304,10 @@ final class NameServer {
         }
         let length = CompiledNames.stripSearchDomain(nameBuffer, length: query.nameLength)
         let name = UnsafeRawBufferPointer(rebasing: nameBuffer[0..<length])
-        let found = names.lookup(name, in: zones)
-        if !found.isEmpty {
+        let candidates = names.candidates(name)
+        if candidates.contains(where: { names.matches($0, name, in: zones) }) {
             var writer = DNSAnswerWriter(into: out, query: query, packet: packet, rcode: .noError, authoritative: true, limit: size)
-            for index in found {
+            for index in candidates where names.matches(index, name, in: zones) {
                 let entry = names.entries[index]
                 if query.type == DNS.RecordType.a || query.type == DNS.RecordType.any {
                     for address in entry.v4 { address.withUnsafeBytes { writer.add(type: DNS.RecordType.a, ttl: 0, data: $0) } }
@@ -346,7 +346,9 @@ final class NameServer {
         pending[slot].clientLength = clientLength
         pending[slot].upstreams = upstreams
         pending[slot].tries = 0
-        pending[slot].query = Array(packet)
+        // The slot's buffer is kept from one query to the next: no allocation once it has grown.
+        pending[slot].query.removeAll(keepingCapacity: true)
+        pending[slot].query.append(contentsOf: packet)
         tryUpstream(slot)
     }
 
@@ -408,7 +410,6 @@ final class NameServer {
     private func release(_ slot: Int) {
         if pending[slot].socket >= 0 { close(pending[slot].socket) }
         pending[slot].socket = -1
-        pending[slot].query = []
         pending[slot].upstreams = []
         freePending.append(slot)
     }

@@ -14,17 +14,25 @@ public enum NameService {
     static func lockPath(_ stateDirectory: String) -> String { stateDirectory + "/dns.lock" }
     public static func logPath(_ stateDirectory: String) -> String { stateDirectory + "/dns.log" }
 
+    /// The server's binary: `netctl-dns` beside the running executable (builds and installs
+    /// put netctl's executables together).
+    public static func defaultServer() -> String {
+        let own = Processes.ownExecutable()
+        return String(own[..<(own.lastIndex(of: "/") ?? own.startIndex)]) + "/netctl-dns"
+    }
+
     /// Brings the name server in line with state, and returns once it answers from it: a
     /// name attached before this call resolves, a name detached before it is gone. Starts
-    /// the server (`executable _dns --state-dir DIR`) if a network needs one and none runs.
-    public static func sync(_ manager: NetworkManager, executable: String) throws {
+    /// the server (`server --state-dir DIR`) if a network needs one and none runs.
+    public static func sync(_ manager: NetworkManager, server: String = defaultServer()) throws {
         let directory = manager.stateDirectory
         if let reply = try? request(directory) { return try check(reply, directory) }
         guard try !manager.nameTable().isEmpty else { return }
+        guard access(server, X_OK) == 0 else { throw NameServiceError.serverMissing(path: server) }
         let log = open(logPath(directory), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
         defer { if log >= 0 { close(log) } }
         do {
-            _ = try Processes.spawn([executable, "_dns", "--state-dir", directory], fds: [0: -1, 1: -1, 2: log], newSession: true)
+            _ = try Processes.spawn([server, "--state-dir", directory], fds: [0: -1, 1: -1, 2: log], newSession: true)
         } catch {
             throw NameServiceError.notStarted(reason: "\(error)", log: logPath(directory))
         }
@@ -39,7 +47,7 @@ public enum NameService {
 
     /// Starts the server again if a network needs it and it does not answer (it was
     /// killed, say): what every command does, cheaply (one connect when it runs).
-    public static func ensureRunning(_ manager: NetworkManager, executable: String) throws {
+    public static func ensureRunning(_ manager: NetworkManager, server: String = defaultServer()) throws {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return }
         defer { close(fd) }
@@ -48,7 +56,7 @@ public enum NameService {
         }) == 0 {
             return
         }
-        try sync(manager, executable: executable)
+        try sync(manager, server: server)
     }
 
     /// The running server's process ID, if one serves this state directory.
@@ -93,7 +101,7 @@ public enum NameService {
         return address
     }
 
-    /// The server (`netctl _dns`): serves until no network needs names, or its state is gone.
+    /// The server (`netctl-dns`): serves until no network needs names, or its state is gone.
     /// A second server for the same state directory exits at once.
     public static func serve(stateDirectory: String, logger: Logger) throws {
         let lock = open(lockPath(stateDirectory), O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
@@ -130,11 +138,13 @@ extension String {
 
 /// Why names could not be served, with where to look.
 public enum NameServiceError: Error, CustomStringConvertible, Equatable {
+    case serverMissing(path: String)
     case notStarted(reason: String, log: String)
     case failed(reason: String, log: String)
 
     public var description: String {
         switch self {
+        case .serverMissing(let path): return "the name server's binary is missing: no executable at \(path)"
         case .notStarted(let reason, let log): return "the name server did not start: \(reason); see \(log)"
         case .failed(let reason, let log): return "the name server could not follow state: \(reason); see \(log)"
         }

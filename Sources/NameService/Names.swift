@@ -82,12 +82,15 @@ final class CompiledNames: Sendable {
         return zones[zone].subnets.contains { $0.contains(address) } ? [zone] : nil
     }
 
-    /// The entries for a wire name in one of `zones`.
-    func lookup(_ name: UnsafeRawBufferPointer, in zones: [Int]) -> [Int] {
-        guard let candidates = byHash[CompiledNames.hash(name)] else { return [] }
-        return candidates.filter { index in
-            zones.contains(entries[index].zone) && entries[index].name.withUnsafeBytes { $0.elementsEqual(name) }
-        }
+    /// The entries for a wire name in one of `zones`, in order, without allocating: the
+    /// candidates sharing its hash (nearly always the entry itself), to be checked with
+    /// `matches`.
+    func candidates(_ name: UnsafeRawBufferPointer) -> [Int] {
+        byHash[CompiledNames.hash(name)] ?? []
+    }
+
+    func matches(_ index: Int, _ name: UnsafeRawBufferPointer, in zones: [Int]) -> Bool {
+        zones.contains(entries[index].zone) && entries[index].name.withUnsafeBytes { $0.elementsEqual(name) }
     }
 
     /// Cuts a search domain the server knows off the wire name in `name[0..<length]`, in

@@ -108,7 +108,7 @@ extension ContainerManager {
 
     /// Names as state has them, served from now on (see `NameService.sync`).
     func syncNames() throws {
-        try NameService.sync(network, executable: monitorExecutable)
+        try NameService.sync(network, server: nameServer)
     }
 
     /// `run`'s networks: the first makes the namespace, the others join it; then the ports,

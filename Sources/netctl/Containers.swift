@@ -189,20 +189,3 @@ struct Monitor: ParsableCommand {
         throw ExitCode(code)
     }
 }
-
-/// The name server (started on demand by any command that changes names).
-struct NameServer: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "_dns", abstract: "Internal: the name server.",
-                                                    shouldDisplay: false)
-    @Option var stateDir: String
-
-    func run() throws {
-        // Its stderr is dns.log in the state directory.
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = .notice
-            return handler
-        }
-        try NameService.serve(stateDirectory: stateDir, logger: Logger(label: "netctl-dns"))
-    }
-}

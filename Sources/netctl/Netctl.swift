@@ -20,7 +20,7 @@ struct Netctl: ParsableCommand {
         commandName: "netctl",
         abstract: "Container networking over netlink and nftables (networks, endpoints, published ports, a proxy), and `run` for images under runc.",
         subcommands: [NetworkCommand.self, Attach.self, Detach.self, Endpoints.self, PortCommand.self, ProxyCommand.self,
-                      Reload.self, GC.self, Run.self, PS.self, Logs.self, Stop.self, Rm.self, Monitor.self, NameServer.self])
+                      Reload.self, GC.self, Run.self, PS.self, Logs.self, Stop.self, Rm.self, Monitor.self])
 
     /// As ArgumentParser's, but a command line it refuses is one line on stderr with exit
     /// status 1, like every other failure (help still prints in full, with status 0).
@@ -63,7 +63,7 @@ struct GlobalOptions: ParsableArguments {
     /// started, or restarted, if a network needs it).
     func syncNames(_ manager: NetworkManager) throws {
         do {
-            try NameService.sync(manager, executable: Processes.ownExecutable())
+            try NameService.sync(manager)
         } catch {
             // The change itself stands; what it means for names is said, not hidden.
             writeStandardError("netctl: warning: \(errorLine(error))\n")
@@ -73,7 +73,7 @@ struct GlobalOptions: ParsableArguments {
     /// The name server is started again if it died: the next command does it, whatever it is.
     func ensureNameServer(_ manager: NetworkManager) {
         do {
-            try NameService.ensureRunning(manager, executable: Processes.ownExecutable())
+            try NameService.ensureRunning(manager)
         } catch {
             writeStandardError("netctl: warning: \(errorLine(error))\n")
         }
