@@ -184,12 +184,16 @@ final class NameServer {
             sweepPending(now: now)
             if now >= nextCheck {
                 nextCheck = now + 1_000_000_000
+                // State removed under it (its directory deleted; the open database would
+                // still read): nothing left to serve.
+                guard fileExists(stateDirectory + "/state.db") else {
+                    logger.notice("the state directory is gone; stopping")
+                    return
+                }
                 // Changes no process told us about (gc, a crash's clean-up): picked up here.
                 do {
                     if try manager.stateVersion() != version, try !reload() { return }
                 } catch {
-                    // State removed under it (its directory deleted): nothing left to serve.
-                    if !fileExists(stateDirectory + "/state.db") { return }
                     logger.error("reading state: \(error)")
                 }
             }

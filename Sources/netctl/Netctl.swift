@@ -206,17 +206,20 @@ struct NetworkCommand: ParsableCommand {
     }
 
     struct Remove: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "rm", abstract: "Remove a network and its bridge.")
+        static let configuration = CommandConfiguration(commandName: "rm", abstract: "Remove networks and their bridges.")
         @OptionGroup var global: GlobalOptions
-        @Argument(help: "Network name.") var name: String
+        @Argument(help: "Network names.") var names: [String]
         @Flag(name: .shortAndLong, help: "Detach attached endpoints first.") var force = false
 
         func run() throws {
             try reportingErrors {
                 let manager = try global.manager()
-                try manager.removeNetwork(named: name, force: force)
-                try global.syncNames(manager)
-                print(name)
+                // As `docker network rm`: each in turn, stopping at the first that fails.
+                defer { try? global.syncNames(manager) }
+                for name in names {
+                    try manager.removeNetwork(named: name, force: force)
+                    print(name)
+                }
             }
         }
     }

@@ -133,6 +133,11 @@ struct NamesTests {
         #expect(try s.digShort(s.stateDirectory + "/netns/c1", "10.73.0.1", "c1") == ["10.73.0.2"])
         try s.netctlOK("detach", "c1")
         #expect(eventually { s.nameServer() == nil }, "it stops once no network needs it")
+        // And when its state is deleted under it (the open database would still read).
+        try s.netctlOK("attach", "app", "--new", "c2", "--name", "c2")
+        let third = try #require(s.nameServer())
+        for suffix in ["", "-wal", "-shm"] { unlink(s.stateDirectory + "/state.db" + suffix) }
+        #expect(eventually { !third.isAlive }, "it stops once its state is gone")
     }
 
     @Test("the tutorial's two-container app: a container reaches another by its alias over HTTP; also on an internal network")

@@ -131,6 +131,11 @@ peers_install() {
     command -v socat >/dev/null 2>&1 || want+=(socat)
     command -v iperf3 >/dev/null 2>&1 || want+=(iperf3)
     command -v wrk >/dev/null 2>&1 || want+=(wrk)
+    # The name servers' peers and load (tools/bench-dns).
+    command -v dnsperf >/dev/null 2>&1 || want+=(dnsperf)
+    [[ -x /usr/lib/podman/aardvark-dns ]] || want+=(aardvark-dns)
+    command -v dnsmasq >/dev/null 2>&1 || want+=(dnsmasq-base)
+    command -v dig >/dev/null 2>&1 || want+=(bind9-dnsutils)
 
     if ((${#want[@]} > 0)); then
         if [[ $(id -u) != 0 ]]; then _peers_log "need root to install: ${want[*]}"; return 1; fi
