@@ -4,8 +4,9 @@ import PackageDescription
 // Arrows point one way:
 //   C interop, Primitives (the leaf: shared value types and OS helpers)
 //   -> Netlink -> Firewall -> NetCore (networks, endpoints, IPAM, state, publishing);  Proxy;  Images
-//   -> ProxyService (NetCore + Proxy), NameService (NetCore) -> Runtime (+ Images);  CNI (NetCore)
-//   -> netctl, netctl-cni.
+//   -> ProxyService (NetCore + Proxy), NameService (NetCore) -> Runtime (+ Images);  CNI (NetCore);
+//      Netavark (NetCore + NameService)
+//   -> netctl, netctl-cni, netctl-dns, netctl-netavark.
 let package = Package(
     name: "netctl",
     products: [
@@ -19,9 +20,11 @@ let package = Package(
         .library(name: "Images", targets: ["Images"]),
         .library(name: "Runtime", targets: ["Runtime"]),
         .library(name: "CNI", targets: ["CNI"]),
+        .library(name: "Netavark", targets: ["Netavark"]),
         .executable(name: "netctl", targets: ["netctl"]),
         .executable(name: "netctl-cni", targets: ["netctl-cni"]),
         .executable(name: "netctl-dns", targets: ["netctl-dns"]),
+        .executable(name: "netctl-netavark", targets: ["netctl-netavark"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -77,6 +80,8 @@ let package = Package(
         ]),
         // The CNI plugin: protocol, configuration and results.
         .target(name: "CNI", dependencies: ["Primitives", "NetCore", "Netlink"]),
+        // Podman's network backend protocol (netavark's): options, status blocks, errors.
+        .target(name: "Netavark", dependencies: ["Primitives", "NetCore", "NameService"]),
         .executableTarget(name: "netctl", dependencies: [
             "Primitives", "NetCore", "Netlink", "Proxy", "ProxyService", "NameService", "Runtime", "Images",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -86,11 +91,15 @@ let package = Package(
             "CNI", "Primitives", .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "netctl-dns", dependencies: ["NameService", "Primitives", .product(name: "Logging", package: "swift-log")]),
+        .executableTarget(name: "netctl-netavark", dependencies: [
+            "Netavark", "Primitives", .product(name: "Logging", package: "swift-log"),
+        ]),
 
         // Test helpers: a mock netlink socket, tar archives and OCI images (crafted and hostile ones included).
         .target(name: "TestSupport", dependencies: ["Primitives", "Netlink", "Images", "CZlib"], path: "Tests/TestSupport"),
         .testTarget(name: "PrimitivesTests", dependencies: ["Primitives"]),
         .testTarget(name: "CNITests", dependencies: ["CNI", "NetCore", "Primitives"]),
+        .testTarget(name: "NetavarkTests", dependencies: ["Netavark", "NetCore", "Primitives"]),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "Primitives", "TestSupport", "CNetlink"]),
         .testTarget(name: "FirewallTests", dependencies: ["Firewall", "Netlink", "Primitives", "TestSupport"]),
         .testTarget(name: "NetCoreTests", dependencies: ["NetCore", "Netlink", "Primitives", "TestSupport", "CNetlink"]),

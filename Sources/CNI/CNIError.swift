@@ -1,3 +1,4 @@
+import Primitives
 /// A failure as the CNI specification reports it: printed to stdout as
 /// `{"cniVersion", "code", "msg", "details"}` with a non-zero exit status.
 public struct CNIError: Error, Equatable, CustomStringConvertible {

@@ -1,3 +1,4 @@
+import Primitives
 import NetCore
 
 /// The CNI specification versions this plugin speaks.

@@ -1,3 +1,4 @@
+import Primitives
 /// A CNI result (interfaces, ips, routes, dns), printed in the form of the configuration's
 /// `cniVersion`: 0.4.0 results carry `version` in each IP; 1.x results do not, and only 1.1.0
 /// has an interface's `mtu`.

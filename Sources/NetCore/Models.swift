@@ -22,6 +22,11 @@ public struct Network: Codable, Equatable, Sendable {
     /// Whether the bridge carries the gateway address: always, except on an internal
     /// network with no names, where it is there only when asked for.
     public var gatewayOnBridge: Bool = true
+    /// Who decides the network's life: "" for netctl's own commands (it lasts until `network
+    /// rm`); a runtime's name (the netavark front end's "podman") when that runtime keeps the
+    /// definition and netctl makes the network on first use and removes it with its last
+    /// endpoint.
+    public var owner: String = ""
 
     var ipv4Subnet: IPNetwork { IPNetwork(subnet)! }
     var ipv4Gateway: IPAddress { IPAddress(gateway)! }

@@ -158,10 +158,12 @@ public final class NetworkManager {
     // MARK: Published ports
 
     /// Publishes ports of an endpoint. Host ports left open (0, or a range) are chosen
-    /// here: never one another mapping claims or another program holds. All or nothing.
+    /// here: never one another mapping claims or another program holds (unless
+    /// `probeHostPorts` is false: a runtime that reserves host ports itself). All or nothing.
     @discardableResult
-    public func publish(endpoint name: String, _ specs: [PortMapping], backend: PortBackend = .nft) throws -> [PublishedPort] {
-        try publisher.publish(endpoint: name, specs, backend: backend)
+    public func publish(endpoint name: String, _ specs: [PortMapping], backend: PortBackend = .nft,
+                        probeHostPorts: Bool = true) throws -> [PublishedPort] {
+        try publisher.publish(endpoint: name, specs, backend: backend, probe: probeHostPorts)
     }
 
     /// Removes published ports of an endpoint: those matching `specs`, or all of them.

@@ -92,7 +92,8 @@ final class NetworkRegistry {
                 subnet6: subnet6.map { "\($0)" }, gateway6: subnet6.map { "\(gateway6 ?? NetworkRegistry.defaultGateway(of: $0))" },
                 mtu: mtu, created: .now(), internal: spec.internal, dns: dns, isolated: spec.isolated,
                 // An internal network's bridge needs an address only to serve names, or when asked.
-                gatewayOnBridge: !spec.internal || dns || spec.gateway != nil || spec.gateway6 != nil)
+                gatewayOnBridge: spec.gatewayOnBridge ?? (!spec.internal || dns || spec.gateway != nil || spec.gateway6 != nil),
+                owner: spec.owner)
             try store.insert(network)
             return network
         }

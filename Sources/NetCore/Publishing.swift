@@ -17,9 +17,11 @@ final class PortPublisher {
 
     /// Publishes ports of an endpoint. Host ports left open (0, or a range) are chosen
     /// here: never one another mapping claims or another program holds. All or nothing:
-    /// any refusal or kernel failure leaves state and ruleset as they were.
+    /// any refusal or kernel failure leaves state and ruleset as they were. `probe` false:
+    /// the caller reserves host ports itself (Podman's conmon holds a socket on each), so a
+    /// bound port is no reason to refuse.
     @discardableResult
-    func publish(endpoint name: String, _ specs: [PortMapping], backend: PortBackend) throws -> [PublishedPort] {
+    func publish(endpoint name: String, _ specs: [PortMapping], backend: PortBackend, probe probing: Bool = true) throws -> [PublishedPort] {
         guard !specs.isEmpty else { return [] }
         guard let endpoint = try store.endpoint(named: name) else { throw NetctlError.endpointNotFound(name) }
         guard endpoint.state == .active else { throw NetctlError.endpointNotActive(name) }
@@ -37,7 +39,7 @@ final class PortPublisher {
             var added: [PublishedPort] = []
             for spec in specs {
                 let p = PublishedPort(endpoint: endpoint.name, proto: spec.proto, hostIP: spec.hostIP,
-                                      hostPort: try chooseHostPort(spec), containerPort: spec.containerPort,
+                                      hostPort: try chooseHostPort(spec, probing: probing), containerPort: spec.containerPort,
                                       servesIPv6: endpoint.ipv6 != nil, backend: backend)
                 try store.insert(p, endpointID: endpoint.id)  // the next spec's choice sees it
                 added.append(p)
@@ -64,13 +66,14 @@ final class PortPublisher {
     /// The host port a spec gets (the caller holds the state transaction): its fixed port if
     /// no mapping claims it and no program holds it, else the first free one of its range
     /// (a random start in the kernel's ephemeral range when it names none).
-    private func chooseHostPort(_ spec: PortMapping) throws -> UInt16 {
+    private func chooseHostPort(_ spec: PortMapping, probing: Bool) throws -> UInt16 {
         let scope = HostScope(spec.hostIP)
         let display = { (port: UInt16) in "\(port)/\(spec.proto.rawValue)" }
         func holder(_ port: UInt16) throws -> PublishedPort? {
             try store.ports(proto: spec.proto, hostPort: port).first { HostScope($0.hostIP).overlaps(scope) }
         }
         func probe(_ port: UInt16) throws -> Bool {
+            guard probing else { return true }
             switch HostPorts.probe(scope, port: port, proto: spec.proto) {
             case .free: return true
             case .inUse: return false

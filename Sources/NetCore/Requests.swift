@@ -15,13 +15,18 @@ public struct NetworkSpec: Sendable {
     public var dns: Bool?
     /// No traffic with other netctl networks (see `Network.isolated`).
     public var isolated: Bool
+    /// Whether the gateway address goes on the bridge; nil: as `Network.gatewayOnBridge` says.
+    public var gatewayOnBridge: Bool?
+    /// See `Network.owner`.
+    public var owner: String
 
     public init(name: String, subnet: String? = nil, gateway: String? = nil, bridge: String? = nil,
                 subnet6: String? = nil, gateway6: String? = nil, mtu: Int? = nil, internal: Bool = false,
-                dns: Bool? = nil, isolated: Bool = true) {
+                dns: Bool? = nil, isolated: Bool = true, gatewayOnBridge: Bool? = nil, owner: String = "") {
         self.name = name; self.subnet = subnet; self.gateway = gateway; self.bridge = bridge
         self.subnet6 = subnet6; self.gateway6 = gateway6; self.mtu = mtu
         self.internal = `internal`; self.dns = dns; self.isolated = isolated
+        self.gatewayOnBridge = gatewayOnBridge; self.owner = owner
     }
 }
 

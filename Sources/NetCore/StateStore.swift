@@ -11,7 +11,7 @@ final class StateStore {
     private(set) var discardedPreviousBoot = false
 
     /// Bumped with every schema change below; kept in SQLite's `user_version`.
-    static let schemaVersion: Int64 = 4
+    static let schemaVersion: Int64 = 5
 
     init(path: String, bootID: String = currentBootID()) throws {
         db = try SQLiteDatabase(path: path)
@@ -57,6 +57,7 @@ final class StateStore {
             try addColumn("networks", "dns INTEGER NOT NULL DEFAULT 0")
             try addColumn("networks", "isolated INTEGER NOT NULL DEFAULT 1")
             try addColumn("networks", "gateway_on_bridge INTEGER NOT NULL DEFAULT 1")
+            try addColumn("networks", "owner TEXT NOT NULL DEFAULT ''")
             try addColumn("endpoints", "aliases TEXT NOT NULL DEFAULT ''")
             try addColumn("endpoints", "gateway_priority INTEGER NOT NULL DEFAULT 0")
             try addColumn("endpoints", "default_route INTEGER NOT NULL DEFAULT 1")
@@ -99,7 +100,8 @@ final class StateStore {
             internal INTEGER NOT NULL DEFAULT 0,
             dns INTEGER NOT NULL DEFAULT 0,
             isolated INTEGER NOT NULL DEFAULT 1,
-            gateway_on_bridge INTEGER NOT NULL DEFAULT 1
+            gateway_on_bridge INTEGER NOT NULL DEFAULT 1,
+            owner TEXT NOT NULL DEFAULT ''
         );
         CREATE TABLE IF NOT EXISTS endpoints (
             id TEXT PRIMARY KEY,
@@ -149,7 +151,7 @@ final class StateStore {
 
     // MARK: Networks
 
-    private static let networkColumns = "name, bridge, subnet, gateway, subnet6, gateway6, mtu, created, internal, dns, isolated, gateway_on_bridge"
+    private static let networkColumns = "name, bridge, subnet, gateway, subnet6, gateway6, mtu, created, internal, dns, isolated, gateway_on_bridge, owner"
 
     func networks() throws -> [Network] {
         try db.query("SELECT \(StateStore.networkColumns) FROM networks ORDER BY name").map(StateStore.network)
@@ -161,10 +163,10 @@ final class StateStore {
     }
 
     func insert(_ n: Network) throws {
-        try db.run("INSERT INTO networks (\(StateStore.networkColumns)) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        try db.run("INSERT INTO networks (\(StateStore.networkColumns)) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                    [.text(n.name), .text(n.bridge), .text(n.subnet), .text(n.gateway), n.subnet6.sqlite,
                     n.gateway6.sqlite, .integer(Int64(n.mtu)), .text(n.created.description), .bool(n.internal), .bool(n.dns),
-                    .bool(n.isolated), .bool(n.gatewayOnBridge)])
+                    .bool(n.isolated), .bool(n.gatewayOnBridge), .text(n.owner)])
     }
 
     func deleteNetwork(named name: String) throws {
@@ -185,7 +187,8 @@ final class StateStore {
         Network(name: row[0].string!, bridge: row[1].string!, subnet: row[2].string!, gateway: row[3].string!,
                 subnet6: row[4].string, gateway6: row[5].string, mtu: Int(row[6].int ?? 1500),
                 created: Timestamp(iso8601: row[7].string!) ?? Timestamp(secondsSinceEpoch: 0),
-                internal: row[8].int == 1, dns: row[9].int == 1, isolated: row[10].int != 0, gatewayOnBridge: row[11].int != 0)
+                internal: row[8].int == 1, dns: row[9].int == 1, isolated: row[10].int != 0, gatewayOnBridge: row[11].int != 0,
+                owner: row[12].string ?? "")
     }
 
     // MARK: Endpoints

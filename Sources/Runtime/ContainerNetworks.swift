@@ -137,21 +137,9 @@ extension ContainerManager {
         (first ? [] : [record.name]) + [record.shortID] + extra
     }
 
-    /// Publishes each mapping on the endpoint it belongs to: the one on the network whose
-    /// gateway its host address is, else the one holding the container's default route.
     private func publish(_ mappings: [PortMapping], for record: ContainerRecord, backend: PortBackend) throws {
-        guard !mappings.isEmpty else { return }
-        let endpoints = self.endpoints(of: record)
-        guard let first = endpoints.first else { return }
-        let holder = try network.defaultRouteEndpoint(sharingNamespaceWith: first.name) ?? first
-        var byEndpoint: [String: [PortMapping]] = [:]
-        for mapping in mappings {
-            let named = endpoints.first { e in !mapping.hostIP.isEmpty && (e.gateway == mapping.hostIP || e.gateway6 == mapping.hostIP) }
-            byEndpoint[(named ?? holder).name, default: []].append(mapping)
-        }
-        for (endpoint, mappings) in byEndpoint.sorted(by: { $0.key < $1.key }) {
-            try network.publish(endpoint: endpoint, mappings, backend: backend)
-        }
+        guard let first = endpoints(of: record).first else { return }
+        try network.publish(namespaceOf: first.name, mappings, backend: backend)
     }
 
     /// Connects a running container to another network (`network connect`): an endpoint
@@ -185,12 +173,8 @@ extension ContainerManager {
         }
         let others = all.filter { $0.id != endpoint.id }
         if others.isEmpty && !force { throw RuntimeError.lastNetwork(container: record.name, network: name) }
-        if try !network.ports(endpoint: endpoint.name).isEmpty {
-            if let next = try network.defaultRouteEndpoint(sharingNamespaceWith: endpoint.name, excluding: endpoint.name) {
-                try network.movePorts(from: endpoint.name, to: next.name)
-            } else if !force {
-                throw RuntimeError.portsNeedNetwork(container: record.name, network: name)
-            }
+        if try !network.movePortsBeforeDetach(endpoint.name) && !force {
+            throw RuntimeError.portsNeedNetwork(container: record.name, network: name)
         }
         try network.detach([endpoint.name])
         let updated = try store.update(record.id) { $0.networks.removeAll { $0 == name } } ?? record
@@ -205,16 +189,10 @@ extension ContainerManager {
         return record
     }
 
-    /// Ports not pinned to a network (by naming its gateway) live on the endpoint that holds
-    /// the container's default route: after a change of networks they move there.
+    /// Ports not pinned to a network live on the endpoint holding the default route.
     private func placePorts(_ record: ContainerRecord) throws {
-        let all = endpoints(of: record)
-        guard let first = all.first, let holder = try network.defaultRouteEndpoint(sharingNamespaceWith: first.name) else { return }
-        for e in all where e.id != holder.id {
-            let ports = try network.ports(endpoint: e.name)
-            let pinned = ports.contains { $0.hostIP == e.gateway || $0.hostIP == e.gateway6 }
-            if !ports.isEmpty && !pinned { try network.movePorts(from: e.name, to: holder.name) }
-        }
+        guard let first = endpoints(of: record).first else { return }
+        try network.settlePorts(namespaceOf: first.name)
     }
 
     /// Rewrites /etc/hosts and resolv.conf for the container's networks now.

@@ -1,6 +1,7 @@
 import Foundation
 import CNI
 import NetCore
+import Primitives
 import Testing
 
 /// The plugin's protocol side, without root: JSON, configuration, results, error codes.
@@ -25,26 +26,6 @@ private func config(_ version: String = "1.0.0", _ extra: String = "") -> String
               "routes": [{"dst": "0.0.0.0/0"}, {"dst": "192.168.50.0/24", "gw": "10.9.0.254"}]},
      "dns": {"nameservers": ["10.9.0.1"], "domain": "example", "search": ["a", "b"], "options": ["ndots:2"]}}
     """
-}
-
-@Suite("JSON")
-struct JSONTests {
-    @Test("Parses and prints every kind of value, keeping key order and escapes")
-    func roundTrip() throws {
-        let text = #"{"b":1,"a":[true,false,null,-1.5e3,"x\"y\\z\n\u00e9\ud83d\ude00"],"c":{}}"#
-        let value = try JSON.parse(text)
-        #expect(value["b"]?.int == 1)
-        #expect(value["a"]?.array?.count == 5)
-        #expect(value["a"]?.array?[4].string == "x\"y\\z\né😀")
-        #expect(value.text == #"{"b":1,"a":[true,false,null,-1.5e3,"x\"y\\z\né😀"],"c":{}}"#)
-        #expect(try JSON.parse(value.text) == value)
-        #expect(JSON.number("8080.0").int == 8080 && JSON.number("80.5").int == nil)
-    }
-
-    @Test("Refuses malformed text", arguments: ["", "{", "{\"a\":}", "[1,]", "{\"a\":1} x", "'a'", "01", "\"\\x\"", "\"\\ud800\"", "tru", "{1:2}", "\"a\nb\""])
-    func malformed(_ text: String) {
-        #expect(throws: JSON.ParseError.self) { try JSON.parse(text) }
-    }
 }
 
 @Suite("CNI configuration")
