@@ -4,9 +4,9 @@ import PackageDescription
 // Arrows point one way:
 //   C interop, Primitives (the leaf: shared value types and OS helpers)
 //   -> Netlink -> Firewall -> NetCore (networks, endpoints, IPAM, state, publishing);  Proxy;  Images
-//   -> ProxyService (NetCore + Proxy), NameService (NetCore) -> Runtime (+ Images);  CNI (NetCore);
-//      Netavark (NetCore + NameService)
-//   -> netctl, netctl-cni, netctl-dns, netctl-netavark.
+//   -> ProxyService (NetCore + Proxy), NameService (NetCore) -> Agent (+ Firewall) -> Runtime (+ Images);
+//      CNI (NetCore); Netavark (NetCore + Agent)
+//   -> netctl, netctl-cni, netctl-agent, netctl-netavark.
 let package = Package(
     name: "netctl",
     products: [
@@ -17,13 +17,14 @@ let package = Package(
         .library(name: "Proxy", targets: ["Proxy"]),
         .library(name: "ProxyService", targets: ["ProxyService"]),
         .library(name: "NameService", targets: ["NameService"]),
+        .library(name: "Agent", targets: ["Agent"]),
         .library(name: "Images", targets: ["Images"]),
         .library(name: "Runtime", targets: ["Runtime"]),
         .library(name: "CNI", targets: ["CNI"]),
         .library(name: "Netavark", targets: ["Netavark"]),
         .executable(name: "netctl", targets: ["netctl"]),
         .executable(name: "netctl-cni", targets: ["netctl-cni"]),
-        .executable(name: "netctl-dns", targets: ["netctl-dns"]),
+        .executable(name: "netctl-agent", targets: ["netctl-agent"]),
         .executable(name: "netctl-netavark", targets: ["netctl-netavark"]),
     ],
     dependencies: [
@@ -68,29 +69,34 @@ let package = Package(
             "Primitives", "NetCore", "Proxy", "CProcess",
             .product(name: "Logging", package: "swift-log"),
         ]),
-        // The name service: a DNS server for networks with names, and its control.
+        // The name service: a DNS server for networks with names.
         .target(name: "NameService", dependencies: [
             "Primitives", "NetCore", "CSocket", "CProcess",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // The resident agent: serves names and keeps the firewall whole; started on demand.
+        .target(name: "Agent", dependencies: [
+            "Primitives", "NetCore", "Firewall", "NameService", "CSocket",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // Runs images with runc on netctl networking: bundles, the monitor, container state.
         .target(name: "Runtime", dependencies: [
-            "Primitives", "Images", "NetCore", "Proxy", "ProxyService", "NameService", "CProcess", "CFilesystem",
+            "Primitives", "Images", "NetCore", "Proxy", "ProxyService", "NameService", "Agent", "CProcess", "CFilesystem",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The CNI plugin: protocol, configuration and results.
         .target(name: "CNI", dependencies: ["Primitives", "NetCore", "Netlink"]),
         // Podman's network backend protocol (netavark's): options, status blocks, errors.
-        .target(name: "Netavark", dependencies: ["Primitives", "NetCore", "NameService"]),
+        .target(name: "Netavark", dependencies: ["Primitives", "NetCore", "Agent"]),
         .executableTarget(name: "netctl", dependencies: [
-            "Primitives", "NetCore", "Netlink", "Proxy", "ProxyService", "NameService", "Runtime", "Images",
+            "Primitives", "NetCore", "Netlink", "Proxy", "ProxyService", "Agent", "Runtime", "Images",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "netctl-cni", dependencies: [
             "CNI", "Primitives", .product(name: "Logging", package: "swift-log"),
         ]),
-        .executableTarget(name: "netctl-dns", dependencies: ["NameService", "Primitives", .product(name: "Logging", package: "swift-log")]),
+        .executableTarget(name: "netctl-agent", dependencies: ["Agent", "Primitives", .product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "netctl-netavark", dependencies: [
             "Netavark", "Primitives", .product(name: "Logging", package: "swift-log"),
         ]),

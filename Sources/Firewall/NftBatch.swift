@@ -114,6 +114,8 @@ public struct NftBatch {
     public private(set) var messages: [[UInt8]] = []
     /// Whether the batch deletes anything (a table, map elements).
     public private(set) var removes = false
+    /// Rules added per chain (what a healthy table holds, for checking one).
+    public private(set) var ruleCounts: [String: Int] = [:]
 
     public init(family: UInt16 = UInt16(NFPROTO_INET)) {
         self.family = family
@@ -121,11 +123,15 @@ public struct NftBatch {
 
     private static let create = UInt16(NLM_F_CREATE) | UInt16(NLM_F_ACK)
 
-    public mutating func addTable(_ name: String) {
+    /// A table. `owned`: it belongs to the socket that sends the batch; nobody else may
+    /// change or delete it (`nft flush ruleset` passes it by), and it goes when that socket
+    /// closes.
+    public mutating func addTable(_ name: String, owned: Bool = false) {
         let table = nftnl_table_alloc()!
         defer { nftnl_table_free(table) }
         nftnl_table_set_u32(table, UInt16(NFTNL_TABLE_FAMILY.rawValue), UInt32(family))
         nftnl_table_set_str(table, UInt16(NFTNL_TABLE_NAME.rawValue), name)
+        if owned { nftnl_table_set_u32(table, UInt16(NFTNL_TABLE_FLAGS.rawValue), UInt32(NFT_TABLE_F_OWNER.rawValue)) }
         append(NFT_MSG_NEWTABLE, flags: NftBatch.create) { nftnl_table_nlmsg_build_payload($0, table) }
     }
 
@@ -184,6 +190,7 @@ public struct NftBatch {
         nftnl_rule_set_str(rule, UInt16(NFTNL_RULE_TABLE.rawValue), table)
         nftnl_rule_set_str(rule, UInt16(NFTNL_RULE_CHAIN.rawValue), chain)
         for expression in expressions { nftnl_rule_add_expr(rule, expression.build()) }  // the rule owns them
+        ruleCounts[chain, default: 0] += 1
         append(NFT_MSG_NEWRULE, flags: NftBatch.create | UInt16(NLM_F_APPEND)) { nftnl_rule_nlmsg_build_payload($0, rule) }
     }
 
@@ -322,10 +329,14 @@ public final class NftClient {
 
     /// How many rules a chain of the netctl table holds; 0 when the chain or table is missing.
     public func ruleCount(chain: String) throws -> Int {
+        try ruleCount(table: PublishRuleset.table, chain: chain)
+    }
+
+    public func ruleCount(table: String, chain: String) throws -> Int {
         var request = MessageBuilder(type: UInt16(NFNL_SUBSYS_NFTABLES) << 8 | UInt16(NFT_MSG_GETRULE.rawValue),
                                      flags: NetlinkFlags.request | NetlinkFlags.dump)
         request.nfgen(family: UInt8(NFPROTO_INET))
-        request.attribute(UInt16(NFTA_RULE_TABLE.rawValue), string: PublishRuleset.table)
+        request.attribute(UInt16(NFTA_RULE_TABLE.rawValue), string: table)
         request.attribute(UInt16(NFTA_RULE_CHAIN.rawValue), string: chain)
         sequence &+= 1
         do {

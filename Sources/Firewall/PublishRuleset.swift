@@ -76,6 +76,8 @@ public struct BridgeNetwork: Hashable, Sendable {
 /// nothing from the wire addressed to 127/8 reaches DNAT or a local socket.
 public enum PublishRuleset {
     public static let table = "netctl"
+    /// Its family (inet), as nftables notifications carry it.
+    public static let family = UInt8(NFPROTO_INET)
     static let bridgesSet = "bridges"
     static let bridgesSetID: UInt32 = 10
     static let gatewaySets: [(name: String, id: UInt32, type: NftType, ipv6: Bool)] = [
@@ -110,6 +112,29 @@ public enum PublishRuleset {
         ("postrouting", ("nat", UInt32(NF_INET_POST_ROUTING.rawValue), 100)),
     ]
 
+    /// A second guard, in a table of its own owned by a resident process's socket (netctl's
+    /// agent): `nft flush ruleset` and other programs cannot remove it, so 127/8 stays
+    /// unreachable from the wire while the main table is being put back. It goes with the
+    /// process; the main table keeps its own guard.
+    public static let ownedGuardTable = "netctl-guard"
+
+    public static func ownedGuard() -> NftBatch {
+        var batch = NftBatch()
+        batch.addTable(ownedGuardTable, owned: true)
+        batch.addChain(table: ownedGuardTable, name: guardChain, hook: ("filter", UInt32(NF_INET_PRE_ROUTING.rawValue), -301))
+        batch.addRule(table: ownedGuardTable, chain: guardChain, guardRule)
+        return batch
+    }
+
+    /// iifname != "lo" ip daddr 127.0.0.0/8 drop
+    static var guardRule: [NftExpression] {
+        let nfproto: NftExpression = .meta(key: UInt32(NFT_META_NFPROTO.rawValue), into: NftExpression.reg1)
+        let ipv4: NftExpression = .compare(register: NftExpression.reg1, op: eq, data: [UInt8(NFPROTO_IPV4)])
+        return [.meta(key: UInt32(NFT_META_IIFNAME.rawValue), into: NftExpression.reg1),
+                .compare(register: NftExpression.reg1, op: neq, data: ifname("lo")),
+                nfproto, ipv4] + source(IPNetwork("127.0.0.0/8")!, destination: true) + [.verdict(Int32(NF_DROP))]
+    }
+
     /// The whole table in one batch, replacing whatever is there: `nft flush ruleset`, a
     /// stale table from a crash or elements nobody knows are all repaired atomically.
     public static func rebuild(networks: [BridgeNetwork], mappings: [DNATMapping]) -> NftBatch {
@@ -141,10 +166,7 @@ public enum PublishRuleset {
         let accept: [NftExpression] = [.verdict(Int32(NF_ACCEPT))]
         let drop: [NftExpression] = [.verdict(Int32(NF_DROP))]
 
-        batch.addRule(table: table, chain: guardChain,
-                      [.meta(key: UInt32(NFT_META_IIFNAME.rawValue), into: NftExpression.reg1),
-                       .compare(register: NftExpression.reg1, op: neq, data: ifname("lo")),
-                       nfproto, ipv4] + source(loopback, destination: true) + drop)
+        batch.addRule(table: table, chain: guardChain, guardRule)
         for map in Map.allCases { batch.addRule(table: table, chain: "publish", rule(for: map)) }
         for chain in ["prerouting", "output"] {
             batch.addRule(table: table, chain: chain, [.verdict(NFT_JUMP.rawValue, chain: "publish")])

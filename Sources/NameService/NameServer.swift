@@ -17,10 +17,10 @@ final class SharedNames: Sendable {
 /// client's own, from `--dns`). Everything runs on one epoll loop but TCP connections, each
 /// served on a thread of its own (they are rare: truncated answers retried).
 ///
-/// It follows state: a `NameService.sync` from any netctl process makes it reload at once
-/// and answers only after that, and it also looks at state's change counter every second.
-/// With no network needing it, it exits.
-final class NameServer {
+/// It follows state: a "sync" on its control socket (`Agent.sync`, from any netctl process)
+/// makes it reload at once and answers only after that, and it also looks at state's change
+/// counter every second. It runs until its host says it is no longer needed (`needed`).
+public final class NameServer {
     let stateDirectory: String
     let manager: NetworkManager
     let logger: Logger
@@ -79,7 +79,13 @@ final class NameServer {
         kind.rawValue << 56 | UInt64(generation & 0xff_ffff) << 32 | UInt64(index)
     }
 
-    init(stateDirectory: String, manager: NetworkManager, control: Int32, logger: Logger) throws {
+    /// Whether the process is still wanted, asked after each reload (the agent's rule: any
+    /// network exists).
+    let needed: (NetworkManager) throws -> Bool
+
+    public init(stateDirectory: String, manager: NetworkManager, control: Int32, logger: Logger,
+                needed: @escaping (NetworkManager) throws -> Bool) throws {
+        self.needed = needed
         self.stateDirectory = stateDirectory
         self.manager = manager
         self.control = control
@@ -107,9 +113,9 @@ final class NameServer {
 
     // MARK: State
 
-    /// Reads state and listens where it says; whether any network still needs names.
+    /// Reads state and listens where it says; whether the process is still needed.
     @discardableResult
-    func reload() throws -> Bool {
+    public func reload() throws -> Bool {
         version = try manager.stateVersion()
         let table = try manager.nameTable()
         names = CompiledNames(table)
@@ -136,7 +142,7 @@ final class NameServer {
                 logger.error("cannot listen on \(SocketAddress(address, 53)): \(error)")
             }
         }
-        return !table.isEmpty
+        return try needed(manager)
     }
 
     static func bind(_ address: IPAddress, udp: Bool) throws -> Int32 {
@@ -160,8 +166,8 @@ final class NameServer {
 
     // MARK: The loop
 
-    /// Serves until no network needs names.
-    func run() {
+    /// Serves until it is no longer needed, or its state is deleted.
+    public func run() {
         let capacity = 64
         let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: capacity)
         defer { events.deallocate() }

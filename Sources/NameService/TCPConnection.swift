@@ -27,16 +27,7 @@ final class TCPConnection: Sendable {
     }
 
     func start() throws {
-        var thread = pthread_t()
-        let context = Unmanaged.passRetained(self).toOpaque()
-        let rc = cproc_thread_start(&thread, { raw in
-            Unmanaged<TCPConnection>.fromOpaque(raw!).takeRetainedValue().serve()
-        }, context)
-        guard rc == 0 else {
-            Unmanaged<TCPConnection>.fromOpaque(context).release()
-            throw SystemError("starting a thread for a TCP client", code: -rc)
-        }
-        pthread_detach(thread)
+        pthread_detach(try startThread("a TCP client") { [self] in serve() })
     }
 
     private func serve() {

@@ -125,6 +125,14 @@ final class Attachments {
         }
         let id = randomHex(bytes: 6)
         let name = request.name ?? "ep-\(id.prefix(8))"
+        // Ports that cannot be published at all are refused before anything is made.
+        try publisher.check(request.ports, backend: request.portBackend,
+                            on: Endpoint(id: id, name: name, network: network.name, hostInterface: "", interface: interface, mac: "",
+                                         // Stand-ins of the right families: the address is not chosen yet.
+                                         ipv4: "\(network.ipv4Subnet)", ipv6: network.ipv6Subnet.map { "\($0)" }, gateway: network.gateway,
+                                         gateway6: network.gateway6, netns: target.path, pid: target.pid, ownsNetns: false,
+                                         state: .creating, created: .now()))
+        var reserved: [PublishedPort] = []
 
         var endpoint: Endpoint = try store.transaction {
             if try store.endpoint(named: name) != nil { throw NetctlError.endpointExists(name) }
@@ -146,6 +154,8 @@ final class Attachments {
             endpoint.namespaceIdentity = namespace?.identity
             endpoint.owner = .current()
             try store.insert(endpoint)
+            // Its ports with it: taken from now on, in the kernel once the endpoint is active.
+            reserved = try publisher.reserve(request.ports, backend: request.portBackend, probe: true, for: endpoint)
             return endpoint
         }
 
@@ -164,7 +174,18 @@ final class Attachments {
                                 defaultRoutes: defaults, routes: routes)
             endpoint.state = .active
             endpoint.namespaceIdentity = ns.identity
-            try store.transaction { try store.update(endpoint: id, state: .active, namespaceIdentity: ns.identity) }
+            // Active and published in one transaction: an attach is seen with its ports or not at all.
+            var kernelChanged = false
+            do {
+                try store.transaction {
+                    try store.update(endpoint: id, state: .active, namespaceIdentity: ns.identity)
+                    try publisher.install(reserved, on: endpoint)
+                    kernelChanged = !reserved.isEmpty
+                }
+            } catch {
+                if kernelChanged { _ = try? publisher.syncTable() }
+                throw error
+            }
         } catch {
             context.logger.debug("attach \(name) failed, rolling back: \(error)")
             undo.reversed().forEach { $0() }
@@ -173,6 +194,7 @@ final class Attachments {
             throw NetctlError.wrap(error)
         }
         context.logger.info("attached \(name) (\(endpoint.ipv4)) to \(network.name)")
+        publisher.announce(reserved, for: name)
         return endpoint
     }
 

@@ -122,14 +122,8 @@ public final class NetworkManager {
         let (network, madeNetwork) = try registry.networkForAttach(request.network, create: request.createNetwork,
                                                                    ip: request.ip, routes: request.routes)
         do {
-            let endpoint = try attachments.attach(request, target: target, to: network)
-            do {
-                try publisher.publish(endpoint: endpoint.name, request.ports, backend: request.portBackend)
-            } catch {
-                _ = try? attachments.detach([endpoint.name])
-                throw error
-            }
-            return endpoint
+            // Its ports are recorded with it and installed as it becomes active.
+            return try attachments.attach(request, target: target, to: network)
         } catch {
             // A network made for this attach alone goes with it: a refused attach changes
             // nothing. (It stays if another endpoint joined it meanwhile.)
@@ -200,6 +194,14 @@ public final class NetworkManager {
     /// Returns the number of map elements installed.
     @discardableResult
     public func reload() throws -> Int { try publisher.reload() }
+
+    /// Rebuilds the table if it is not what state says (someone deleted from it); whether it
+    /// did. Cheap when intact: a few dumps.
+    public func repairFirewall() throws -> Bool { try publisher.repairTable() }
+
+    /// A guard against traffic from the wire to 127/8 that `nft flush ruleset` cannot remove:
+    /// a table owned by the returned object's socket, for as long as it lives.
+    public func ownedGuard() throws -> AnyObject { try publisher.ownedGuard() }
 
     /// Tracked flows of the kernel path (conntrack) per published port: clients of the
     /// port's DNAT share right now.

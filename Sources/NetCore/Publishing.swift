@@ -25,10 +25,7 @@ final class PortPublisher {
         guard !specs.isEmpty else { return [] }
         guard let endpoint = try store.endpoint(named: name) else { throw NetctlError.endpointNotFound(name) }
         guard endpoint.state == .active else { throw NetctlError.endpointNotActive(name) }
-        if try store.network(named: endpoint.network)?.internal == true {
-            throw NetctlError.publishOnInternalNetwork(endpoint: name, network: endpoint.network)
-        }
-        for spec in specs { try checkBackendCanServe(spec, backend: backend, endpoint: endpoint) }
+        try check(specs, backend: backend, on: endpoint)
 
         var kernelChanged = false
         let published: [PublishedPort]
@@ -36,17 +33,8 @@ final class PortPublisher {
           published = try store.transaction {
             // Checked again under the lock: a detach in flight must not get a new element.
             guard try store.endpoint(named: name)?.state == .active else { throw NetctlError.endpointNotActive(name) }
-            var added: [PublishedPort] = []
-            for spec in specs {
-                let p = PublishedPort(endpoint: endpoint.name, proto: spec.proto, hostIP: spec.hostIP,
-                                      hostPort: try chooseHostPort(spec, probing: probing), containerPort: spec.containerPort,
-                                      servesIPv6: endpoint.ipv6 != nil, backend: backend)
-                try store.insert(p, endpointID: endpoint.id)  // the next spec's choice sees it
-                added.append(p)
-            }
-            try commit("publishing ports of \(name)") { batch in
-                PublishRuleset.add(added.flatMap { PortPlan($0, on: endpoint).kernel }, to: &batch)
-            }
+            let added = try reserve(specs, backend: backend, probe: probing, for: endpoint)
+            try install(added, on: endpoint)
             kernelChanged = true
             return added
           }
@@ -56,11 +44,50 @@ final class PortPublisher {
             if kernelChanged { _ = try? syncTable() }
             throw error
         }
+        announce(published, for: name)
+        return published
+    }
+
+    /// What can be refused before any state changes: a port of an internal network's
+    /// endpoint, a mapping the backend cannot serve.
+    func check(_ specs: [PortMapping], backend: PortBackend, on endpoint: Endpoint) throws {
+        guard !specs.isEmpty else { return }
+        if try store.network(named: endpoint.network)?.internal == true {
+            throw NetctlError.publishOnInternalNetwork(endpoint: endpoint.name, network: endpoint.network)
+        }
+        for spec in specs { try checkBackendCanServe(spec, backend: backend, endpoint: endpoint) }
+    }
+
+    /// Records ports of an endpoint, each with its host port chosen: from here on no other
+    /// mapping can take them (the caller holds the state transaction; an attach records them
+    /// with the endpoint, so a burst of attaches is refused for a taken port before it takes
+    /// an address). The kernel learns of them with `install`.
+    func reserve(_ specs: [PortMapping], backend: PortBackend, probe probing: Bool, for endpoint: Endpoint) throws -> [PublishedPort] {
+        var added: [PublishedPort] = []
+        for spec in specs {
+            let p = PublishedPort(endpoint: endpoint.name, proto: spec.proto, hostIP: spec.hostIP,
+                                  hostPort: try chooseHostPort(spec, probing: probing), containerPort: spec.containerPort,
+                                  servesIPv6: endpoint.ipv6 != nil, backend: backend)
+            try store.insert(p, endpointID: endpoint.id)  // the next spec's choice sees it
+            added.append(p)
+        }
+        return added
+    }
+
+    /// The kernel's share of recorded ports, in one batch (the caller holds the transaction).
+    func install(_ ports: [PublishedPort], on endpoint: Endpoint) throws {
+        guard !ports.isEmpty else { return }
+        try commit("publishing ports of \(endpoint.name)") { batch in
+            PublishRuleset.add(ports.flatMap { PortPlan($0, on: endpoint).kernel }, to: &batch)
+        }
+    }
+
+    /// After the state commit: conntrack of the host ports flushed, and a log line.
+    func announce(_ published: [PublishedPort], for name: String) {
         flushConntrack(published)
         for p in published {
             context.logger.info("published \(p.description.split(separator: "\n").joined(separator: ", ")) for \(name)")
         }
-        return published
     }
 
     /// The host port a spec gets (the caller holds the state transaction): its fixed port if
@@ -187,8 +214,10 @@ final class PortPublisher {
     }
 
     /// Every published port with its endpoint and plan.
+    /// Ports of active endpoints: an attach in flight has its ports recorded (reserved) but
+    /// not in the kernel until it is active.
     func plans() throws -> [(port: PublishedPort, endpoint: Endpoint, plan: PortPlan)] {
-        try store.ports().map { ($0.port, $0.endpoint, PortPlan($0.port, on: $0.endpoint)) }
+        try store.ports().filter { $0.endpoint.state == .active }.map { ($0.port, $0.endpoint, PortPlan($0.port, on: $0.endpoint)) }
     }
 
     // MARK: The table (callers of `removePorts` and `commit` hold the state transaction)
@@ -240,6 +269,33 @@ final class PortPublisher {
     }
 
     func reload() throws -> Int { try syncTable() }
+
+    /// Puts the table back if it is not what state says (a chain short of its rules, a map
+    /// short of, or beyond, its elements, the table gone), in one batch; whether it did.
+    /// Read under the state lock, so a change in flight is not mistaken for damage.
+    func repairTable() throws -> Bool {
+        try store.transaction {
+            guard try !store.networks().isEmpty else { return false }
+            let (batch, mappings) = try tableFromState()
+            let intact = try context.wrapKernel { () -> Bool in
+                let firewall = try context.firewall()
+                for (chain, count) in batch.ruleCounts where try firewall.ruleCount(chain: chain) != count { return false }
+                guard let kernel = try firewall.mappings() else { return false }
+                return kernel.count == mappings.count && Set(kernel) == Set(mappings)
+            }
+            guard !intact else { return false }
+            try context.wrapKernel { try context.firewall().commit(batch, "repairing the netctl table") }
+            return true
+        }
+    }
+
+    /// Installs the guard table owned by a new socket (see `PublishRuleset.ownedGuard`);
+    /// it lasts while the returned client does.
+    func ownedGuard() throws -> NftClient {
+        let client = try context.wrapKernel { try NftClient() }
+        try context.wrapKernel { try client.commit(PublishRuleset.ownedGuard(), "installing netctl's owned guard") }
+        return client
+    }
 
     /// Makes sure the guard chain (drops traffic from the wire to 127/8) is in force,
     /// rebuilding the table if a reboot or a flush took it: `route_localnet` may only be on

@@ -1,5 +1,5 @@
 import Glibc
-import NameService
+import Agent
 import NetCore
 import Primitives
 
@@ -14,7 +14,7 @@ import Primitives
 /// (owner "podman"). Addresses are Podman's (`static_ips`). A container's endpoint on a
 /// network is named CONTAINER.NETWORK and answers to the container's name and aliases.
 /// Its ports live on the endpoint that holds its default route (NetCore's rule); names are
-/// served by netctl-dns on the gateways of networks with `dns_enabled`.
+/// served by netctl-agent on the gateways of networks with `dns_enabled`.
 public enum NetavarkBackend {
     public enum Command: Equatable, Sendable {
         case setup(netns: String)
@@ -36,9 +36,9 @@ public enum NetavarkBackend {
     /// Owner of the networks the front end makes (see `Network.owner`).
     public static let owner = "podman"
 
-    /// `nameServer`: the netctl-dns binary, started when a network has names.
+    /// `agent`: the netctl-agent binary (names, the firewall watch), started with the first network.
     public static func run(_ command: Command, stdin: [UInt8], stateDirectory: String,
-                           nameServer: String = NameService.defaultServer(),
+                           agent: String = Agent.defaultBinary(),
                            openManager: (String) throws -> NetworkManager = { try NetworkManager(stateDirectory: $0) }) -> Output {
         do {
             switch command {
@@ -58,7 +58,7 @@ public enum NetavarkBackend {
                 defer { manager.holdSocketsUntilExit() }
                 var operation = Operation(manager: manager, options: options, netns: netns)
                 let status = try operation.setup()
-                return Output(stdout: status.text + "\n", status: 0, stderr: syncNames(manager, nameServer))
+                return Output(stdout: status.text + "\n", status: 0, stderr: syncAgent(manager, agent))
             case .teardown(let netns):
                 let options = try decode(stdin)
                 let manager = try openManager(stateDirectory)
@@ -66,7 +66,7 @@ public enum NetavarkBackend {
                 defer { manager.holdSocketsUntilExit() }
                 let operation = Operation(manager: manager, options: options, netns: netns)
                 let errors = operation.teardown()
-                let warning = syncNames(manager, nameServer)
+                let warning = syncAgent(manager, agent)
                 guard errors.isEmpty else {
                     throw errors.count == 1 ? errors[0] : NetavarkError.several(errors.map { NetavarkError.message($0) })
                 }
@@ -92,13 +92,13 @@ public enum NetavarkBackend {
         guard stat(path, &info) == 0 else { throw NetavarkError.invalidNamespace(path: path, reason: String(cString: strerror(errno))) }
     }
 
-    /// Names as state has them now; a failure is a warning (the network works without).
-    static func syncNames(_ manager: NetworkManager, _ server: String) -> String {
+    /// The agent as state has it now; a failure is a warning (the network works without).
+    static func syncAgent(_ manager: NetworkManager, _ binary: String) -> String {
         do {
-            try NameService.sync(manager, server: server)
+            try Agent.sync(manager, binary: binary)
             return ""
         } catch {
-            return "netctl-netavark: warning: names are not served: \(error)\n"
+            return "netctl-netavark: warning: names are not served and the firewall not watched: \(error)\n"
         }
     }
 }

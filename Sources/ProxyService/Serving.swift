@@ -121,21 +121,3 @@ extension ProxyService {
         }
     }
 }
-
-/// Runs `body` on a new joinable thread (`what` names it in an error).
-func startThread(_ what: String, _ body: @escaping @Sendable () -> Void) throws -> pthread_t {
-    final class Work: Sendable {
-        let body: @Sendable () -> Void
-        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
-    }
-    var thread = pthread_t()
-    let context = Unmanaged.passRetained(Work(body)).toOpaque()
-    let rc = cproc_thread_start(&thread, { raw in
-        Unmanaged<Work>.fromOpaque(raw!).takeRetainedValue().body()
-    }, context)
-    guard rc == 0 else {
-        Unmanaged<Work>.fromOpaque(context).release()
-        throw ServiceError.cannotStartThread(what: what, code: -rc)
-    }
-    return thread
-}

@@ -7,7 +7,7 @@ import Primitives
 import Images
 import Logging
 import NetCore
-import NameService
+import Agent
 import ProxyService
 
 /// What `netctl run` asks for.
@@ -69,8 +69,8 @@ public final class ContainerManager {
     /// The program run as `<monitorExecutable> _monitor --state-dir DIR ID`; it must call
     /// `runMonitor(id:readyFD:)`. Defaults to the running executable (netctl has that command).
     public var monitorExecutable: String
-    /// The name server's binary (`netctl-dns`), started when a container's network has names.
-    public var nameServer = NameService.defaultServer()
+    /// netctl's agent (`netctl-agent`: names, the firewall watch), started with the first network.
+    public var agent = Agent.defaultBinary()
 
     public init(stateDirectory: String = NetworkManager.defaultStateDirectory, monitorExecutable: String? = nil,
                 logger: Logger = Logger(label: "netctl-runtime")) throws {

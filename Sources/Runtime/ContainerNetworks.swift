@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Glibc
+import Agent
 import NameService
 import NetCore
 import Primitives
@@ -106,9 +107,9 @@ extension ContainerManager {
         }
     }
 
-    /// Names as state has them, served from now on (see `NameService.sync`).
+    /// Names as state has them, served from now on (see `Agent.sync`).
     func syncNames() throws {
-        try NameService.sync(network, server: nameServer)
+        try Agent.sync(network, binary: agent)
     }
 
     /// `run`'s networks: the first makes the namespace, the others join it; then the ports,

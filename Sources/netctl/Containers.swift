@@ -2,7 +2,7 @@ import ArgumentParser
 import FoundationEssentials
 import Glibc
 import Logging
-import NameService
+import Agent
 import NetCore
 import Primitives
 import Runtime

@@ -1,7 +1,7 @@
 import ArgumentParser
 import Glibc
 import Images
-import NameService
+import Agent
 import NetCore
 import Netlink
 import Primitives
@@ -107,7 +107,7 @@ func errorLine(_ error: Error) -> String {
     case let e as RuntimeError: text = join(e.description, advice(e))
     case let e as NetlinkError: text = join(e.description, kernelAdvice(e.code))
     case let e as SystemError: text = join(e.description, kernelAdvice(e.code))
-    case NameServiceError.serverMissing: text = join("\(error)", "install netctl-dns there, beside netctl (tools/build-release builds it)")
+    case AgentError.binaryMissing: text = join("\(error)", "install netctl-agent there, beside netctl (tools/build-release builds it)")
     default: text = "\(error)"  // ImageError, ProxyError, ServiceError, NamespaceError, UsageError: facts and advice
     }
     // One line, whatever a message holds (a name with a newline in it, say).

@@ -11,7 +11,7 @@ import Primitives
 import Proxy
 import ProxyService
 import Images
-import NameService
+import Agent
 import Runtime
 
 @main
@@ -59,21 +59,21 @@ struct GlobalOptions: ParsableArguments {
         return manager
     }
 
-    /// After a change of names: the name server answers from it once this returns (and is
-    /// started, or restarted, if a network needs it).
+    /// After a change of networks or names: the agent answers from it once this returns (and
+    /// is started, or restarted, if a network exists).
     func syncNames(_ manager: NetworkManager) throws {
         do {
-            try NameService.sync(manager)
+            try Agent.sync(manager)
         } catch {
             // The change itself stands; what it means for names is said, not hidden.
             writeStandardError("netctl: warning: \(errorLine(error))\n")
         }
     }
 
-    /// The name server is started again if it died: the next command does it, whatever it is.
+    /// The agent is started again if it died: the next command does it, whatever it is.
     func ensureNameServer(_ manager: NetworkManager) {
         do {
-            try NameService.ensureRunning(manager)
+            try Agent.ensureRunning(manager)
         } catch {
             writeStandardError("netctl: warning: \(errorLine(error))\n")
         }
@@ -150,9 +150,11 @@ struct NetworkCommand: ParsableCommand {
 
         func run() throws {
             try reportingErrors {
-                let network = try global.manager().createNetwork(NetworkSpec(
+                let manager = try global.manager()
+                let network = try manager.createNetwork(NetworkSpec(
                     name: name, subnet: subnet, gateway: gateway, bridge: bridge, subnet6: subnet6,
                     gateway6: gateway6, mtu: mtu, internal: `internal`, dns: disableDNS ? false : nil, isolated: isolate))
+                try global.syncNames(manager)  // the agent watches the firewall from the first network on
                 if json { try printJSON(network) } else { print(network.name) }
             }
         }

@@ -116,26 +116,31 @@ struct NamesTests {
         #expect(Date().timeIntervalSince(started) < 6)
     }
 
-    @Test("the server: started by the first command that needs it, back after it is killed, gone when no network needs it")
+    @Test("the agent: started with the first network, back after it is killed, gone with the last network or its state")
     func lifecycle() throws {
         let world = try World()
         let s = world.sandbox
+        try s.netctlOK("endpoints")
+        #expect(s.agent() == nil, "not before a network exists")
         try s.netctlOK("network", "create", "app", "--subnet", "10.73.0.0/24")
-        #expect(s.nameServer() == nil, "not before a network has a name")
+        let first = try #require(s.agent())
         try s.netctlOK("attach", "app", "--new", "c1", "--name", "c1")
-        let first = try #require(s.nameServer())
+        #expect(s.agent() == first)
         kill(first.pid, SIGKILL)
         #expect(eventually { !first.isAlive })
         // The next command, whatever it is, brings it back.
         try s.netctlOK("endpoints")
-        let second = try #require(s.nameServer())
+        let second = try #require(s.agent())
         #expect(second != first)
         #expect(try s.digShort(s.stateDirectory + "/netns/c1", "10.73.0.1", "c1") == ["10.73.0.2"])
         try s.netctlOK("detach", "c1")
-        #expect(eventually { s.nameServer() == nil }, "it stops once no network needs it")
+        #expect(s.agent() == second, "the network is still there")
+        try s.netctlOK("network", "rm", "app")
+        #expect(eventually { s.agent() == nil }, "it stops with the last network")
+        try s.netctlOK("network", "create", "app", "--subnet", "10.73.0.0/24")
         // And when its state is deleted under it (the open database would still read).
         try s.netctlOK("attach", "app", "--new", "c2", "--name", "c2")
-        let third = try #require(s.nameServer())
+        let third = try #require(s.agent())
         for suffix in ["", "-wal", "-shm"] { unlink(s.stateDirectory + "/state.db" + suffix) }
         #expect(eventually { !third.isAlive }, "it stops once its state is gone")
     }
@@ -190,9 +195,9 @@ struct NamesTests {
 }
 
 extension Sandbox {
-    /// The name server serving this sandbox's state, if one runs.
-    func nameServer() -> ProcessIdentity? {
-        guard let text = try? String(contentsOfFile: stateDirectory + "/dns.lock", encoding: .utf8),
+    /// The agent serving this sandbox's state, if one runs.
+    func agent() -> ProcessIdentity? {
+        guard let text = try? String(contentsOfFile: stateDirectory + "/agent.lock", encoding: .utf8),
               let identity = ProcessIdentity(encoded: text.trimmingCharacters(in: .whitespacesAndNewlines)), identity.isAlive else { return nil }
         return identity
     }

@@ -166,7 +166,7 @@ struct PodmanTests {
         #expect(eventually { (try? bed.world.netctlOK("endpoints").stdout.split(separator: "\n").count) == 1 })
     }
 
-    @Test("podman network reload after `nft flush ruleset` brings every published port back; uninstall gives Podman its own netavark")
+    @Test("after `nft flush ruleset` the ports come back by themselves, and with podman network reload; uninstall gives Podman its own netavark")
     func reloadAndUninstall() throws {
         let bed = try PodmanBed()
         let world = bed.world
@@ -174,8 +174,10 @@ struct PodmanTests {
         try bed.podmanOK("run", "-d", "--name", "one", "-p", "8081:80", image)
         try bed.podmanOK("run", "-d", "--name", "two", "-p", "8082:80", image)
         #expect(try world.page(from: world.neighbour, World.hostIP, 8081).contains("netctl 101 tutorial"))
+        // netctl's agent puts the table back by itself; Podman's reload works as well.
         _ = try world.nft("flush", "ruleset")
-        #expect((try? Traffic.httpGet(from: world.neighbour, World.hostIP, 8082)) == nil, "the ports are gone with the ruleset")
+        #expect(try world.page(from: world.neighbour, World.hostIP, 8082).contains("netctl 101 tutorial"))
+        _ = try world.nft("flush", "ruleset")
         try bed.podmanOK("network", "reload", "--all")
         for port: UInt16 in [8081, 8082] {
             #expect(try world.page(from: world.neighbour, World.hostIP, port).contains("netctl 101 tutorial"), "port \(port)")

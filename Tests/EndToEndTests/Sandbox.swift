@@ -28,7 +28,14 @@ final class Sandbox {
         return root.appendingPathComponent(".build/debug/netctl").path
     }()
 
-    init() throws {
+    /// The environment of every netctl the sandbox runs.
+    let netctlEnvironment: [String: String]
+
+    /// `agent` false: netctl starts no agent (for tests that write the kernel's table by hand,
+    /// or look at what `gc` alone does).
+    init(agent: Bool = true) throws {
+        var environment = ["NETCTL_STATE_DIR": ""]
+        if !agent { environment["NETCTL_AGENT"] = "off" }
         guard FileManager.default.isExecutableFile(atPath: Sandbox.netctl) else {
             throw SandboxError("netctl binary not found at \(Sandbox.netctl); run `swift build` first or set NETCTL_BIN")
         }
@@ -39,6 +46,8 @@ final class Sandbox {
         holderInput = pipeFDs[1]
         var template = Array("/tmp/netctl-e2e-XXXXXX".utf8CString)
         stateDirectory = String(cString: mkdtemp(&template)!)
+        environment["NETCTL_STATE_DIR"] = stateDirectory
+        netctlEnvironment = environment
         // Wait until the holder is inside its new namespace.
         let own = try NetworkNamespace.current().identity
         var entered: NetworkNamespace?
@@ -64,7 +73,7 @@ final class Sandbox {
             _ = try? helper.wait(timeout: 5)
         }
         // The name server a command started (its PID is in its lock file).
-        if let text = try? String(contentsOfFile: stateDirectory + "/dns.lock", encoding: .utf8),
+        if let text = try? String(contentsOfFile: stateDirectory + "/agent.lock", encoding: .utf8),
            let identity = ProcessIdentity(encoded: text.trimmingCharacters(in: .whitespacesAndNewlines)), identity.isAlive {
             kill(identity.pid, SIGKILL)
         }
@@ -94,7 +103,7 @@ final class Sandbox {
         defer { close(outFD); close(errFD); unlink(outPath); unlink(errPath) }
         let child = try Child.spawn(["/usr/bin/nsenter", "--target", "\(holder.pid)", "--net", "--mount", "--", executable] + arguments,
                                     stdout: outFD, stderr: errFD,
-                                    environment: environment.merging(["NETCTL_STATE_DIR": stateDirectory]) { $1 })
+                                    environment: environment.merging(netctlEnvironment) { $1 })
         let status = try child.wait(timeout: timeout)
         let stdout = slurp(outPath), stderr = slurp(errPath)
         return Result(status: status, stdout: stdout, stderr: stderr)
@@ -103,7 +112,7 @@ final class Sandbox {
     /// Starts netctl inside the sandbox without waiting (for concurrency tests); output discarded.
     func startNetctl(_ arguments: [String]) throws -> Child {
         try Child.spawn(["/usr/bin/nsenter", "--target", "\(holder.pid)", "--net", "--mount", "--", Sandbox.netctl] + arguments,
-                        environment: ["NETCTL_STATE_DIR": stateDirectory])
+                        environment: netctlEnvironment)
     }
 
     /// Starts netctl inside the sandbox without waiting; its stderr goes to `log` (a path
@@ -113,7 +122,7 @@ final class Sandbox {
         guard fd >= 0 else { throw SandboxError("cannot open \(log)") }
         defer { close(fd) }
         return try Child.spawn(["/usr/bin/nsenter", "--target", "\(holder.pid)", "--net", "--mount", "--", Sandbox.netctl] + arguments,
-                               stderr: fd, environment: ["NETCTL_STATE_DIR": stateDirectory])
+                               stderr: fd, environment: netctlEnvironment)
     }
 
     /// Runs netctl inside the sandbox.
