@@ -136,6 +136,7 @@ final class Attachments {
 
         var endpoint: Endpoint = try store.transaction {
             if try store.endpoint(named: name) != nil { throw NetctlError.endpointExists(name) }
+            try publisher.requireFree(request.ports)
             let leases = try store.leases(network: network.name)
             let ipv4 = try registry.lease(in: network, requested: requestedIP, leases: leases, ipv6: false)!
             let ipv6 = try registry.lease(in: network, requested: requestedIP6, leases: leases, ipv6: true)

@@ -103,6 +103,11 @@ public enum NetctlError: Error, CustomStringConvertible, Equatable {
     case stateUnavailable(path: String, reason: String)
     /// A state database operation failed.
     case state(String)
+    /// The process lacks CAP_NET_ADMIN.
+    case needsPrivilege
+    /// State does not look like the state this directory had (emptied, replaced, rolled
+    /// back): refused for anything that would make the kernel match it.
+    case stateSuspect(path: String, problem: StateProblem)
 
     public var description: String { message(naming: \.plainName) }
 
@@ -202,6 +207,10 @@ public enum NetctlError: Error, CustomStringConvertible, Equatable {
             return unchanged ? "\(error.description); state and the ruleset are unchanged" : error.description
         case .sysctl(let name, let value, let code):
             return "cannot set \(name) to \(value): \(errorMessage(code))"
+        case .needsPrivilege:
+            return "netctl needs root (CAP_NET_ADMIN), and this process does not have it"
+        case .stateSuspect(let path, let problem):
+            return "netctl's state in \(path) cannot be trusted: \(problem); nothing was changed"
         case .stateUnavailable(let path, let reason):
             return "cannot open netctl's state at \(path): \(reason)"
         case .state(let message):
@@ -217,6 +226,27 @@ extension NetctlError {
         case let e as NetlinkError: return NetctlError.kernel(e, unchanged: unchanged)
         case let e as NamespaceError: return NetctlError.namespace(e)
         default: return error
+        }
+    }
+}
+
+/// Why state must not be trusted to reconcile the kernel by (see `StateStore`).
+public enum StateProblem: Equatable, Sendable, CustomStringConvertible {
+    /// The database is empty or new where `writes` changes were recorded.
+    case lost(writes: Int64)
+    /// The database belongs to other state.
+    case replaced
+    /// The database has `writes` changes where `expected` were recorded.
+    case rolledBack(writes: Int64, expected: Int64)
+    /// SQLite cannot read the file (`reason` is SQLite's word for it).
+    case damaged(String)
+
+    public var description: String {
+        switch self {
+        case .lost(let writes): return "state.db is empty or new, but \(writes) changes were recorded here"
+        case .replaced: return "state.db is another state's database than the one recorded here"
+        case .rolledBack(let writes, let expected): return "state.db holds \(writes) changes of the \(expected) recorded here (it was rolled back)"
+        case .damaged(let reason): return "state.db is damaged (\(reason))"
         }
     }
 }

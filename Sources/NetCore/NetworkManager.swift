@@ -50,6 +50,7 @@ public final class NetworkManager {
     public init(stateDirectory: String = NetworkManager.defaultStateDirectory,
                 host: RouteNetlink? = nil, firewall: NetlinkSocket? = nil,
                 logger: Logger = Logger(label: "netctl")) throws {
+        try NetworkManager.requirePrivilege()
         context = try ManagerContext(stateDirectory: stateDirectory, host: host, firewall: firewall, logger: logger)
         publisher = PortPublisher(context)
         registry = NetworkRegistry(context, publisher: publisher)
@@ -59,6 +60,12 @@ public final class NetworkManager {
         if context.store.discardedPreviousBoot {
             logger.notice("state from before the last reboot was discarded; networks will be restored on use")
         }
+    }
+
+    /// Refuses at once without CAP_NET_ADMIN: everything netctl does needs it, and without it
+    /// the kernel's refusals come late and say little (an nftables request times out).
+    public static func requirePrivilege() throws {
+        if !hasEffectiveCapability(12) { throw NetctlError.needsPrivilege }
     }
 
     /// For a short-lived process (a CNI call, a CLI command), before it exits: after a batch
@@ -199,6 +206,13 @@ public final class NetworkManager {
     /// did. Cheap when intact: a few dumps.
     public func repairFirewall() throws -> Bool { try publisher.repairTable() }
 
+    /// Why state cannot be trusted to reconcile the kernel by (see `StateProblem`), if so.
+    public var stateProblem: StateProblem? { context.store.integrityProblem }
+
+    /// Takes state as it is for the truth from now on: after restoring or rebuilding
+    /// state.db on purpose (`netctl gc --accept-state`).
+    public func acceptState() throws { try context.store.acceptState() }
+
     /// A guard against traffic from the wire to 127/8 that `nft flush ruleset` cannot remove:
     /// a table owned by the returned object's socket, for as long as it lives.
     public func ownedGuard() throws -> AnyObject { try publisher.ownedGuard() }
@@ -249,6 +263,16 @@ final class ManagerContext {
         } catch let error as SystemError {
             throw NetctlError.stateUnavailable(path: stateDirectory, reason: error.description)
         }
+        // State someone else could write would let them steer netctl (which gc removes,
+        // what a port maps to): its directory is this user's alone.
+        var info = stat()
+        guard stat(stateDirectory, &info) == 0 else {
+            throw NetctlError.stateUnavailable(path: stateDirectory, reason: errorMessage(errno))
+        }
+        guard info.st_uid == geteuid() else {
+            throw NetctlError.stateUnavailable(path: stateDirectory, reason: "it belongs to user \(info.st_uid), not to this one (\(geteuid()))")
+        }
+        if info.st_mode & 0o077 != 0 { chmod(stateDirectory, 0o700) }
         store = try StateStore(path: stateDirectory + "/state.db")
         do {
             self.host = try host ?? RouteNetlink()

@@ -49,6 +49,7 @@ public struct PortMapping: Codable, Equatable, Hashable, Sendable {
         if body.hasPrefix("[") {
             guard let close = body.firstIndex(of: "]") else { throw fail("unclosed '[' in the host address") }
             hostIP = String(body[body.index(after: body.startIndex)..<close])
+            guard !hostIP.isEmpty else { throw fail("empty host address in '[]' (omit it to publish on all addresses)") }
             let rest = body[body.index(after: close)...]
             guard rest.hasPrefix(":") else { throw fail("expected ':' after the bracketed host address") }
             fields = rest.dropFirst().split(separator: ":", omittingEmptySubsequences: false)
@@ -66,6 +67,14 @@ public struct PortMapping: Codable, Equatable, Hashable, Sendable {
             guard let ip = IPAddress(hostIP) else {
                 throw fail("host address \"\(hostIP)\" is not an IP address (host names are not accepted)")
             }
+            // Addresses no host interface can hold: "this network" (0/8 but 0.0.0.0 itself),
+            // multicast, broadcast.
+            let unassignable: Bool
+            switch ip {
+            case .v4(let v): unassignable = (v >> 24 == 0 && v != 0) || v >> 28 == 0xE || v == .max
+            case .v6(let v): unassignable = v >> 120 == 0xFF
+            }
+            if unassignable { throw fail("host address \(ip) cannot be a host's own address") }
             hostIP = ip.description
         }
 

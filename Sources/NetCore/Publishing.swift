@@ -74,6 +74,12 @@ final class PortPublisher {
         return added
     }
 
+    /// Refuses specs whose host ports mappings already hold (the caller holds the state
+    /// transaction): run before an address is leased, so a taken port is what a refusal names.
+    func requireFree(_ specs: [PortMapping]) throws {
+        for spec in specs { _ = try chooseHostPort(spec, probing: false) }
+    }
+
     /// The kernel's share of recorded ports, in one batch (the caller holds the transaction).
     func install(_ ports: [PublishedPort], on endpoint: Endpoint) throws {
         guard !ports.isEmpty else { return }
@@ -261,7 +267,8 @@ final class PortPublisher {
     /// of map elements.
     @discardableResult
     func syncTable() throws -> Int {
-        try store.transaction {
+        try store.requireTrusted()
+        return try store.transaction {
             let (batch, mappings) = try tableFromState()
             try context.wrapKernel { try context.firewall().commit(batch, "installing the netctl table") }
             return mappings.count
@@ -274,7 +281,8 @@ final class PortPublisher {
     /// short of, or beyond, its elements, the table gone), in one batch; whether it did.
     /// Read under the state lock, so a change in flight is not mistaken for damage.
     func repairTable() throws -> Bool {
-        try store.transaction {
+        try store.requireTrusted()
+        return try store.transaction {
             guard try !store.networks().isEmpty else { return false }
             let (batch, mappings) = try tableFromState()
             let intact = try context.wrapKernel { () -> Bool in
@@ -309,7 +317,8 @@ final class PortPublisher {
     /// in flight is not mistaken for a leftover. Always rebuilt (one atomic batch): rules
     /// someone deleted or added by hand come back as state says, not only the elements.
     func rebuildTable() throws -> (removed: [String], restored: [String]) {
-        try store.transaction {
+        try store.requireTrusted()
+        return try store.transaction {
             let (batch, mappings) = try tableFromState()
             let kernel = try context.wrapKernel { try context.firewall().mappings() }
             if try kernel == nil && mappings.isEmpty && store.networks().isEmpty { return ([], []) }

@@ -22,6 +22,7 @@ final class Reconciler {
     /// mid-operation), deletes links and namespaces netctl made that state doesn't know,
     /// restores missing bridges, and rebuilds the table from state.
     func gc() throws -> GCReport {
+        try store.requireTrusted()
         var report = GCReport()
         // State, kernel, state again. Every netctl link or namespace is recorded in state
         // before it is made, so one seen in the kernel whose record is missing from the read

@@ -40,7 +40,7 @@ final class SQLiteDatabase {
         if sqlite3_exec(handle, sql, nil, nil, &error) != SQLITE_OK {
             let message = error.map { String(cString: $0) } ?? "unknown error"
             sqlite3_free(error)
-            throw NetctlError.state("state database: \(message)")
+            throw damaged(message) ?? NetctlError.state("state database: \(message)")
         }
     }
 
@@ -107,7 +107,17 @@ final class SQLiteDatabase {
     }
 
     private func failure(_ sql: String) -> NetctlError {
-        .state("state database (\(path)): \(String(cString: sqlite3_errmsg(handle)))")
+        let message = String(cString: sqlite3_errmsg(handle))
+        return damaged(message) ?? .state("state database (\(path)): \(message)")
+    }
+
+    /// A file SQLite cannot read as a database is not a passing failure: nothing may be
+    /// reconciled by it, and the advice differs.
+    private func damaged(_ message: String) -> NetctlError? {
+        switch sqlite3_errcode(handle) & 0xff {
+        case SQLITE_CORRUPT, SQLITE_NOTADB: return .stateSuspect(path: path, problem: .damaged(message))
+        default: return nil
+        }
     }
 }
 

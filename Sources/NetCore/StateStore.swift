@@ -9,12 +9,35 @@ final class StateStore {
     let db: SQLiteDatabase
     /// True when this open found state from before a reboot and discarded its endpoints.
     private(set) var discardedPreviousBoot = false
+    /// Why this state must not be trusted to reconcile the kernel by, if it must not.
+    private(set) var integrityProblem: StateProblem?
+
+    /// The state's identity and write count, kept outside the database too (`state.db.generation`),
+    /// so a database emptied, replaced or rolled back under netctl is noticed: every write
+    /// transaction counts one up in both, and the database must never be behind the file.
+    private let mirrorPath: String
+    private var stateID = ""
+    let path: String
+    /// The database file this connection opened (device, inode): a long-lived process must
+    /// not write into a file that was since replaced, nor stamp the new one's mirror.
+    private let opened: (dev_t, ino_t)?
+
+    /// Refuses what would make the kernel match state (gc, rebuilding the table) while state
+    /// cannot be trusted.
+    func requireTrusted() throws {
+        if let problem = integrityProblem { throw NetctlError.stateSuspect(path: path, problem: problem) }
+    }
 
     /// Bumped with every schema change below; kept in SQLite's `user_version`.
     static let schemaVersion: Int64 = 5
 
     init(path: String, bootID: String = currentBootID()) throws {
+        self.path = path
+        mirrorPath = path + ".generation"
         db = try SQLiteDatabase(path: path)
+        opened = StateStore.identity(of: path)
+        // Only root reads the state: it names every container's namespace and address.
+        for file in [path, path + "-wal", path + "-shm"] { chmod(file, 0o600) }
         // Processes opening a new database together (parallel CNI ADDs on a fresh machine)
         // can get "database is locked" at once, without the busy timeout; such an open is
         // tried again for up to 15 s.
@@ -22,6 +45,7 @@ final class StateStore {
         while true {
             do {
                 try prepare(bootID: bootID)
+                try checkIntegrity()
                 return
             } catch where db.lastErrorWasBusy && monotonicNanoseconds() < deadline {
                 usleep(UInt32.random(in: 2_000...20_000))
@@ -140,8 +164,84 @@ final class StateStore {
         CREATE TABLE IF NOT EXISTS relay_claims (scope TEXT PRIMARY KEY, owner TEXT NOT NULL);
         """
 
+    /// A write transaction; it counts one more write (see `mirrorPath`).
     func transaction<T>(_ body: () throws -> T) throws -> T {
-        try db.transaction(body)
+        if let opened, let now = StateStore.identity(of: path), now != opened {
+            throw NetctlError.stateSuspect(path: path, problem: .replaced)
+        }
+        var counted: (id: String, generation: Int64)?
+        let result = try db.transaction {
+            let value = try body()
+            let row = try db.query("UPDATE meta SET value = value + 1 WHERE key = 'generation' RETURNING value").first?.first
+            // The database's own identity, not one remembered from the open: a long-lived
+            // process must not stamp a replaced database's file with its old one.
+            if let generation = row?.int ?? row?.string.flatMap({ Int64($0) }), let id = try meta("state_id") {
+                counted = (id, generation)
+            }
+            return value
+        }
+        if let counted, integrityProblem == nil { writeMirror(counted.generation, id: counted.id) }
+        return result
+    }
+
+    // MARK: Integrity
+
+    private static func identity(of path: String) -> (dev_t, ino_t)? {
+        var st = stat()
+        return stat(path, &st) == 0 ? (st.st_dev, st.st_ino) : nil
+    }
+
+    private func meta(_ key: String) throws -> String? {
+        try db.query("SELECT value FROM meta WHERE key = ?", [.text(key)]).first?.first?.string
+    }
+
+    /// Compares the database with the file beside it (see `mirrorPath`).
+    private func checkIntegrity() throws {
+        let mirror = readFile(mirrorPath).flatMap { text -> (id: String, generation: Int64)? in
+            let parts = text.split(whereSeparator: \.isWhitespace)
+            guard parts.count == 2, let generation = Int64(parts[1]) else { return nil }
+            return (String(parts[0]), generation)
+        }
+        guard let id = try meta("state_id"), let generation = try meta("generation").flatMap({ Int64($0) }) else {
+            if let mirror {
+                // The file says this directory had state; the database has none of it.
+                integrityProblem = .lost(writes: mirror.generation)
+                return
+            }
+            stateID = randomHex(bytes: 8)
+            try db.transaction {
+                try db.run("INSERT OR REPLACE INTO meta(key, value) VALUES ('state_id', ?), ('generation', '0')", [.text(stateID)])
+            }
+            writeMirror(0)
+            return
+        }
+        stateID = id
+        guard let mirror else { return writeMirror(generation) }  // state from before the file existed
+        if mirror.id != id {
+            integrityProblem = .replaced
+        } else if generation < mirror.generation {
+            integrityProblem = .rolledBack(writes: generation, expected: mirror.generation)
+        }
+    }
+
+    private func writeMirror(_ generation: Int64, id: String? = nil) {
+        let fd = open(mirrorPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return }
+        _ = writeAll(fd, Array("\(id ?? stateID) \(generation)\n".utf8))
+        close(fd)
+    }
+
+    /// Takes the database as it is for the truth from now on (`gc --accept-state`).
+    func acceptState() throws {
+        let mirrored = readFile(mirrorPath).flatMap { Int64($0.split(whereSeparator: \.isWhitespace).last ?? "") } ?? 0
+        stateID = try meta("state_id") ?? randomHex(bytes: 8)
+        let generation = max(try meta("generation").flatMap { Int64($0) } ?? 0, mirrored) + 1
+        try db.transaction {
+            try db.run("INSERT OR REPLACE INTO meta(key, value) VALUES ('state_id', ?), ('generation', ?)",
+                       [.text(stateID), .text("\(generation)")])
+        }
+        integrityProblem = nil
+        writeMirror(generation)
     }
 
     /// Reads under one snapshot, without the write lock.

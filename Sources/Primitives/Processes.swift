@@ -68,3 +68,12 @@ public enum Processes {
         return n > 0 ? String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : "/proc/self/exe"
     }
 }
+
+/// Whether this process holds capability number `bit` (linux/capability.h: CAP_NET_ADMIN is
+/// 12) in its effective set, as /proc/self/status says.
+public func hasEffectiveCapability(_ bit: Int) -> Bool {
+    guard let status = readFile("/proc/self/status"),
+          let line = status.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") }),
+          let mask = UInt64(String(line.dropFirst("CapEff:".count).filter { !$0.isWhitespace }), radix: 16) else { return true }
+    return mask & (1 << UInt64(bit)) != 0
+}

@@ -78,6 +78,7 @@ public final class ContainerManager {
         self.stateDirectory = stateDirectory.hasPrefix("/") ? stateDirectory
             : (FileManager.default.currentDirectoryPath + "/" + stateDirectory)
         self.logger = logger
+        try NetworkManager.requirePrivilege()
         if mkdir(stateDirectory, 0o700) != 0 && errno != EEXIST {
             throw RuntimeError.io(what: "cannot create \(stateDirectory)", errno: errno)
         }

@@ -65,8 +65,12 @@ func advice(_ error: NetctlError) -> String? {
     case .relaysClaimed: return "stop it first, or leave them to it"
     case .kernel(let e, let unchanged): return kernelAdvice(e.code) ?? (unchanged ? nil : "run `netctl gc` to bring state and the kernel in line")
     case .sysctl: return "netctl needs root (CAP_NET_ADMIN)"
+    case .needsPrivilege: return "run it as root (sudo netctl ...)"
     case .stateUnavailable: return "netctl needs root; or pass --state-dir DIR (or set $NETCTL_STATE_DIR) for a directory it may write"
     case .state: return "if it persists, look at the state directory (--state-dir) or run `netctl gc`"
+    case .stateSuspect(_, .damaged):
+        return "restore state.db from a copy; or move it aside and run `netctl gc --accept-state` to start from empty state (gc then removes what it no longer knows)"
+    case .stateSuspect: return "if state.db was restored or rebuilt on purpose, run `netctl gc --accept-state`; otherwise put the right state.db back first"
     }
 }
 

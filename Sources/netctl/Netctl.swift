@@ -346,11 +346,17 @@ struct GC: ParsableCommand {
         abstract: "Reconcile state with the kernel: remove leftovers, drop endpoints whose namespace is gone.")
     @OptionGroup var global: GlobalOptions
     @Flag(help: "Print the report as JSON.") var json = false
+    @Flag(help: "Take state.db as it is for the truth (after restoring or rebuilding it on purpose), then reconcile.")
+    var acceptState = false
 
     func run() throws {
         try reportingErrors {
-            // Containers whose monitor died first: their release detaches their endpoints.
             let manager = try global.containers()
+            if acceptState { try manager.network.acceptState() }
+            if let problem = manager.network.stateProblem {
+                throw NetctlError.stateSuspect(path: manager.network.stateDirectory + "/state.db", problem: problem)
+            }
+            // Containers whose monitor died first: their release detaches their endpoints.
             let containers = try manager.gc()
             let report = try manager.network.gc()
             try global.syncNames(manager.network)

@@ -197,15 +197,21 @@ final class Sandbox {
         Dictionary(uniqueKeysWithValues: try RouteNetlink.open(in: hostNamespace).links().map { ($0.name, $0) })
     }
 
-    /// What a failed command must leave untouched: links, addresses, endpoints, networks, namespaces.
+    /// What a failed command must leave untouched: links, addresses, endpoints, networks,
+    /// namespaces, netctl's nftables table and the sysctls netctl sets.
     func snapshot() throws -> String {
+        let table = try run("/usr/sbin/nft", ["list", "table", "inet", "netctl"])
+        // No table yet is a state too; any other failure of nft is the test's to see.
+        guard table.ok || table.stderr.contains("No such file or directory") else { throw SandboxError("nft list failed: \(table.stderr)") }
+        let sysctls = try run("/bin/sh", ["-c", "grep -r . /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/conf/*/route_localnet "
+                                              + "/proc/sys/net/ipv6/conf/all/forwarding /proc/sys/net/bridge 2>/dev/null; true"])
         let rt = try RouteNetlink.open(in: hostNamespace)
         let links = try rt.links().map { "\($0.name) up=\($0.isUp) master=\($0.master ?? 0)" }.sorted()
         let addresses = try rt.addresses().map { "\($0.index) \($0.address)/\($0.prefixLength)" }.sorted()
         let networks = try run(Sandbox.netctl, ["network", "ls", "--json"]).stdout
         let endpoints = try run(Sandbox.netctl, ["endpoints", "--json"]).stdout
         let namespaces = (try? FileManager.default.contentsOfDirectory(atPath: outsidePath(stateDirectory + "/netns")))?.sorted() ?? []
-        return ([links, addresses, [networks, endpoints], namespaces] as [[String]]).map { $0.joined(separator: "\n") }
+        return ([links, addresses, [networks, endpoints], namespaces, [table.stdout, sysctls.stdout]] as [[String]]).map { $0.joined(separator: "\n") }
             .joined(separator: "\n--\n")
     }
 }

@@ -45,6 +45,11 @@ struct PortSpecTests {
         ("[::1:80:80", "unclosed '['"),
         ("[::1]80:80", "expected ':' after the bracketed host address"),
         ("8080:+80", "is not a port"),
+        ("[]:1:1", "empty host address"),
+        ("0.0.80.0:2:1", "cannot be a host's own address"),
+        ("224.0.0.1:80:80", "cannot be a host's own address"),
+        ("255.255.255.255:80:80", "cannot be a host's own address"),
+        ("[ff02::1]:80:80", "cannot be a host's own address"),
     ] as [(String, String)])
     func refused(_ spec: String, _ reason: String) {
         do {
