@@ -158,7 +158,9 @@ extension Worker {
         guard slot < connections.count, connections[slot].inUse, connections[slot].generation & 0x7fff_ffff == generation else { return }
         if connections[slot].establishing {
             // Client events wait: whatever the client sent is relayed once the backend answers.
+            // A client reset (or closed both ways) before that is gone: so is the attempt.
             guard backend else {
+                if events & Worker.goneEvents != 0 { return reset(slot, both: true) }
                 connections[slot].clientWaiting |= events
                 return
             }
@@ -186,6 +188,18 @@ extension Worker {
         pump(slot, up: closed || (backend ? (writable && into.pending > 0) : readable),
              down: closed || (backend ? readable : (writable && into.pending > 0)), hangup: hangup,
              finishing: finishing ? (backend ? .down : .up) : nil)
+        if events & Worker.goneEvents != 0 { dropIfGone(slot, generation: connections[slot].generation, backend: backend) }
+    }
+
+    /// A side that reported EPOLLHUP or EPOLLERR while bytes could still go to it was reset
+    /// (HUP without our own FIN sent to it means its state is CLOSE): nothing more can reach
+    /// it, so the other side gets a reset now instead of being held open. Without this, a
+    /// client that resets while its backend stays silent kept both descriptors for good.
+    private func dropIfGone(_ slot: Int, generation: UInt32, backend: Bool) {
+        guard connections[slot].inUse, connections[slot].generation == generation else { return }  // finished meanwhile
+        if backend ? !connections[slot].up.shut : !connections[slot].down.shut {
+            reset(slot, toBackend: !backend)
+        }
     }
 
     private func established(_ slot: Int, backendEvents: UInt32) {
@@ -196,8 +210,10 @@ extension Worker {
         // Only what is known to be waiting: no calls that would just say EAGAIN. A short read
         // ends a side's reading unless its FIN (or an error) was among the edges that came.
         let client = connections[slot].clientWaiting
+        let generation = connections[slot].generation
         pump(slot, up: client != 0, down: backendEvents & EPOLLIN.rawValue != 0,
              hangup: (client | backendEvents) & Worker.hangupEvents != 0)
+        if backendEvents & Worker.goneEvents != 0 { dropIfGone(slot, generation: generation, backend: true) }
     }
 
     /// The backend refused or never answered: the client gets a reset at once.
@@ -220,7 +236,7 @@ extension Worker {
         let counters = connections[slot].counters
         if up {
             switch pump(&connections[slot].up, from: client, to: backend, hangup: hangup, otherShut: connections[slot].down.shut,
-                        last: finishing == .up) {
+                        last: finishing == .up, boundFIN: true) {
             case .moved(let bytes): if bytes > 0 { counters?.add(.bytesIn, UInt64(bytes)) }
             case .sourceFailed: return reset(slot, toBackend: true)
             case .destinationFailed: return reset(slot, toBackend: false)
@@ -255,7 +271,7 @@ extension Worker {
     /// has arrived, so the bytes moved now are its last; they are sent with MSG_MORE and the
     /// FIN that follows at once leaves in the same segment.
     private func pump(_ d: inout Connection.Direction, from source: Int32, to destination: Int32,
-                      hangup: Bool = true, otherShut: Bool = false, last: Bool = false) -> PumpResult {
+                      hangup: Bool = true, otherShut: Bool = false, last: Bool = false, boundFIN: Bool = false) -> PumpResult {
         var moved = 0
         let capacity = options.pipeSize
         let threshold = options.copyThreshold
@@ -317,7 +333,16 @@ extension Worker {
             d.pipe = nil
         }
         if d.ended && d.pending == 0 && !d.shut {
-            if !otherShut { shutdown(destination, Int32(SHUT_WR)) }  // else close(2) sends the FIN
+            if !otherShut {
+                shutdown(destination, Int32(SHUT_WR))  // else close(2) sends the FIN
+                if boundFIN {
+                    // A backend whose kernel never acknowledges this FIN (or the bytes before
+                    // it) would hold the connection's descriptors for good: the socket fails
+                    // after this long instead, and the client is reset.
+                    var limit = Worker.unacknowledgedLimitMilliseconds
+                    setsockopt(destination, Int32(IPPROTO_TCP), TCP_USER_TIMEOUT, &limit, socklen_t(MemoryLayout<UInt32>.size))
+                }
+            }
             d.shut = true
         }
         return .moved(moved)

@@ -130,6 +130,10 @@ final class Worker {
     static let edgeRead = EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLET.rawValue
     /// Events after which a side is read to EOF or EAGAIN, not just to a short read.
     static let hangupEvents = EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue
+    /// A socket reset, or closed both ways.
+    static let goneEvents = EPOLLHUP.rawValue | EPOLLERR.rawValue
+    /// How long a backend may leave the proxy's FIN (and bytes before it) unacknowledged.
+    static var unacknowledgedLimitMilliseconds: UInt32 { 30_000 }
 
     func watch(_ fd: Int32, _ token: UInt64, _ events: UInt32, change: Bool = false) {
         var event = epoll_event()

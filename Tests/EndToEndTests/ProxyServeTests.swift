@@ -1,4 +1,5 @@
 import Foundation
+import Primitives
 import Glibc
 import Netlink
 import Proxy
@@ -41,18 +42,25 @@ struct ProxyServeTests {
         #expect(reply?.payload == Array("cba".utf8) && reply?.from == World.hostIP6)
 
         // A mapping added and one removed while serve runs: picked up without a restart.
-        try s.netctlOK("port", "add", "c1", "--backend", "proxy", "127.0.0.1:9090:\(backendPort)", "5301:\(backendPort)/udp")
+        try s.netctlOK("port", "add", "c1", "--backend", "proxy", "127.0.0.1:9090:\(backendPort)", "5301:\(backendPort)/udp",
+                       "127.0.0.1:5302:5353/udp")
         #expect(eventually { echo("127.0.0.1", 9090) == "hi 127.0.0.1" })
         try s.netctlOK("port", "rm", "c1", "[::1]:8080:\(backendPort)")
         #expect(eventually { echo("::1", 8080) == nil })
 
-        // The 127.0.0.1 guard holds on the proxy path too: not from the LAN, not by crafted packets.
+        // The 127.0.0.1 guard holds on the proxy path too: not from the LAN at the host's
+        // address (the host's own 127.0.0.1 reaches it, above), not by packets crafted to
+        // 127.0.0.1 from the LAN, while the same port answers the host's own 127.0.0.1.
         #expect(echo(World.hostIP, 9090, from: world.neighbour) == nil)
         let quiet = try Traffic.udpSocket(in: c1, port: 5353)
         defer { close(quiet.fd) }
         try Traffic.craftedUDP(in: world.neighbour, interface: world.neighbourInterface, to: world.uplinkMAC,
-                               source: World.neighbourIP, destination: "127.0.0.1", port: 5301, payload: Array("attack".utf8))
+                               source: World.neighbourIP, destination: "127.0.0.1", port: 5302, payload: Array("attack".utf8))
         #expect(Traffic.receiveUDP(quiet.fd) == nil)
+        let local = try Traffic.udpSocket(in: s.hostNamespace)
+        defer { close(local.fd) }
+        try Traffic.sendUDP(local.fd, to: "127.0.0.1", port: 5302, Array("control".utf8))
+        #expect(Traffic.receiveUDP(quiet.fd)?.payload == Array("control".utf8), "the control datagram must arrive")
 
         // Counters: `port stats` (from the stats file) and the Prometheus endpoint.
         #expect(try eventually {
@@ -84,8 +92,16 @@ struct ProxyServeTests {
         #expect(echo("127.0.0.1", 9090) == "hi 127.0.0.1")
         #expect(eventually(5) { statsFile() != before })
 
-        // SIGTERM: drains, exits 0, leaves nothing listening.
+        // SIGTERM with a transfer in flight: no new connections, the open one finishes whole
+        // within the drain time, then exit 0 with nothing listening.
+        let inFlight = try Client.connect(in: s.hostNamespace, to: "127.0.0.1", port: 9090, timeout: 2)
+        defer { close(inFlight) }
+        #expect(Client.sendAll(inFlight, Array("first half, ".utf8)))
         serve.kill(SIGTERM)
+        #expect(eventually(2) { echo("127.0.0.1", 9090) == nil })
+        #expect(Client.sendAll(inFlight, Array("second half".utf8)))
+        shutdown(inFlight, Int32(SHUT_WR))
+        #expect(String(decoding: Client.readAll(inFlight).bytes, as: UTF8.self) == "first half, second half")
         #expect(try serve.wait(timeout: 10) == 0)
         #expect(echo("127.0.0.1", 9090) == nil)
     }
@@ -192,5 +208,66 @@ struct ProxyDescriptorTests {
         #expect(Client.sendAll(again, Array("back".utf8)))
         shutdown(again, Int32(SHUT_WR))
         #expect(String(decoding: Client.readAll(again).bytes, as: UTF8.self) == "back")
+    }
+}
+
+extension ProxyDescriptorTests {
+    /// Sockets a process holds.
+    func sockets(_ pid: Int32) -> Int {
+        let directory = "/proc/\(pid)/fd"
+        return ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter {
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: directory + "/" + $0))?.hasPrefix("socket:") == true
+        }.count
+    }
+
+    @Test("clients that reset against a backend that never answers, and a backend that dies: the proxy's sockets back to baseline")
+    func resetFlood() throws {
+        let world = try World()
+        let s = world.sandbox
+        try s.netctlOK("network", "create", "web", "--subnet", "10.90.0.0/24")
+        try s.netctlOK("attach", "web", "--new", "c1", "--name", "c1")
+        // A backend that accepts nothing: its kernel completes 17 handshakes (backlog 16), then
+        // drops SYNs. The proxy's connects to it hang or complete and hear nothing back.
+        var silent = try Traffic.listen(in: try world.container("c1"), port: 7000)
+        defer { close(silent.fd) }
+        try s.netctlOK("port", "add", "c1", "--backend", "proxy", "127.0.0.1:9400:7000")
+        let serve = try s.startNetctl(["proxy", "serve", "--drain", "0"])
+        defer { serve.kill(); _ = try? serve.wait(timeout: 10) }
+        #expect(eventually(10) { (try? Client.connect(in: s.hostNamespace, to: "127.0.0.1", port: 9400, timeout: 1)).map { close($0) } != nil })
+        // The trial connection's sockets let go (its client closed; its backend stays silent).
+        var baseline = sockets(serve.pid)
+        _ = eventually(5) { usleep(300_000); defer { baseline = sockets(serve.pid) }; return sockets(serve.pid) == baseline }
+
+        // 2,000 clients, each connect, then close with SO_LINGER 0 (a reset). Bounded in time.
+        let started = Date()
+        let sent = try s.hostNamespace.run { () -> Int in
+            var count = 0
+            while count < 2_000 && Date().timeIntervalSince(started) < 30 {
+                let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+                guard fd >= 0 else { break }
+                let rc = SocketAddress(IPAddress("127.0.0.1")!, 9400).withSockaddr { connect(fd, $0, $1) }
+                var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+                setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+                close(fd)
+                if rc == 0 { count += 1 }
+            }
+            return count
+        }
+        #expect(sent == 2_000)
+        #expect(eventually(5) { sockets(serve.pid) <= baseline }, "\(sockets(serve.pid)) sockets held 5 s after the flood, \(baseline) before")
+
+        // Clients that stay, relayed to the silent backend; then the backend dies (its kernel
+        // resets the connections it never accepted): the clients are reset and let go.
+        close(silent.fd)
+        silent = try Traffic.listen(in: try world.container("c1"), port: 7000)
+        var clients: [Int32] = []
+        defer { clients.forEach { close($0) } }
+        for _ in 0..<10 { clients.append(try Client.connect(in: s.hostNamespace, to: "127.0.0.1", port: 9400, timeout: 2)) }
+        #expect(eventually(5) { sockets(serve.pid) >= baseline + 10 }, "\(sockets(serve.pid)) sockets for 10 clients, \(baseline) before")
+        close(silent.fd)
+        #expect(eventually(5) { sockets(serve.pid) <= baseline }, "\(sockets(serve.pid)) sockets held after the backend died, \(baseline) before")
+        var byte: UInt8 = 0
+        #expect(clients.allSatisfy { recv($0, &byte, 1, 0) <= 0 }, "every client is told (EOF or reset)")
+        silent = try Traffic.listen(in: try world.container("c1"), port: 7000)  // for the deferred close
     }
 }

@@ -87,9 +87,20 @@ enum Traffic {
         return String(text[split.upperBound...])
     }
 
-    /// Whether a TCP connection from `namespace` to address:port is refused or times out.
-    static func tcpBlocked(from namespace: NetworkNamespace, to address: String, port: UInt16, listener: Int32) -> Bool {
-        (try? roundTrip(from: namespace, to: address, port: port, listener: listener, timeout: 1)) == nil
+    /// Whether a TCP connection from `namespace` to address:port is refused, unreachable or
+    /// times out (false if it connects to anything); any other failure is the test's own and
+    /// thrown, so a mistyped address never passes for a blocked one.
+    static func tcpBlocked(from namespace: NetworkNamespace, to address: String, port: UInt16) throws -> Bool {
+        let client = try namespace.run { socket(address.contains(":") ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        guard client >= 0 else { throw SandboxError("socket: \(errno)") }
+        defer { close(client) }
+        setTimeouts(client, seconds: 1)
+        var target = try sockaddr(address, port: port)
+        if withSockaddr(&target, { connect(client, $0, $1) }) == 0 { return false }
+        switch errno {
+        case ECONNREFUSED, ETIMEDOUT, EINPROGRESS, EAGAIN, EHOSTUNREACH, ENETUNREACH: return true
+        case let code: throw SandboxError("connect to \(address):\(port) failed: \(String(cString: strerror(code)))")
+        }
     }
 
     // MARK: UDP
