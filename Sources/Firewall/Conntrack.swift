@@ -29,6 +29,16 @@ public final class ConntrackClient {
         public var destinationPort: UInt16
         /// The raw CTA_TUPLE_ORIG attribute, sent back to delete exactly this entry.
         var tuple: [UInt8]
+
+        /// An entry as a dump would give it (`tuple` empty: for deciding which to delete).
+        public init(family: UInt8, proto: UInt8, source: IPAddress?, destination: IPAddress?, destinationPort: UInt16) {
+            self.init(family: family, proto: proto, source: source, destination: destination, destinationPort: destinationPort, tuple: [])
+        }
+
+        init(family: UInt8, proto: UInt8, source: IPAddress?, destination: IPAddress?, destinationPort: UInt16, tuple: [UInt8]) {
+            self.family = family; self.proto = proto; self.source = source; self.destination = destination
+            self.destinationPort = destinationPort; self.tuple = tuple
+        }
     }
 
     static func messageType(_ message: cntl_msg_types) -> UInt16 {
@@ -61,15 +71,8 @@ public final class ConntrackClient {
                      tuple: tuple)
     }
 
-    /// Deletes every entry whose original destination is the host port (and host address,
-    /// when given). Returns how many went; an entry that expired meanwhile is not an error.
-    @discardableResult
-    public func flush(proto: UInt8, hostPort: UInt16, hostIP: IPAddress? = nil) throws -> Int {
-        try flush(entries().filter {
-            $0.proto == proto && $0.destinationPort == hostPort && (hostIP == nil || $0.destination == hostIP)
-        })
-    }
-
+    /// Deletes these entries, each by its own tuple. Returns how many went; an entry that
+    /// expired meanwhile is not an error.
     @discardableResult
     public func flush(_ entries: [Entry]) throws -> Int {
         guard !entries.isEmpty else { return 0 }

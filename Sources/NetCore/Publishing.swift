@@ -357,6 +357,22 @@ final class PortPublisher {
         return result
     }
 
+    /// The tracked UDP flows that are clients of these ports: addressed to this host (`local`,
+    /// or loopback) on a host port, at the port's own address when it has one. A container's
+    /// outbound flow to some server's port 53 is not one and must survive.
+    static func staleFlows(_ entries: [ConntrackClient.Entry], of ports: [PublishedPort], local: Set<IPAddress>) -> [ConntrackClient.Entry] {
+        entries.filter { entry in
+            guard entry.proto == UInt8(IPPROTO_UDP), isAddressedToHost(entry, local: local), let destination = entry.destination else {
+                return false
+            }
+            return ports.contains { p in
+                guard p.proto == .udp, p.hostPort == entry.destinationPort else { return false }
+                if case .address(let ip) = HostScope(p.hostIP) { return destination == ip }
+                return true
+            }
+        }
+    }
+
     /// Drops UDP conntrack entries for the host ports, so a client that never pauses is
     /// not left pinned to the old target. Best effort: the mapping change itself stands.
     func flushConntrack(_ ports: [PublishedPort]) {
@@ -367,17 +383,7 @@ final class PortPublisher {
             let entries = try client.entries()
             // Only flows addressed to this host: a container's outbound flow to some server's
             // port 53 or 443 is not a client of the mapping and must survive.
-            let local = try localAddresses()
-            let stale = entries.filter { entry in
-                guard entry.proto == UInt8(IPPROTO_UDP), PortPublisher.isAddressedToHost(entry, local: local),
-                      let destination = entry.destination else { return false }
-                return udp.contains { p in
-                    guard p.hostPort == entry.destinationPort else { return false }
-                    if case .address(let ip) = HostScope(p.hostIP) { return destination == ip }
-                    return true
-                }
-            }
-            let removed = try client.flush(stale)
+            let removed = try client.flush(PortPublisher.staleFlows(entries, of: udp, local: try localAddresses()))
             if removed > 0 { context.logger.debug("flushed \(removed) UDP conntrack entries") }
         } catch {
             context.logger.warning("could not flush UDP conntrack entries: \(error)")

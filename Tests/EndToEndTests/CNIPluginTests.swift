@@ -121,7 +121,7 @@ private func leftovers(_ s: Sandbox) throws -> (links: [String], endpoints: Stri
     _ = try waitForRetiredLinks(s)
     let links = try s.hostLinks().keys.filter { $0.hasPrefix("nc") && !$0.hasPrefix("nc-") }.sorted()
     let endpoints = try s.netctlOK("endpoints", "--json").stdout
-    let table = try s.run("/usr/sbin/nft", ["list", "map", "inet", "netctl", "v4_any"]).stdout
+    let table = try s.nftList("map", "inet", "netctl", "v4_any")
     return (links, endpoints, table)
 }
 

@@ -7,7 +7,6 @@ import Testing
 
 @Suite("End to end: the nftables DNAT table", .enabled(if: Sandbox.isRoot, "needs root for namespaces and nftables"))
 struct DNATTests {
-    static let golden = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("golden")
 
     @Test("the generated table, as nft lists it, matches the golden file; a mapping carries real traffic")
     func goldenAndTraffic() throws {
@@ -31,11 +30,7 @@ struct DNATTests {
 
         let listed = try sandbox.run("/usr/sbin/nft", ["list", "table", "inet", "netctl"])
         #expect(listed.ok, "\(listed.stderr)")
-        let goldenFile = DNATTests.golden.appendingPathComponent("publish-table.nft").path
-        if ProcessInfo.processInfo.environment["NETCTL_UPDATE_GOLDEN"] == "1" {
-            try listed.stdout.write(toFile: goldenFile, atomically: true, encoding: .utf8)
-        }
-        #expect(listed.stdout == (try String(contentsOfFile: goldenFile, encoding: .utf8)))
+        try Golden.expect(listed.stdout, matches: "publish-table.nft")
 
         // Host -> its own address on the published port: the output hook DNATs to the container.
         #expect(try Traffic.roundTrip(from: sandbox.hostNamespace, to: "10.90.0.1", port: 18080, listener: listener.fd) == "10.90.0.1")

@@ -3,18 +3,11 @@ import Testing
 
 /// The generated ruleset for a matrix of configurations, as `nft list table` prints it,
 /// against checked-in files: every change to the rules shows up in review.
-/// Regenerate with NETCTL_UPDATE_GOLDEN=1 after an intended change.
+/// Regenerate with `tools/update-golden` after an intended change.
 @Suite("End to end: golden rulesets", .enabled(if: Sandbox.isRoot, "needs root for namespaces and nftables"))
 struct GoldenTests {
-    static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("golden")
-
     func check(_ world: World, against name: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
-        let listed = try world.nft("list", "table", "inet", "netctl")
-        let file = GoldenTests.directory.appendingPathComponent("\(name).nft").path
-        if ProcessInfo.processInfo.environment["NETCTL_UPDATE_GOLDEN"] == "1" {
-            try listed.write(toFile: file, atomically: true, encoding: .utf8)
-        }
-        #expect(listed == (try String(contentsOfFile: file, encoding: .utf8)), "\(name).nft differs", sourceLocation: sourceLocation)
+        try Golden.expect(try world.nft("list", "table", "inet", "netctl"), matches: "\(name).nft", sourceLocation: sourceLocation)
     }
 
     @Test("one IPv4 network: all-address, 127.0.0.1, UDP, range and SCTP mappings")

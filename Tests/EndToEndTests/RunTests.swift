@@ -32,7 +32,7 @@ extension World {
 
     /// `ps --json`, by container name.
     func containers() throws -> [String: [String: Any]] {
-        let records = try sandbox.json("ps", "-a") as? [[String: Any]] ?? []
+        guard let records = try sandbox.json("ps", "-a") as? [[String: Any]] else { throw SandboxError("ps -a --json is not a list") }
         return Dictionary(uniqueKeysWithValues: records.map { ($0["name"] as! String, $0) })
     }
 
@@ -49,7 +49,7 @@ extension World {
         for link in try RouteNetlink.open(in: sandbox.hostNamespace).links() where !["lo", "uplink0", "netctl0"].contains(link.name) {
             found.append("link \(link.name)")
         }
-        let table = (try? nft("list", "table", "inet", "netctl")) ?? ""
+        let table = try sandbox.nftList("table", "inet", "netctl")
         // Map elements read "elements = { tcp . 8080 : 172.17.0.2 . 80 }"; the bridges set stays with its network.
         for line in table.split(separator: "\n") where line.contains("elements = ") && line.contains(" : ") {
             found.append("map elements \(line.trimmingCharacters(in: .whitespaces))")
@@ -61,8 +61,10 @@ extension World {
             if state != "Z" { found.append("process \(pid)") }
         }
         let runc = try sandbox.run("/usr/sbin/runc", ["--root", sandbox.stateDirectory + "/runc", "list", "-q"])
+        // runc lists an absent root as empty; a failure is not "nothing left".
+        guard runc.ok else { throw SandboxError("runc list failed: \(runc.stderr)") }
         if !runc.stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty { found.append("runc containers: \(runc.stdout)") }
-        let namespaces = (try? FileManager.default.contentsOfDirectory(atPath: sandbox.stateDirectory + "/netns")) ?? []
+        let namespaces = try FileManager.default.contentsOfDirectory(atPath: sandbox.stateDirectory + "/netns")
         if !namespaces.isEmpty { found.append("namespaces \(namespaces)") }
         return found
     }

@@ -197,12 +197,21 @@ final class Sandbox {
         Dictionary(uniqueKeysWithValues: try RouteNetlink.open(in: hostNamespace).links().map { ($0.name, $0) })
     }
 
+    /// `nft list ...` of netctl's objects: "" when they do not exist; any other failure of
+    /// nft is thrown, so a check of what is left never passes because nft could not look.
+    func nftList(_ arguments: String...) throws -> String {
+        let result = try run("/usr/sbin/nft", ["list"] + arguments)
+        if result.ok { return result.stdout }
+        guard result.stderr.contains("No such file or directory") else {
+            throw SandboxError("nft list \(arguments.joined(separator: " ")) failed: \(result.stderr)")
+        }
+        return ""
+    }
+
     /// What a failed command must leave untouched: links, addresses, endpoints, networks,
     /// namespaces, netctl's nftables table and the sysctls netctl sets.
     func snapshot() throws -> String {
-        let table = try run("/usr/sbin/nft", ["list", "table", "inet", "netctl"])
-        // No table yet is a state too; any other failure of nft is the test's to see.
-        guard table.ok || table.stderr.contains("No such file or directory") else { throw SandboxError("nft list failed: \(table.stderr)") }
+        let table = try nftList("table", "inet", "netctl")
         let sysctls = try run("/bin/sh", ["-c", "grep -r . /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/conf/*/route_localnet "
                                               + "/proc/sys/net/ipv6/conf/all/forwarding /proc/sys/net/bridge 2>/dev/null; true"])
         let rt = try RouteNetlink.open(in: hostNamespace)
@@ -210,8 +219,8 @@ final class Sandbox {
         let addresses = try rt.addresses().map { "\($0.index) \($0.address)/\($0.prefixLength)" }.sorted()
         let networks = try run(Sandbox.netctl, ["network", "ls", "--json"]).stdout
         let endpoints = try run(Sandbox.netctl, ["endpoints", "--json"]).stdout
-        let namespaces = (try? FileManager.default.contentsOfDirectory(atPath: outsidePath(stateDirectory + "/netns")))?.sorted() ?? []
-        return ([links, addresses, [networks, endpoints], namespaces, [table.stdout, sysctls.stdout]] as [[String]]).map { $0.joined(separator: "\n") }
+        let namespaces = try FileManager.default.contentsOfDirectory(atPath: outsidePath(stateDirectory + "/netns")).sorted()
+        return ([links, addresses, [networks, endpoints], namespaces, [table, sysctls.stdout]] as [[String]]).map { $0.joined(separator: "\n") }
             .joined(separator: "\n--\n")
     }
 }

@@ -137,3 +137,32 @@ struct RelayClaimTests {
         }
     }
 }
+
+@Suite("Which conntrack entries a port change flushes (the filter production runs)")
+struct StaleFlowTests {
+    func entry(_ destination: String, _ port: UInt16, proto: Int = Int(IPPROTO_UDP)) -> ConntrackClient.Entry {
+        let ip = IPAddress(destination)!
+        return ConntrackClient.Entry(family: UInt8(ip.isIPv4 ? AF_INET : AF_INET6), proto: UInt8(proto),
+                                     source: IPAddress("10.90.0.2"), destination: ip, destinationPort: port)
+    }
+
+    @Test("clients of the host port go; a container's own flows, other ports, TCP and other addresses stay")
+    func filter() {
+        let local: Set = [IPAddress("192.0.2.1")!, IPAddress("192.0.2.2")!]
+        let all = PublishedPort(endpoint: "web1", proto: .udp, hostIP: "", hostPort: 5353, containerPort: 53)
+        let bound = PublishedPort(endpoint: "web1", proto: .udp, hostIP: "192.0.2.2", hostPort: 6000, containerPort: 53)
+        let entries = [
+            entry("192.0.2.1", 5353),                   // a client of 5353 on the host's address: goes
+            entry("127.0.0.1", 5353),                   // from the host itself: goes
+            entry("::1", 5353),                         // from the host itself, IPv6: goes
+            entry("8.8.8.8", 5353),                     // a container's flow out to some server: stays
+            entry("192.0.2.1", 5354),                   // another port: stays
+            entry("192.0.2.1", 5353, proto: Int(IPPROTO_TCP)),  // TCP: stays
+            entry("192.0.2.2", 6000),                   // the bound port's own address: goes
+            entry("192.0.2.1", 6000),                   // the bound port on another host address: stays
+        ]
+        let stale = PortPublisher.staleFlows(entries, of: [all, bound], local: local)
+        #expect(stale == [entries[0], entries[1], entries[2], entries[6]])
+        #expect(PortPublisher.staleFlows(entries, of: [], local: local).isEmpty)
+    }
+}
