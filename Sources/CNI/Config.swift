@@ -1,3 +1,4 @@
+import Glibc
 import Primitives
 import NetCore
 
@@ -25,7 +26,7 @@ public struct CNIEnvironment: Equatable {
             throw invalid("CNI_COMMAND is not set; set it to ADD, DEL, CHECK, STATUS, GC or VERSION")
         }
         guard let command = Command(rawValue: raw) else {
-            throw invalid("unknown CNI_COMMAND \"\(raw)\"; use ADD, DEL, CHECK, STATUS, GC or VERSION")
+            throw invalid("unknown CNI_COMMAND \(quoted(raw)); use ADD, DEL, CHECK, STATUS, GC or VERSION")
         }
         self.command = command
         func value(_ name: String) -> String? { env[name].flatMap { $0.isEmpty ? nil : $0 } }
@@ -35,7 +36,7 @@ public struct CNIEnvironment: Equatable {
         args = [:]
         for pair in (env["CNI_ARGS"] ?? "").split(separator: ";") where !pair.isEmpty {
             guard let eq = pair.firstIndex(of: "="), eq != pair.startIndex else {
-                throw invalid("CNI_ARGS entry \"\(pair)\" is not KEY=VALUE")
+                throw invalid("CNI_ARGS entry \(quoted(pair)) is not KEY=VALUE")
             }
             args[String(pair[..<eq])] = String(pair[pair.index(after: eq)...])
         }
@@ -49,19 +50,33 @@ public struct CNIEnvironment: Equatable {
             throw invalid("\(name) is not set; \(command.rawValue) needs CNI_CONTAINERID, \(command == .del ? "" : "CNI_NETNS, ")and CNI_IFNAME")
         }
         if let id = containerID, !CNIEnvironment.isValidContainerID(id) {
-            throw invalid("CNI_CONTAINERID \"\(id)\" is invalid; use letters, digits, '_', '.' and '-', starting with a letter or digit")
+            throw invalid("CNI_CONTAINERID \(quoted(id)) is invalid; use up to \(CNIEnvironment.maxContainerIDLength) letters, digits, '_', '.' and '-', starting with a letter or digit")
         }
         if let ifname, !CNIEnvironment.isValidInterfaceName(ifname) {
-            throw invalid("CNI_IFNAME \"\(ifname)\" is not a valid interface name; use 1-15 bytes without '/', ':' or spaces")
+            throw invalid("CNI_IFNAME \(quoted(ifname)) is not a valid interface name; use 1-15 bytes without '/', ':' or spaces")
         }
         if let netns, !netns.hasPrefix("/") {
-            throw invalid("CNI_NETNS \"\(netns)\" is not an absolute path to a network namespace")
+            throw invalid("CNI_NETNS \(quoted(netns)) is not an absolute path to a network namespace")
+        }
+        // The plugin's own namespace is the host's: "attaching" it would give the host a
+        // container's interface, address and default route.
+        if let netns, command == .add || command == .check, CNIEnvironment.isOwnNamespace(netns) {
+            throw invalid("CNI_NETNS \(quoted(netns)) is the plugin's own (the host's) network namespace; give the container's")
         }
     }
 
+    /// Longer than any runtime's IDs (64 hex digits for Docker, Podman and containerd).
+    static let maxContainerIDLength = 256
+
     static func isValidContainerID(_ id: String) -> Bool {
-        guard let first = id.first, first.isASCII, first.isLetter || first.isNumber else { return false }
+        guard id.utf8.count <= maxContainerIDLength, let first = id.first, first.isASCII, first.isLetter || first.isNumber else { return false }
         return id.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "_.-".contains($0)) }
+    }
+
+    static func isOwnNamespace(_ path: String) -> Bool {
+        var target = stat(), own = stat()
+        return stat(path, &target) == 0 && stat("/proc/self/ns/net", &own) == 0
+            && target.st_dev == own.st_dev && target.st_ino == own.st_ino
     }
 
     static func isValidInterfaceName(_ name: String) -> Bool {
@@ -74,6 +89,11 @@ public struct CNIEnvironment: Equatable {
 /// A network configuration in the official `bridge` plugin's format, with a `host-local`
 /// style `ipam` section, as this plugin reads it.
 public struct BridgeConfig: Equatable {
+    /// More mappings than one protocol has ports cannot all be distinct.
+    static let maxPortMappings = 65_535
+    /// A network configuration is a few KB; stdin past this is refused unread.
+    public static let maxInputBytes = 1 << 20
+
     public var cniVersion: String
     public var name: String
     public var bridge: String
@@ -156,7 +176,7 @@ public struct BridgeConfig: Equatable {
             throw invalid("the network configuration has no \"name\"")
         }
         guard CNIEnvironment.isValidContainerID(name), name.utf8.count <= 64 else {
-            throw invalid("network name \"\(name)\" is invalid; use up to 64 letters, digits, '_', '.' and '-', starting with a letter or digit")
+            throw invalid("network name \(quoted(name)) is invalid; use up to 64 letters, digits, '_', '.' and '-', starting with a letter or digit")
         }
         self.name = name
         stateDir = try string(json["stateDir"], "stateDir")
@@ -187,7 +207,7 @@ public struct BridgeConfig: Equatable {
 
         bridge = try string(json["bridge"], "bridge") ?? "cni0"
         guard CNIEnvironment.isValidInterfaceName(bridge) else {
-            throw invalid("\"bridge\": \"\(bridge)\" is not a valid interface name (1-15 bytes, no '/', ':' or spaces)")
+            throw invalid("\"bridge\": \(quoted(bridge)) is not a valid interface name (1-15 bytes, no '/', ':' or spaces)")
         }
         isGateway = try bool("isGateway", default: false)
         isDefaultGateway = try bool("isDefaultGateway", default: false)
@@ -205,7 +225,7 @@ public struct BridgeConfig: Equatable {
 
         if let ipam = try objectValue(json["ipam"], "ipam") {
             if let type = try string(ipam["type"], "ipam.type"), type != "host-local", type != "netctl" {
-                throw unsupported("ipam type \"\(type)\" is not supported; netctl-cni serves addresses itself from a host-local style \"ipam\" (ranges, subnet, gateway, routes)")
+                throw unsupported("ipam type \(quoted(type)) is not supported; netctl-cni serves addresses itself from a host-local style \"ipam\" (ranges, subnet, gateway, routes)")
             }
             var ranges: [(subnet: String, gateway: String?)] = []
             if let s = try string(ipam["subnet"], "ipam.subnet") {
@@ -245,7 +265,12 @@ public struct BridgeConfig: Equatable {
         }
 
         // Capabilities (runtimeConfig) and arguments: ports, a fixed IP, a MAC.
-        for m in try arrayValue(runtimeConfig?["portMappings"], "runtimeConfig.portMappings") {
+        let mappings = try arrayValue(runtimeConfig?["portMappings"], "runtimeConfig.portMappings")
+        guard mappings.count <= BridgeConfig.maxPortMappings else {
+            throw invalid("\(mappings.count) port mappings are more than there are ports (\(BridgeConfig.maxPortMappings))")
+        }
+        var seen: [String: Int] = [:]  // "proto hostIP hostPort" -> container port
+        for m in mappings {
             guard let host = m["hostPort"]?.int, let container = m["containerPort"]?.int else {
                 throw invalid("each port mapping needs numeric \"hostPort\" and \"containerPort\"")
             }
@@ -254,10 +279,16 @@ public struct BridgeConfig: Equatable {
             }
             let protoText = (try string(m["protocol"], "protocol") ?? "tcp").lowercased()
             guard let proto = PortMapping.Proto(rawValue: protoText) else {
-                throw invalid("port mapping \(host) -> \(container): protocol \"\(protoText)\" is not tcp, udp or sctp")
+                throw invalid("port mapping \(host) -> \(container): protocol \(quoted(protoText)) is not tcp, udp or sctp")
             }
             var hostIP = try string(m["hostIP"], "hostIP") ?? ""
             if hostIP.hasPrefix("[") && hostIP.hasSuffix("]") { hostIP = String(hostIP.dropFirst().dropLast()) }
+            let key = "\(proto) \(hostIP) \(host)"
+            if let earlier = seen[key] {
+                if earlier == container { continue }  // the same mapping twice
+                throw invalid("host port \(host)/\(proto.rawValue) is mapped to both \(earlier) and \(container) in runtimeConfig.portMappings")
+            }
+            seen[key] = container
             portMappings.append(PortMapping(hostIP: hostIP, hostPort: UInt16(host), containerPort: UInt16(container), proto: proto))
         }
         var ips = try arrayValue(runtimeConfig?["ips"], "runtimeConfig.ips")

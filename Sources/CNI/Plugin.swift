@@ -20,6 +20,9 @@ public enum CNIPlugin {
         do {
             let env = try CNIEnvironment(environment)
             if env.command == .version { return versionInfo(stdin) }
+            guard stdin.count <= BridgeConfig.maxInputBytes else {
+                throw CNIError(.decodingFailure, "the network configuration on stdin is over \(BridgeConfig.maxInputBytes) bytes; a configuration is a few KB")
+            }
             let decoded = try BridgeConfig.decodeVersion(stdin)
             version = decoded.version
             let full = env.command == .add || env.command == .check

@@ -115,11 +115,11 @@ public enum NetctlError: Error, CustomStringConvertible, Equatable {
     public func message(naming name: (InputField) -> String) -> String {
         switch self {
         case .invalidName(let kind, let value, let reason):
-            return "invalid \(kind) name \"\(value)\": \(reason)"
+            return "invalid \(kind) name \(quoted(value)): \(reason)"
         case .invalidInterfaceName(let name, let reason):
-            return "invalid interface name \"\(name)\": \(reason); use 1-15 bytes without '/', ':' or spaces"
+            return "invalid interface name \(quoted(name)): \(reason); use 1-15 bytes without '/', ':' or spaces"
         case .invalidMAC(let mac):
-            return "invalid MAC address \"\(mac)\": use six hex octets like 02:42:ac:11:00:02 with a unicast first octet"
+            return "invalid MAC address \(quoted(mac)): use six hex octets like 02:42:ac:11:00:02 with a unicast first octet"
         case .invalidSubnet(let subnet, let field, let problem):
             let reason: String
             switch problem {
@@ -131,7 +131,7 @@ public enum NetctlError: Error, CustomStringConvertible, Equatable {
             case .tooSmall(let prefix, let maxPrefix): reason = "a /\(prefix) has no room for a gateway and endpoints; use /\(maxPrefix) or shorter"
             case .tooLarge(let prefix, let minPrefix): reason = "a /\(prefix) is too large for one bridge; use /\(minPrefix) or longer"
             }
-            return "invalid subnet \"\(subnet)\": \(reason)"
+            return "invalid subnet \(quoted(subnet)): \(reason)"
         case .invalidAddress(let address, let field, let problem):
             let reason: String
             switch problem {
@@ -142,7 +142,7 @@ public enum NetctlError: Error, CustomStringConvertible, Equatable {
             case .isGateway(let network): reason = "\(name(field)) is the gateway of network \(network)"
             case .needsSubnet: reason = "\(name(field)) needs \(name(field == .gateway6 || field == .ip6 ? .subnet6 : .subnet))"
             }
-            return "invalid address \"\(address)\": \(reason)"
+            return "invalid address \(quoted(address)): \(reason)"
         case .subnetOverlapsNetwork(let subnet, let network, let other):
             return "subnet \(subnet) overlaps network \(network) (\(other))"
         case .subnetOverlapsRoute(let subnet, let route):
@@ -174,7 +174,7 @@ public enum NetctlError: Error, CustomStringConvertible, Equatable {
         case .defaultRouteExists(let namespace, let gateway):
             return "\(namespace) has a default route netctl did not make, so it cannot get one via \(gateway)"
         case .invalidPortSpec(let spec, let reason):
-            return "invalid port mapping \"\(spec)\": \(reason)"
+            return "invalid port mapping \(quoted(spec)): \(reason)"
         case .portAlreadyPublished(let port, let hostIP, let endpoint):
             return "port \(port) is already published on \(hostIP.isEmpty ? "all addresses" : hostIP) by endpoint \(endpoint)"
         case .portInUse(let port, let hostIP):

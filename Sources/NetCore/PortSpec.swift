@@ -36,7 +36,7 @@ public struct PortMapping: Codable, Equatable, Hashable, Sendable {
             body = body[..<slash]
             if !name.isEmpty {
                 guard let p = Proto(rawValue: name) else {
-                    throw fail("unknown protocol \"\(name)\"; use tcp, udp or sctp")
+                    throw fail("unknown protocol \(quoted(name)); use tcp, udp or sctp")
                 }
                 proto = p
             }
@@ -65,7 +65,7 @@ public struct PortMapping: Codable, Equatable, Hashable, Sendable {
         }
         if !hostIP.isEmpty {
             guard let ip = IPAddress(hostIP) else {
-                throw fail("host address \"\(hostIP)\" is not an IP address (host names are not accepted)")
+                throw fail("host address \(quoted(hostIP)) is not an IP address (host names are not accepted)")
             }
             // Addresses no host interface can hold: "this network" (0/8 but 0.0.0.0 itself),
             // multicast, broadcast.
@@ -109,7 +109,7 @@ public struct PortMapping: Codable, Equatable, Hashable, Sendable {
             return n
         }
         guard parts.count <= 2, let low = numbers.first!, let high = numbers.last! else {
-            throw NetctlError.invalidPortSpec(spec: spec, reason: "\(what) \"\(text)\" is not a port (1-65535) or a range like 8000-8010")
+            throw NetctlError.invalidPortSpec(spec: spec, reason: "\(what) \(quoted(text)) is not a port (1-65535) or a range like 8000-8010")
         }
         guard low <= high else {
             throw NetctlError.invalidPortSpec(spec: spec, reason: "\(what) range \(text) is reversed")

@@ -21,7 +21,7 @@ while let pointer = entry.pointee {
 }
 var input: [UInt8] = []
 var buffer = [UInt8](repeating: 0, count: 8192)  // a configuration is a few KB; more takes more reads
-while true {
+while input.count <= BridgeConfig.maxInputBytes {  // past the limit, the plugin refuses it (unread)
     let n = read(0, &buffer, buffer.count)
     if n > 0 { input += buffer[0..<n]; continue }
     if n < 0 && errno == EINTR { continue }

@@ -149,6 +149,33 @@ struct CNIProtocolTests {
         #expect(throws: Never.self) { try CNIEnvironment(["CNI_COMMAND": "DEL", "CNI_CONTAINERID": "c", "CNI_IFNAME": "eth0"]) }
     }
 
+    @Test("Inputs past sane sizes, the plugin's own namespace, clashing mappings: refused before anything is opened, echoed bounded")
+    func hostileInput() {
+        let own = parsed(run(addEnv.merging(["CNI_NETNS": "/proc/self/ns/net"]) { $1 }, config()))
+        #expect(own["code"]?.int == 4 && own["msg"]?.string?.contains("the plugin's own (the host's) network namespace") == true)
+        let longID = String(repeating: "a", count: 10_000)
+        let id = parsed(run(addEnv.merging(["CNI_CONTAINERID": longID]) { $1 }, config()))
+        #expect(id["code"]?.int == 4)
+        #expect((id["msg"]?.string?.utf8.count ?? .max) < 300, "the message echoes at most a bounded prefix of the ID")
+        let big = parsed(run(addEnv, config("1.0.0", ", \"padding\": \"" + String(repeating: "x", count: 1 << 20) + "\"")))
+        #expect(big["code"]?.int == 6 && big["msg"]?.string?.contains("over 1048576 bytes") == true)
+        func mappings(_ list: [(Int, Int)]) -> String {
+            ", \"runtimeConfig\": {\"portMappings\": [" + list.map { "{\"hostPort\": \($0.0), \"containerPort\": \($0.1)}" }
+                .joined(separator: ",") + "]}"
+        }
+        // (Through stdin, its size bounds them first; the library checks the count too.)
+        #expect {
+            try BridgeConfig(JSON.parse(Array(config("1.0.0", mappings(Array(repeating: (8080, 80), count: 70_000))).utf8)),
+                             version: "1.0.0", environment: nil, full: true)
+        } throws: { ($0 as? CNIError)?.code == 7 && "\($0)".contains("more than there are ports") }
+        let clash = parsed(run(addEnv, config("1.0.0", mappings([(8080, 80), (8080, 81)]))))
+        #expect(clash["code"]?.int == 7 && clash["msg"]?.string?.contains("mapped to both 80 and 81") == true)
+        // The same mapping twice is one mapping.
+        let twice = try? BridgeConfig(JSON.parse(Array(config("1.0.0", mappings([(8080, 80), (8080, 80)])).utf8)), version: "1.0.0",
+                                      environment: nil, full: true)
+        #expect(twice?.portMappings.count == 1)
+    }
+
     @Test("VERSION lists 0.4.0, 1.0.0 and 1.1.0 and touches nothing")
     func version() {
         let output = run(["CNI_COMMAND": "VERSION"], #"{"cniVersion":"1.0.0"}"#)

@@ -41,7 +41,7 @@ struct FailureTests {
             (["network", "create", "c", "--gateway6", "fd00::1"], "invalid address \"fd00::1\": --gateway6 needs --subnet6"),
             (["network", "create", "-"], "invalid network name \"-\""),
             (["network", "create", "c", "--mtu", "-5"], "see --help"),
-            (["network", "create", "a\nb"], "a b"),                                                      // one line, whatever the name holds
+            (["network", "create", "a\nb"], #"invalid network name "a\nb""#),                            // escaped: one line, whatever the name holds
             (["port", "parse", "0.0.80.0:2:1"], "cannot be a host's own address"),
             (["port", "parse", "[]:1:1"], "empty host address"),
         ]

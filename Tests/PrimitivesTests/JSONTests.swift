@@ -20,3 +20,16 @@ struct JSONTests {
         #expect(throws: JSON.ParseError.self) { try JSON.parse(text) }
     }
 }
+
+@Suite("Echoing input in messages")
+struct QuotedTests {
+    @Test("one line, escaped, bounded")
+    func quoting() {
+        #expect(quoted("web") == #""web""#)
+        #expect(quoted("a\nb\t\"c\"\\") == #""a\nb\t\"c\"\\""#)
+        #expect(quoted("bell\u{7}") == #""bell\u{7}""#)
+        let long = quoted(String(repeating: "x", count: 10_000), limit: 8)
+        #expect(long == #""xxxxxxxx…" (10000 bytes)"#)
+        #expect(quoted("").isEmpty == false)
+    }
+}
