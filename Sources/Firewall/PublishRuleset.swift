@@ -123,6 +123,14 @@ public enum PublishRuleset {
         batch.addTable(ownedGuardTable, owned: true)
         batch.addChain(table: ownedGuardTable, name: guardChain, hook: ("filter", UInt32(NF_INET_PRE_ROUTING.rawValue), -301))
         batch.addRule(table: ownedGuardTable, chain: guardChain, guardRule)
+        // Empty NAT chains at each hook NAT uses: the kernel translates a connection's packets
+        // by its conntrack binding only while some NAT chain holds the hook, so without these
+        // every published connection in flight broke (reset) in the moment netctl's table was
+        // flushed, however fast it came back.
+        for (name, hook, priority) in [("nat-prerouting", NF_INET_PRE_ROUTING, Int32(-100)), ("nat-input", NF_INET_LOCAL_IN, 100),
+                                       ("nat-output", NF_INET_LOCAL_OUT, -100), ("nat-postrouting", NF_INET_POST_ROUTING, 100)] {
+            batch.addChain(table: ownedGuardTable, name: name, hook: ("nat", UInt32(hook.rawValue), priority))
+        }
         return batch
     }
 

@@ -3,7 +3,7 @@ import Glibc
 import Primitives
 import TestSupport
 import Testing
-@testable import Netlink
+@_spi(Fuzzing) @testable import Netlink
 
 @Suite("Netlink message encoding")
 struct MessageBuilderTests {
@@ -206,5 +206,28 @@ struct IPAddressTests {
         #expect(net.overlaps(IPNetwork("172.0.0.0/8")!))
         #expect(!net.overlaps(IPNetwork("172.16.0.0/16")!))
         #expect(IPNetwork("fd00:1::/64")!.size == UInt128(1) << 64)
+    }
+}
+
+@Suite("Netlink parsing of hostile datagrams")
+struct HostileDatagramTests {
+    @Test("every prefix and every one-byte corruption of a link, address and route reply decodes or is refused, never crashes")
+    func truncatedAndCorrupted() {
+        var link = MessageBuilder(type: NetlinkMessageType.newLink, flags: 0)
+        link.ifinfo(index: 3)
+        link.attribute(UInt16(IFLA_IFNAME), string: "eth0")
+        link.attribute(UInt16(IFLA_MTU), UInt32(1500))
+        let datagram = link.finish(sequence: 1)
+        #expect(Link(try! NetlinkMessage.parse(datagram)[0])?.name == "eth0")
+        for length in 0...datagram.count {
+            NetlinkFuzzing.exercise(Array(datagram.prefix(length)))
+        }
+        for index in datagram.indices {
+            for value: UInt8 in [0, 1, 0x7f, 0xff] {
+                var bad = datagram
+                bad[index] = value
+                NetlinkFuzzing.exercise(bad)
+            }
+        }
     }
 }
