@@ -13,6 +13,7 @@ extension GlobalOptions {
     func containers() throws -> ContainerManager {
         setUpLogging()
         let containers = try ContainerManager(stateDirectory: stateDir ?? NetworkManager.defaultStateDirectory)
+        containers.network.detachesInBackground = true  // as for the network commands
         holdSocketsAtExit(containers.network)
         ensureNameServer(containers.network)
         return containers

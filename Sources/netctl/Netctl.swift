@@ -54,6 +54,9 @@ struct GlobalOptions: ParsableArguments {
     func manager() throws -> NetworkManager {
         setUpLogging()
         let manager = try NetworkManager(stateDirectory: stateDir ?? NetworkManager.defaultStateDirectory)
+        // A command's caller waits for it: the kernel's deletion of a veth pair (its RCU
+        // barrier, most of a detach) happens after it returns, with the pair out of use.
+        manager.detachesInBackground = true
         holdSocketsAtExit(manager)
         ensureNameServer(manager)
         return manager

@@ -162,7 +162,8 @@ class Chaos:
         for path in sorted(m for m in mounted if m.startswith(os.path.join(self.state, "netns") + "/")):
             if os.path.basename(path) not in owned:
                 problems.append(f"mount {path}")
-        expected = sorted(("v4_any", (p["proto"], p["hostPort"])) for p in ports if p["backend"] == "nft")
+        # IPv4-only networks here: an all-address port of the nft or auto backend is one v4_any element.
+        expected = sorted(("v4_any", (p["proto"], p["hostPort"])) for p in ports if p["backend"] in ("nft", "auto"))
         actual = sorted((m, k) for m, k in self.map_elements())
         if expected != actual:
             problems.append(f"map elements {actual} where state has {expected}")
