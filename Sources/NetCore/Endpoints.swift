@@ -356,24 +356,26 @@ final class Attachments {
             return ports
         }
         publisher.flushConntrack(ports)
-        if context.detachesInBackground {
-            try context.wrapKernel { try retire(endpoints) }
-        } else {
-            try context.wrapKernel { try host.deleteLinks(names: endpoints.map(\.hostInterface)) }
-        }
         // The namespaces they leave: netctl's own files go with their last endpoint; the
         // others get their default routes from the networks that remain.
         let going = Set(endpoints.map(\.id))
         let staying = try store.endpoints().filter { !going.contains($0.id) }
         var settle: [String: NetworkNamespace.Identity] = [:]
+        var removing: [Endpoint] = []
         for e in endpoints {
             let others = staying.filter { $0.netns == e.netns || ($0.namespaceIdentity != nil && $0.namespaceIdentity == e.namespaceIdentity) }
             if others.isEmpty {
-                if e.ownsNetns { try context.wrapKernel { try NetworkNamespace.remove(at: e.netns) } }
+                if e.ownsNetns { removing.append(e) }
             } else if let identity = e.namespaceIdentity {
                 settle[e.netns] = identity
             }
         }
+        if context.detachesInBackground {
+            try context.wrapKernel { try retire(endpoints, namespacesGoing: Set(removing.map(\.id))) }
+        } else {
+            try context.wrapKernel { try host.deleteLinks(names: endpoints.map(\.hostInterface)) }
+        }
+        for e in removing { try context.wrapKernel { try NetworkNamespace.remove(at: e.netns) } }
         try store.transaction {
             for e in endpoints {
                 // A publish that raced this teardown may have added rows; their elements go too.
@@ -389,7 +391,10 @@ final class Attachments {
     /// this costs a few netlink round trips. At return, the host end is down, off the bridge
     /// and in the `retired` group (gc deletes any a lost process left), and the container end
     /// is down and renamed (`ncrt` + the endpoint id), so the next attach can use its name.
-    func retire(_ endpoints: [Endpoint]) throws {
+    /// `namespacesGoing`: endpoints whose namespace is removed with them; nobody attaches
+    /// there again, so their inner ends are left as they are (no thread in the namespace, no
+    /// rename: a few milliseconds of a detach).
+    func retire(_ endpoints: [Endpoint], namespacesGoing: Set<String> = []) throws {
         var hostRequests: [RouteRequest] = []
         var peers: [(endpoint: Endpoint, index: Int32)] = []
         for endpoint in endpoints {
@@ -399,7 +404,9 @@ final class Attachments {
             }
             hostRequests.append(RouteRequest.setLink(index: link.index, LinkChange(up: false, master: 0, group: LinkGroups.retired))
                 .ignoring(ENODEV))
-            if let peer = link.peerIndex, peer > 0, link.peerNamespaceID != nil { peers.append((endpoint, peer)) }
+            if let peer = link.peerIndex, peer > 0, link.peerNamespaceID != nil, !namespacesGoing.contains(endpoint.id) {
+                peers.append((endpoint, peer))
+            }
         }
         guard !hostRequests.isEmpty else { return }
         try host.perform(hostRequests)
