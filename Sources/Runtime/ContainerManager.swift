@@ -97,6 +97,7 @@ public final class ContainerManager {
     /// exited (its record carries the exit code). Bad input or a failure while starting
     /// leaves nothing behind.
     public func run(_ request: RunRequest) throws -> ContainerRecord {
+        var phases = Phases()  // where the time goes, for --debug
         let runc = try Runc.locate(root: runcRoot)
         var mappings = try request.ports.flatMap { try PortMapping.parse($0) }
         let environment = try request.environment.map { entry -> String in
@@ -113,7 +114,9 @@ public final class ContainerManager {
         for name in request.networks { _ = try network.network(named: name) }
         let files = try ContainerFiles(request)
 
+        phases.mark("checks")
         let image = try images.load(request.image)
+        phases.mark("image")
         let config = image.config.config ?? .init()
         if request.publishAll {
             for exposed in (config.ExposedPorts ?? [:]).keys.sorted() {
@@ -137,8 +140,10 @@ public final class ContainerManager {
         }
         do {
             record.rootfsMode = try RootFilesystem.create(layers: image.layerDirectories, in: dir).rawValue
+            phases.mark("rootfs")
             let user = try resolveUser(config.User, rootfs: dir + "/rootfs")
             let endpoints = try connectNetworks(of: &record, request, mappings: mappings)
+            phases.mark("network")
             let hostname = request.hostname ?? record.shortID
             try files.write(for: record, hostname: hostname, endpoints: endpoints, manager: network, in: dir)
             var env = (config.Env ?? []).filter { !$0.hasPrefix("HOSTNAME=") }
@@ -154,7 +159,9 @@ public final class ContainerManager {
                             etcFiles: ["/etc/hostname": dir + "/hostname", "/etc/hosts": dir + "/hosts", "/etc/resolv.conf": dir + "/resolv.conf"])
                 .write(to: dir + "/config.json")
             try store.save(record)
+            phases.mark("bundle")
             try syncNames()
+            phases.mark("names")
         } catch {
             discard(record)
             throw error
@@ -165,12 +172,14 @@ public final class ContainerManager {
             let code = supervise(started)
             return store.load(record.id) ?? { var r = started.record; r.state = .exited; r.exitCode = code; return r }()
         }
-        return try startMonitor(record)
+        let started = try startMonitor(record, phases: &phases)
+        logger.debug("run \(record.name): \(phases)")
+        return started
     }
 
     /// Starts the monitor in its own session and waits until it reports the container
     /// running, or why it is not.
-    private func startMonitor(_ record: ContainerRecord) throws -> ContainerRecord {
+    private func startMonitor(_ record: ContainerRecord, phases: inout Phases) throws -> ContainerRecord {
         var pipe: [Int32] = [0, 0]
         guard csock_pipe2(&pipe, O_CLOEXEC) == 0 else { throw RuntimeError.io(what: "pipe", errno: errno) }
         let monitorLog = open(directory(record) + "/monitor.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
@@ -195,7 +204,9 @@ public final class ContainerManager {
         }
         close(pipe[0])
         let text = String(decoding: reply, as: UTF8.self).trimmed
-        if text == "ok" {
+        if text == "ok" || text.hasPrefix("ok ") {
+            // The monitor's own phases come after "ok " ("runc create 20.1 ms, ...").
+            phases.mark("monitor (\(text.dropFirst(3)))")
             // Started. A short-lived --rm container may be gone already; that is no failure.
             var started = record
             started.state = .running
@@ -224,13 +235,14 @@ public final class ContainerManager {
         // If `run -d` died, writing "ok" to its pipe must fail with EPIPE, not kill the monitor.
         signal(SIGPIPE, SIG_IGN)
         let started: Started
+        var phases = Phases()
         do {
-            started = try start(id, runc: try Runc.locate(root: runcRoot), attached: false)
+            started = try start(id, runc: try Runc.locate(root: runcRoot), attached: false, phases: &phases)
         } catch {
             report(readyFD, "error: \(error)")
             return 125
         }
-        report(readyFD, "ok")
+        report(readyFD, "ok \(phases)")
         close(readyFD)
         return supervise(started)
     }
@@ -245,6 +257,11 @@ public final class ContainerManager {
     /// Takes ownership of the record, then `runc create` and `runc start`. On failure nothing
     /// of the container is left (its record included) and the error says why.
     private func start(_ id: String, runc: Runc, attached: Bool) throws -> Started {
+        var phases = Phases()
+        return try start(id, runc: runc, attached: attached, phases: &phases)
+    }
+
+    private func start(_ id: String, runc: Runc, attached: Bool, phases: inout Phases) throws -> Started {
         // The monitor owns the record from here: gc, stop and rm see a live owner, not the
         // `run` that started it (which may be gone).
         guard var record = try store.update(id, {
@@ -262,14 +279,18 @@ public final class ContainerManager {
         let runcLog = dir + "/runc.log"
         var relays: ProxyService.Background?
         do {
+            phases.mark("monitor up")
             try runc.run(["create", "--bundle", dir, "--pid-file", dir + "/pid", id], container: record.name, logFile: runcLog,
                          stdout: attached ? 1 : log, stderr: attached ? 2 : log)
+            phases.mark("runc create")
             guard let text = readBytes(dir + "/pid"), let pid = pid_t(String(decoding: text, as: UTF8.self).trimmed) else {
                 throw RuntimeError.runcFailed(step: "create", container: record.name, message: "it wrote no pid file")
             }
             cproc_set_signal_target(pid)
             relays = relayProxiedPorts(record)
+            phases.mark("relays")
             try runc.run(["start", id], container: record.name, logFile: runcLog)
+            phases.mark("runc start")
             guard let running = try store.update(id, {
                 $0.state = .running; $0.pid = pid; $0.pidStart = ProcessIdentity.startTime(of: pid); $0.startedAt = .now()
             }) else {
@@ -352,9 +373,17 @@ public final class ContainerManager {
         }
         let runc = try Runc.locate(root: runcRoot)
         let log = directory(record) + "/runc.log"
-        try? runc.run(["kill", record.id, record.stopSignal ?? "TERM"], container: record.name, logFile: log)
-        if let done = waitUntilExited(record.id, seconds: timeout) { return done }
-        try? runc.run(["kill", record.id, "KILL"], container: record.name, logFile: log)
+        if timeout > 0 {
+            try? runc.run(["kill", record.id, record.stopSignal ?? "TERM"], container: record.name, logFile: log)
+            if let done = waitUntilExited(record.id, seconds: timeout) { return done }
+        }
+        // SIGKILL to the container's first process ends its PID namespace, which is all `runc
+        // kill` does here; sent directly when the process is known, it costs no runc start.
+        if let process = record.process, process.isAlive {
+            kill(process.pid, SIGKILL)
+        } else {
+            try? runc.run(["kill", record.id, "KILL"], container: record.name, logFile: log)
+        }
         if let done = waitUntilExited(record.id, seconds: 10) { return done }
         // No monitor finished it: do its work here.
         return try finishForMonitor(record) ?? record
@@ -388,12 +417,18 @@ public final class ContainerManager {
     /// Removes a container that has exited (running ones only with `force`, which kills them).
     @discardableResult
     public func remove(_ reference: String, force: Bool = false) throws -> ContainerRecord {
+        var phases = Phases()
         let record = try store.find(reference)
         if record.state != .exited && isActive(record) {
             guard force else { throw RuntimeError.stillRunning(record.name) }
             _ = try stop(record.id, timeout: 0)
+            phases.mark("stop")  // the kill, and the monitor's clean-up
         }
-        discard(record)
+        // Exited means its monitor (or whoever finished for it) released it already: runc's
+        // state, endpoints and mount are gone; what is left is the directory and the record.
+        discard(record, released: store.load(record.id)?.state == .exited)
+        phases.mark("remove")
+        logger.debug("rm \(record.name): \(phases)")
         return record
     }
 
@@ -434,8 +469,8 @@ public final class ContainerManager {
     }
 
     /// Releases a container and deletes its directory and record.
-    private func discard(_ record: ContainerRecord) {
-        release(record)  // unmounts the rootfs; removing the directory takes the rest
+    private func discard(_ record: ContainerRecord, released: Bool = false) {
+        if !released { release(record) }  // unmounts the rootfs; removing the directory takes the rest
         let parent = open(store.directory, O_DIRECTORY | O_RDONLY | O_CLOEXEC)
         defer { close(parent) }
         try? removeTree(parent, record.id)
