@@ -393,7 +393,7 @@ final class Attachments {
     /// is down and renamed (`ncrt` + the endpoint id), so the next attach can use its name.
     /// `namespacesGoing`: endpoints whose namespace is removed with them; nobody attaches
     /// there again, so their inner ends are left as they are (no thread in the namespace, no
-    /// rename: a few milliseconds of a detach).
+    /// rename, which a detach otherwise waits for).
     func retire(_ endpoints: [Endpoint], namespacesGoing: Set<String> = []) throws {
         var hostRequests: [RouteRequest] = []
         var peers: [(endpoint: Endpoint, index: Int32)] = []

@@ -71,7 +71,7 @@ public enum PortStatistics {
 
 /// Writes a service's statistics file when the counters moved: an idle proxy writes
 /// nothing, and a busy one waits 50 times as long as its last write took (encoding
-/// thousands of ports takes tens of milliseconds of CPU, so writing stays under 2% of one).
+/// thousands of ports is not cheap, and this keeps writing under 2% of one CPU whatever it costs).
 final class StatisticsWriter {
     let path: String
     /// Bumped when the served routes change; with the counters' totals, what the file last showed.
