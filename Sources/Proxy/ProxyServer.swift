@@ -53,19 +53,27 @@ public final class ProxyServer {
         /// rest of its life, which costs short and keep-alive connections more than the
         /// balance gains (docs/measurements.md).
         public var balanceConnections: Bool
+        /// Bulk transfers spread over the workers by the bytes they move: a worker relaying
+        /// two or more bulk connections more than another hands one of them over, whole
+        /// (sockets, pipes and all), at most one per look (`Worker.balanceInterval`). Short
+        /// and keep-alive connections never move bytes enough to count, so they keep the
+        /// locality of the worker on their SYN's CPU; a client's parallel streams, which all
+        /// land on the worker of its CPU, no longer share one core.
+        public var moveBulkConnections: Bool
 
         /// `workers`: by default one per CPU this thread may run on (a container limited to
         /// two CPUs of sixteen gets two).
         public init(workers: Int = max(1, ProxyServer.allowedCPUs.count), pipeSize: Int = 1 << 20, sparePipes: Int = 64,
                     connectTimeoutSeconds: Double = 5, udpIdleTimeoutSeconds: Double = 90, maxFlows: Int = 4096, udpBatch: Int = 32,
                     copyThreshold: Int = 16384, pinWorkers: Bool = true, maxListeners: Int? = nil,
-                    backendCongestionControl: String? = "cubic", balanceConnections: Bool = false) {
+                    backendCongestionControl: String? = "cubic", balanceConnections: Bool = false, moveBulkConnections: Bool = true) {
             self.workers = max(1, workers); self.pipeSize = pipeSize; self.sparePipes = sparePipes
             self.copyThreshold = max(0, copyThreshold)
             self.connectTimeout = UInt64(connectTimeoutSeconds * 1e9); self.udpIdleTimeout = UInt64(udpIdleTimeoutSeconds * 1e9)
             self.maxFlows = maxFlows; self.udpBatch = udpBatch; self.pinWorkers = pinWorkers
             self.maxListeners = maxListeners; self.backendCongestionControl = backendCongestionControl
             self.balanceConnections = balanceConnections
+            self.moveBulkConnections = moveBulkConnections
         }
     }
 
@@ -98,7 +106,7 @@ public final class ProxyServer {
         let cpus = ProxyServer.allowedCPUs
         var files = rlimit()
         listenerBudget = options.maxListeners ?? (getrlimit(Int32(RLIMIT_NOFILE.rawValue), &files) == 0 ? Int(files.rlim_cur / 4) : 256)
-        if options.balanceConnections {
+        if options.balanceConnections || options.moveBulkConnections {
             for worker in workers { worker.siblings = workers.filter { $0 !== worker } }
         }
         for worker in workers {

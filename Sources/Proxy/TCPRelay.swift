@@ -35,6 +35,8 @@ struct Connection {
     /// The client socket is watched for EPOLLOUT too (since a send to it first blocked).
     var clientWritable = false
     var deadline: UInt64 = 0
+    /// Bytes moved (both ways) since the worker last looked (see `Worker.balanceBulk`).
+    var moved = 0
     var up = Direction()    // client -> backend
     var down = Direction()  // backend -> client
     var peer = sockaddr_storage()
@@ -47,7 +49,7 @@ extension Worker {
             var peer = sockaddr_storage()
             let fd = csock_accept_nonblocking(listener.fd, &peer)
             if fd >= 0 {
-                if let other = lighterSibling() {
+                if options.balanceConnections, let other = lighterSibling() {
                     other.load.add(1, ordering: .relaxed)  // now, so a burst spreads instead of all following
                     if other.post(.adopt(client: fd, peer: peer, route: listener.route, from: self, returned: false)) { continue }
                     other.load.subtract(1, ordering: .relaxed)  // it has stopped
@@ -237,7 +239,7 @@ extension Worker {
         if up {
             switch pump(&connections[slot].up, from: client, to: backend, hangup: hangup, otherShut: connections[slot].down.shut,
                         last: finishing == .up, boundFIN: true) {
-            case .moved(let bytes): if bytes > 0 { counters?.add(.bytesIn, UInt64(bytes)) }
+            case .moved(let bytes): if bytes > 0 { counters?.add(.bytesIn, UInt64(bytes)); connections[slot].moved += bytes }
             case .sourceFailed: return reset(slot, toBackend: true)
             case .destinationFailed: return reset(slot, toBackend: false)
             }
@@ -245,7 +247,7 @@ extension Worker {
         if down {
             switch pump(&connections[slot].down, from: backend, to: client, hangup: hangup, otherShut: connections[slot].up.shut,
                         last: finishing == .down) {
-            case .moved(let bytes): if bytes > 0 { counters?.add(.bytesOut, UInt64(bytes)) }
+            case .moved(let bytes): if bytes > 0 { counters?.add(.bytesOut, UInt64(bytes)); connections[slot].moved += bytes }
             case .sourceFailed: return reset(slot, toBackend: false)
             case .destinationFailed: return reset(slot, toBackend: true)
             }
@@ -391,6 +393,70 @@ extension Worker {
         for slot in connections.indices where connections[slot].inUse && connections[slot].listener == listener {
             reset(slot, both: true)
         }
+    }
+
+    // MARK: Moving bulk connections between workers
+
+    /// Counts this worker's bulk connections (those that moved `Worker.bulkBytes` since the
+    /// last look) and, if it has two or more more than the least loaded sibling, hands one
+    /// of them over whole. One per look, so a few looks even out a client's parallel streams.
+    func balanceBulk() {
+        var bulky: [Int] = []
+        for slot in connections.indices where connections[slot].inUse {
+            if !connections[slot].establishing && connections[slot].moved >= Worker.bulkBytes { bulky.append(slot) }
+            connections[slot].moved = 0
+        }
+        bulk.store(bulky.count, ordering: .relaxed)
+        guard bulky.count >= 2, drainDeadline == nil,
+              let target = siblings.filter({ !$0.draining.load(ordering: .relaxed) })
+                  .min(by: { $0.bulk.load(ordering: .relaxed) < $1.bulk.load(ordering: .relaxed) }),
+              target.bulk.load(ordering: .relaxed) + 2 <= bulky.count,
+              let slot = bulky.last, let route = listeners[connections[slot].listener]?.route else { return }
+        let c = connections[slot]
+        epoll_ctl(epoll, EPOLL_CTL_DEL, c.client, nil)
+        epoll_ctl(epoll, EPOLL_CTL_DEL, c.backend, nil)
+        target.load.add(1, ordering: .relaxed)
+        guard target.post(.migrate(c, route: route)) else {
+            target.load.subtract(1, ordering: .relaxed)
+            watchConnection(slot)  // it stopped: keep it here
+            return
+        }
+        // Counted where it went (its estimate too, until that worker looks itself).
+        target.bulk.add(1, ordering: .relaxed)
+        bulk.subtract(1, ordering: .relaxed)
+        load.subtract(1, ordering: .relaxed)
+        connections[slot] = Connection(generation: c.generation)  // its descriptors and pipes went with it
+        freeConnections.append(slot)
+    }
+
+    /// A connection another worker moved here: watched from now on, and pumped both ways at
+    /// once (edges that came while it moved were taken by the other epoll set).
+    func adoptMoved(_ moved: Connection, route: ProxyRoute) {
+        guard let listener = listeners.firstIndex(where: { $0?.route == route }) else {
+            // The route went meanwhile: so does the connection, as a removed mapping's would.
+            var c = moved
+            abort(c.client); abort(c.backend)
+            c.client = -1; c.backend = -1
+            let slot = freeConnections.popLast() ?? { connections.append(Connection()); return connections.count - 1 }()
+            c.inUse = true
+            connections[slot] = c
+            return reset(slot, both: true)
+        }
+        let slot = freeConnections.popLast() ?? { connections.append(Connection()); return connections.count - 1 }()
+        var c = moved
+        c.generation = connections[slot].generation &+ 1
+        c.listener = listener
+        c.moved = 0
+        connections[slot] = c
+        watchConnection(slot)
+        pump(slot, up: true, down: true, hangup: false)
+    }
+
+    private func watchConnection(_ slot: Int) {
+        let c = connections[slot]
+        watch(c.client, Worker.connectionToken(slot: slot, generation: c.generation, backend: false),
+              c.clientWritable ? Worker.edgeAll : Worker.edgeRead)
+        watch(c.backend, Worker.connectionToken(slot: slot, generation: c.generation, backend: true), Worker.edgeAll)
     }
 
     /// PROXY protocol v2: the client's address and the address it connected to, binary.

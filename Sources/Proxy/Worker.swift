@@ -26,6 +26,9 @@ final class Worker {
         /// A connection another worker (`from`) accepted, for this one to relay (see
         /// `lighterSibling`). `returned`: this one accepted it, and the other could not take it.
         case adopt(client: Int32, peer: sockaddr_storage, route: ProxyRoute, from: Worker, returned: Bool)
+        /// An established connection another worker moved here whole (see `balanceBulk`);
+        /// it counts in this worker's `load` already.
+        case migrate(Connection, route: ProxyRoute)
     }
 
     /// Epoll tokens: the kind in the top byte, an index below.
@@ -87,6 +90,14 @@ final class Worker {
     let load = Atomic<Int>(0)
     /// The other workers, set before any thread starts (and cleared once they stopped).
     var siblings: [Worker] = []
+    /// Bulk connections this worker relays, as of its last look (see `balanceBulk`).
+    let bulk = Atomic<Int>(0)
+    /// Set once it drains: nothing is moved to it from then on.
+    let draining = Atomic<Bool>(false)
+    /// How often a worker looks for bulk connections, and how many bytes in that time make
+    /// one (both ways together): far above what a request/response connection moves.
+    static let balanceInterval: UInt64 = 100_000_000
+    static let bulkBytes = 1 << 20
 
     /// Set on each backend socket (NUL-terminated); nil: the system's default is it.
     let backendCongestionControl: [CChar]?
@@ -156,6 +167,8 @@ final class Worker {
         let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: capacity)
         defer { events.deallocate() }
         var nextSweep = monotonicNanoseconds() + 250_000_000
+        var nextBalance = monotonicNanoseconds() + Worker.balanceInterval
+        let balancing = options.moveBulkConnections && !siblings.isEmpty
         while true {
             let n = epoll_wait(epoll, events, Int32(capacity), 250)
             for i in 0..<max(0, Int(n)) {
@@ -173,6 +186,10 @@ final class Worker {
                 }
             }
             let now = monotonicNanoseconds()
+            if balancing && now >= nextBalance {
+                balanceBulk()
+                nextBalance = now + Worker.balanceInterval
+            }
             if now >= nextSweep {
                 let retry = retryAccept
                 retryAccept = []
@@ -233,7 +250,10 @@ final class Worker {
                     from.load.subtract(1, ordering: .relaxed)
                 }
                 abort(client)
+            case .migrate(let connection, let route):
+                adoptMoved(connection, route: route)
             case .drain(let deadline, let done):
+                draining.store(true, ordering: .relaxed)
                 for slot in listeners.indices { release(slot) }
                 drainDeadline = deadline
                 var one: UInt64 = 1
@@ -249,9 +269,18 @@ final class Worker {
         let left = queue
         queue = []
         pthread_mutex_unlock(&lock)
-        for case .adopt(let client, _, _, _, _) in left {
-            load.subtract(1, ordering: .relaxed)
-            abort(client)
+        for command in left {
+            switch command {
+            case .adopt(let client, _, _, _, _):
+                load.subtract(1, ordering: .relaxed)
+                abort(client)
+            case .migrate(let c, _):
+                load.subtract(1, ordering: .relaxed)
+                c.counters?.subtract(.active)
+                abort(c.client); abort(c.backend)
+                for pipe in [c.up.pipe, c.down.pipe].compactMap({ $0 }) { close(pipe.read); close(pipe.write) }
+            default: break
+            }
         }
         for slot in connections.indices where connections[slot].inUse { reset(slot, both: true) }
         for slot in flows.indices where flows[slot].inUse { closeFlow(slot) }

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Glibc
 import Netlink
 import Primitives
@@ -390,7 +391,7 @@ struct ProxyRelayTests {
         #expect(try listeners(18022) == 1)
     }
 
-    @Test("TCP: by default, connections stay with the worker on the CPU that took their SYN, however many",
+    @Test("TCP: by default, connections that move little stay with the worker on the CPU that took their SYN, however many",
           .enabled(if: ProxyServer.allowedCPUs.count >= 2, "needs two CPUs"))
     func locality() throws {
         let cpus = ProxyServer.allowedCPUs
@@ -399,8 +400,55 @@ struct ProxyRelayTests {
         try s.serve([ProxyRelayTests.route(listen: "0.0.0.0", 18032, s.backend.port)])
         let fds = try s.connectEchoing(port: 18032, count: 8 * cpus.count, fromCPU: cpus[1])
         #expect(s.proxy.workerConnections == [0, fds.count] + Array(repeating: 0, count: cpus.count - 2))
+        usleep(350_000)  // several looks for bulk connections: these moved a byte each, so none moves
+        #expect(s.proxy.workerConnections == [0, fds.count] + Array(repeating: 0, count: cpus.count - 2))
         fds.forEach { close($0) }
         #expect(eventually { s.proxy.workerConnections.allSatisfy { $0 == 0 } }, "\(s.proxy.workerConnections)")
+    }
+
+    @Test("TCP: bulk transfers on connections from one CPU are spread over the workers, moved whole mid-transfer, every byte echoed in order",
+          .enabled(if: ProxyServer.allowedCPUs.count >= 2, "needs two CPUs"))
+    func bulkMoves() throws {
+        let cpus = ProxyServer.allowedCPUs
+        let s = try Setup(workers: cpus.count)
+        try #require(s.proxy.workerCPUs == cpus.map { [$0] }, "workers could not be bound to CPUs")
+        try s.serve([ProxyRelayTests.route(listen: "0.0.0.0", 18034, s.backend.port)])
+        let fds = try s.connectEchoing(port: 18034, count: 4, fromCPU: cpus[0])
+        defer { fds.forEach { close($0) } }
+        #expect(s.proxy.workerConnections == [4] + Array(repeating: 0, count: cpus.count - 1))
+        // Four streams of 64 KiB chunks, each echoed and checked, for up to 3 s (bounded).
+        let group = DispatchGroup()
+        let failures = Mutex<[String]>([])
+        let deadline = Date().addingTimeInterval(3)
+        for (k, fd) in fds.enumerated() {
+            group.enter()
+            Thread.detachNewThread {
+                defer { group.leave() }
+                var sent = [UInt8](repeating: 0, count: 64 << 10), back = [UInt8](repeating: 0, count: 64 << 10)
+                var round = 0
+                while Date() < deadline {
+                    for i in sent.indices { sent[i] = UInt8(truncatingIfNeeded: i &* 7 &+ round &+ k) }
+                    guard Client.sendAll(fd, sent) else { failures.withLock { $0.append("stream \(k): send failed") }; return }
+                    var got = 0
+                    while got < back.count {
+                        let n = back[got...].withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                        guard n > 0 else { failures.withLock { $0.append("stream \(k): recv \(n) errno \(errno)") }; return }
+                        got += n
+                    }
+                    guard back == sent else { failures.withLock { $0.append("stream \(k): round \(round) came back different") }; return }
+                    round += 1
+                }
+            }
+        }
+        var spread = false
+        while Date() < deadline && !spread {
+            spread = s.proxy.workerConnections.allSatisfy { $0 >= 4 / cpus.count - 1 } && s.proxy.workerConnections.max()! <= 3
+            usleep(20_000)
+        }
+        group.wait()
+        #expect(failures.withLock { $0 }.isEmpty, "\(failures.withLock { $0 })")
+        #expect(spread, "the streams stayed on one worker: \(s.proxy.workerConnections)")
+        #expect(s.proxy.workerConnections.reduce(0, +) == 4)
     }
 
     @Test("TCP, balancing on: a few connections from one CPU stay with that CPU's worker; more are spread until no worker holds more than a few more than another",
