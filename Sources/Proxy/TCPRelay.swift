@@ -150,7 +150,7 @@ extension Worker {
         if rc == 0 {
             // Connected at once: nothing is known of either side, so both are read to EAGAIN.
             connections[slot].clientWaiting = EPOLLIN.rawValue | Worker.hangupEvents
-            established(slot, backendEvents: EPOLLIN.rawValue | Worker.hangupEvents)
+            established(slot, backendEvents: EPOLLIN.rawValue | Worker.hangupEvents, assumed: true)
         } else {
             connecting.insert(slot)
         }
@@ -204,7 +204,8 @@ extension Worker {
         }
     }
 
-    private func established(_ slot: Int, backendEvents: UInt32) {
+    /// `assumed`: the events are a guess (a connect that completed at once), not the kernel's.
+    private func established(_ slot: Int, backendEvents: UInt32, assumed: Bool = false) {
         connections[slot].establishing = false
         if connections[slot].proxyProtocol {
             guard sendProxyHeader(slot) else { return reset(slot, both: true) }
@@ -215,7 +216,7 @@ extension Worker {
         let generation = connections[slot].generation
         pump(slot, up: client != 0, down: backendEvents & EPOLLIN.rawValue != 0,
              hangup: (client | backendEvents) & Worker.hangupEvents != 0)
-        if backendEvents & Worker.goneEvents != 0 { dropIfGone(slot, generation: generation, backend: true) }
+        if !assumed && backendEvents & Worker.goneEvents != 0 { dropIfGone(slot, generation: generation, backend: true) }
     }
 
     /// The backend refused or never answered: the client gets a reset at once.
@@ -411,7 +412,8 @@ extension Worker {
               let target = siblings.filter({ !$0.draining.load(ordering: .relaxed) })
                   .min(by: { $0.bulk.load(ordering: .relaxed) < $1.bulk.load(ordering: .relaxed) }),
               target.bulk.load(ordering: .relaxed) + 2 <= bulky.count,
-              let slot = bulky.last, let route = listeners[connections[slot].listener]?.route else { return }
+              let slot = bulky.last, listeners.indices.contains(connections[slot].listener),
+              let route = listeners[connections[slot].listener]?.route else { return }
         let c = connections[slot]
         epoll_ctl(epoll, EPOLL_CTL_DEL, c.client, nil)
         epoll_ctl(epoll, EPOLL_CTL_DEL, c.backend, nil)
@@ -421,7 +423,9 @@ extension Worker {
             watchConnection(slot)  // it stopped: keep it here
             return
         }
-        // Counted where it went (its estimate too, until that worker looks itself).
+        // Counted where it went (its estimate too, until that worker looks itself). A worker's
+        // counters have one writer, itself: the other worker counts it in its own from now on.
+        c.counters?.subtract(.active)
         target.bulk.add(1, ordering: .relaxed)
         bulk.subtract(1, ordering: .relaxed)
         load.subtract(1, ordering: .relaxed)
@@ -432,20 +436,21 @@ extension Worker {
     /// A connection another worker moved here: watched from now on, and pumped both ways at
     /// once (edges that came while it moved were taken by the other epoll set).
     func adoptMoved(_ moved: Connection, route: ProxyRoute) {
-        guard let listener = listeners.firstIndex(where: { $0?.route == route }) else {
-            // The route went meanwhile: so does the connection, as a removed mapping's would.
-            var c = moved
-            abort(c.client); abort(c.backend)
-            c.client = -1; c.backend = -1
-            let slot = freeConnections.popLast() ?? { connections.append(Connection()); return connections.count - 1 }()
-            c.inUse = true
-            connections[slot] = c
-            return reset(slot, both: true)
-        }
-        let slot = freeConnections.popLast() ?? { connections.append(Connection()); return connections.count - 1 }()
         var c = moved
+        let listener = listeners.firstIndex(where: { $0?.route == route })
+        if listener == nil && drainDeadline == nil {
+            // The route went meanwhile: so does the connection, as a removed mapping's would.
+            abort(c.client); abort(c.backend)
+            for pipe in [c.up.pipe, c.down.pipe].compactMap({ $0 }) { close(pipe.read); close(pipe.write) }
+            load.subtract(1, ordering: .relaxed)
+            return
+        }
+        // Draining (its listeners let go, the move crossing the drain): it finishes here anyway.
+        let slot = freeConnections.popLast() ?? { connections.append(Connection()); return connections.count - 1 }()
         c.generation = connections[slot].generation &+ 1
-        c.listener = listener
+        c.listener = listener ?? -1
+        c.counters = listener.flatMap { listeners[$0]?.counters }
+        c.counters?.add(.active)
         c.moved = 0
         connections[slot] = c
         watchConnection(slot)

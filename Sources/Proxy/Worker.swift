@@ -143,8 +143,9 @@ final class Worker {
     static let hangupEvents = EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue
     /// A socket reset, or closed both ways.
     static let goneEvents = EPOLLHUP.rawValue | EPOLLERR.rawValue
-    /// How long a backend may leave the proxy's FIN (and bytes before it) unacknowledged.
-    static var unacknowledgedLimitMilliseconds: UInt32 { 30_000 }
+    /// How long a backend may leave the proxy's FIN (and bytes before it) unacknowledged, or
+    /// its receive window shut: long enough for a backend busy with a large upload.
+    static var unacknowledgedLimitMilliseconds: UInt32 { 300_000 }
 
     func watch(_ fd: Int32, _ token: UInt64, _ events: UInt32, change: Bool = false) {
         var event = epoll_event()
@@ -274,9 +275,8 @@ final class Worker {
             case .adopt(let client, _, _, _, _):
                 load.subtract(1, ordering: .relaxed)
                 abort(client)
-            case .migrate(let c, _):
+            case .migrate(let c, _):  // (its sender took it out of its counters)
                 load.subtract(1, ordering: .relaxed)
-                c.counters?.subtract(.active)
                 abort(c.client); abort(c.backend)
                 for pipe in [c.up.pipe, c.down.pipe].compactMap({ $0 }) { close(pipe.read); close(pipe.write) }
             default: break
