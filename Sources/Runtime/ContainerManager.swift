@@ -310,14 +310,11 @@ public final class ContainerManager {
         let code = reap(started.pid)
         cproc_set_signal_target(0)
         started.relays?.stop(drainSeconds: 0)
+        release(started.record)
         if started.record.autoRemove {
             discard(started.record)
         } else {
-            // What others wait for first (its ports, endpoints and mount: `stop` and `rm -f`
-            // return once it says exited), runc's record of the dead container after.
-            release(started.record, runcState: false)
             _ = try? store.update(started.record.id) { $0.state = .exited; $0.exitCode = code; $0.finishedAt = .now() }
-            deleteRuncState(started.record)
         }
         return code
     }
@@ -458,23 +455,17 @@ public final class ContainerManager {
 
     /// Gives back what a container holds in the kernel: runc's state, the endpoint (with its
     /// ports and namespace) and the root filesystem mount. Idempotent.
-    private func release(_ record: ContainerRecord, runcState: Bool = true) {
+    private func release(_ record: ContainerRecord) {
         let dir = directory(record)
-        if runcState { deleteRuncState(record) }
+        if let runc = try? Runc.locate(root: runcRoot) {
+            try? runc.run(["delete", "--force", record.id], container: record.name, logFile: dir + "/runc.log")
+        }
         let attached = endpoints(of: record).map(\.name)
         if !attached.isEmpty {
             do { _ = try network.detach(attached) } catch { logger.warning("cannot detach \(attached.joined(separator: ", ")): \(error)") }
             do { try syncNames() } catch { logger.warning("\(error)") }
         }
         _ = cfs_umount_detach(dir + "/rootfs")
-    }
-
-    /// runc's own record of the container (its state directory and cgroup).
-    private func deleteRuncState(_ record: ContainerRecord) {
-        guard let runc = try? Runc.locate(root: runcRoot) else { return }
-        // No log in the container's directory: `rm` may be removing it meanwhile, and runc
-        // refuses to start without its log file. A failure here is not reported anyway.
-        try? runc.run(["delete", "--force", record.id], container: record.name, logFile: "/dev/null")
     }
 
     /// Releases a container and deletes its directory and record.
