@@ -27,9 +27,9 @@ struct QuotedTests {
     func quoting() {
         #expect(quoted("web") == #""web""#)
         #expect(quoted("a\nb\t\"c\"\\") == #""a\nb\t\"c\"\\""#)
-        #expect(quoted("bell\u{7}") == #""bell\u{7}""#)
+        #expect(quoted("bell\u{7}") == #""bell\u0007""#)
         let long = quoted(String(repeating: "x", count: 10_000), limit: 8)
         #expect(long == #""xxxxxxxx…" (10000 bytes)"#)
-        #expect(quoted("").isEmpty == false)
+        #expect(quoted("") == #""""#)
     }
 }
