@@ -70,7 +70,7 @@ public enum Agent {
 
     /// The running agent's process, if one serves this state directory.
     public static func process(_ stateDirectory: String) -> ProcessIdentity? {
-        guard let text = readFile(lockPath(stateDirectory)), let identity = ProcessIdentity(encoded: text.trimmingWhitespace()),
+        guard let text = readFile(lockPath(stateDirectory)), let identity = ProcessIdentity(encoded: text.trimmed),
               identity.isAlive else { return nil }
         return identity
     }
@@ -104,7 +104,7 @@ public enum Agent {
         address.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
         guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-            throw AgentError.notStarted(reason: "the state directory's path is too long for a unix socket", log: path)
+            throw AgentError.notStarted(reason: "its socket's path \(path) is \(bytes.count) bytes, over the unix socket limit of \(MemoryLayout.size(ofValue: address.sun_path) - 1); use a shorter --state-dir", log: path)
         }
         withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
         return address
@@ -135,18 +135,12 @@ public enum Agent {
                                     needed: Agent.needed)
         guard try server.reload() else { return }
         // The firewall watch on a thread of its own, with a state connection of its own.
-        let watch = try FirewallWatch(stateDirectory: stateDirectory, logger: logger)
+        let watch = FirewallWatch(stateDirectory: stateDirectory, logger: logger)
         try watch.start()
         logger.notice("serving (pid \(getpid()))")
         server.run()
         watch.stop()
         logger.notice("no network left; stopping")
-    }
-}
-
-extension String {
-    func trimmingWhitespace() -> String {
-        String(drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed())
     }
 }
 

@@ -16,7 +16,7 @@ final class FirewallWatch: Sendable {
     private let running = Atomic<Bool>(true)
     private let thread = Mutex<pthread_t?>(nil)
 
-    init(stateDirectory: String, logger: Logger) throws {
+    init(stateDirectory: String, logger: Logger) {
         self.stateDirectory = stateDirectory
         self.logger = logger
     }

@@ -103,10 +103,7 @@ public enum CNIPlugin {
         switch field {
         case .ip: return "the requested IP"
         case .ip6: return "the requested IPv6"
-        case .gateway: return "the gateway"
-        case .gateway6: return "the IPv6 gateway"
-        case .subnet: return "the subnet"
-        case .subnet6: return "the IPv6 subnet"
+        default: return field.plainName
         }
     }
 

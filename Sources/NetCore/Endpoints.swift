@@ -62,11 +62,20 @@ final class Attachments {
         if let ip6 = request.ip6, IPAddress(ip6)?.isIPv4 != false {
             throw NetctlError.invalidAddress(ip6, field: .ip6, problem: .notAnAddress(ipv4: false))
         }
+        // Another process's namespace, never this host's own: attaching that would give the
+        // host a container's interface, address and default route.
+        func notHost(_ namespace: NetworkNamespace, _ path: String) throws -> NetworkNamespace {
+            if namespace.identity == (try context.wrapKernel { try NetworkNamespace.current() }).identity {
+                throw NetctlError.hostNamespace(path)
+            }
+            return namespace
+        }
         switch request.target {
         case .path(let path):
-            return Target(namespace: try context.wrapKernel { try NetworkNamespace(path: path) }, path: path, mac: mac)
+            return Target(namespace: try notHost(try context.wrapKernel { try NetworkNamespace(path: path) }, path), path: path, mac: mac)
         case .pid(let pid):
-            return Target(namespace: try context.wrapKernel { try NetworkNamespace(pid: pid) }, path: "/proc/\(pid)/ns/net",
+            let path = "/proc/\(pid)/ns/net"
+            return Target(namespace: try notHost(try context.wrapKernel { try NetworkNamespace(pid: pid) }, path), path: path,
                           pid: pid, mac: mac)
         case .new(let name):
             try Validate.objectName(name, kind: "namespace")

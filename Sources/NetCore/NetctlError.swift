@@ -78,6 +78,8 @@ public enum NetctlError: Error, CustomStringConvertible, Equatable {
     case addressTaken(address: String, network: String, endpoint: String)
     case addressPoolExhausted(network: String, subnet: String)
     case namespaceExists(String)
+    /// The target namespace is the host's own (the caller's).
+    case hostNamespace(String)
     case interfaceExistsInNamespace(interface: String, namespace: String)
     /// The namespace has a default route of the family already (another network's).
     case defaultRouteExists(namespace: String, gateway: String)
@@ -209,6 +211,11 @@ public enum NetctlError: Error, CustomStringConvertible, Equatable {
             return "cannot set \(name) to \(value): \(errorMessage(code))"
         case .needsPrivilege:
             return "netctl needs root (CAP_NET_ADMIN), and this process does not have it"
+        case .hostNamespace(let path):
+            return "the network namespace at \(path) is this host's own, not a container's"
+        case .stateSuspect(let path, .damaged(let reason)):
+            // Raised by any query, maybe half-way through a command: no claim that nothing changed.
+            return "netctl's state in \(path) cannot be trusted: \(StateProblem.damaged(reason))"
         case .stateSuspect(let path, let problem):
             return "netctl's state in \(path) cannot be trusted: \(problem); nothing was changed"
         case .stateUnavailable(let path, let reason):

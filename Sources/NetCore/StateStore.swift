@@ -196,12 +196,16 @@ final class StateStore {
     }
 
     /// Compares the database with the file beside it (see `mirrorPath`).
-    private func checkIntegrity() throws {
-        let mirror = readFile(mirrorPath).flatMap { text -> (id: String, generation: Int64)? in
+    private func readMirror() -> (id: String, generation: Int64)? {
+        readFile(mirrorPath).flatMap { text in
             let parts = text.split(whereSeparator: \.isWhitespace)
             guard parts.count == 2, let generation = Int64(parts[1]) else { return nil }
             return (String(parts[0]), generation)
         }
+    }
+
+    private func checkIntegrity() throws {
+        let mirror = readMirror()
         guard let id = try meta("state_id"), let generation = try meta("generation").flatMap({ Int64($0) }) else {
             if let mirror {
                 // The file says this directory had state; the database has none of it.
@@ -233,7 +237,7 @@ final class StateStore {
 
     /// Takes the database as it is for the truth from now on (`gc --accept-state`).
     func acceptState() throws {
-        let mirrored = readFile(mirrorPath).flatMap { Int64($0.split(whereSeparator: \.isWhitespace).last ?? "") } ?? 0
+        let mirrored = readMirror()?.generation ?? 0
         stateID = try meta("state_id") ?? randomHex(bytes: 8)
         let generation = max(try meta("generation").flatMap { Int64($0) } ?? 0, mirrored) + 1
         try db.transaction {

@@ -44,7 +44,7 @@ public enum NetavarkBackend {
             switch command {
             case .version:
                 let info = JSON.object([("version", .string(protocolVersion)), ("commit", .string("netctl")),
-                                        ("build_time", .string("")), ("target", .string("x86_64-unknown-linux-gnu"))])
+                                        ("build_time", .string("")), ("target", .string(NetavarkBackend.target))])
                 return Output(stdout: info.text + "\n", status: 0)
             case .firewallReload:
                 let manager = try openManager(stateDirectory)
@@ -65,8 +65,8 @@ public enum NetavarkBackend {
                 manager.detachesInBackground = true
                 defer { manager.holdSocketsUntilExit() }
                 let operation = Operation(manager: manager, options: options, netns: netns)
-                let errors = operation.teardown()
-                let warning = syncAgent(manager, agent)
+                let (errors, warnings) = operation.teardown()
+                let warning = warnings.joined() + syncAgent(manager, agent)
                 guard errors.isEmpty else {
                     throw errors.count == 1 ? errors[0] : NetavarkError.several(errors.map { NetavarkError.message($0) })
                 }
@@ -77,7 +77,19 @@ public enum NetavarkBackend {
         }
     }
 
+    /// The options are a few KB; past this they are refused unread.
+    public static let maxInputBytes = 1 << 20
+
+    #if arch(arm64)
+    static let target = "aarch64-unknown-linux-gnu"
+    #else
+    static let target = "x86_64-unknown-linux-gnu"
+    #endif
+
     static func decode(_ stdin: [UInt8]) throws -> NetavarkOptions {
+        guard stdin.count <= maxInputBytes else {
+            throw NetavarkError.invalidOptions("the network options are over \(maxInputBytes) bytes; Podman sends a few KB, so check what calls netctl-netavark")
+        }
         let json: JSON
         do {
             json = try JSON.parse(stdin)
@@ -118,9 +130,11 @@ struct Operation {
     mutating func setup() throws -> JSON {
         let plans = try options.networks.map { name, per in try options.plan(name, per) }
         let mappings = try options.expandedPortMappings()
+        // Every network checked before any is attached: a refusal changes nothing.
+        let remake = try plans.map(mustRemake)
         var attached: [Endpoint] = []
         do {
-            for plan in plans { attached.append(try attach(plan)) }
+            for (plan, remake) in zip(plans, remake) { attached.append(try attach(plan, remakingNetwork: remake)) }
             if let first = attached.first, !mappings.isEmpty {
                 // `network connect` sends the container's ports again: they stay where they are.
                 let published = try manager.endpoints(sharingNamespaceWith: first.name).contains { try !manager.ports(endpoint: $0.name).isEmpty }
@@ -135,18 +149,21 @@ struct Operation {
         return .object(zip(plans, attached).map { plan, endpoint in (plan.name, status(plan, endpoint)) })
     }
 
-    func attach(_ plan: NetavarkOptions.Plan) throws -> Endpoint {
-        if let existing = try? manager.network(named: plan.name) {
-            let differences = self.differences(existing, plan)
-            if !differences.isEmpty {
-                // A definition Podman changed (the network removed and made again): a
-                // network of ours nobody uses follows it.
-                guard existing.owner == NetavarkBackend.owner, try manager.endpoints(network: plan.name).isEmpty else {
-                    throw NetavarkError.settingsDiffer(network: plan.name, differences: differences)
-                }
-                _ = try manager.removeNetwork(named: plan.name)
-            }
+    /// Whether the netctl network of `plan` is to be made again: Podman changed its
+    /// definition (the network removed and made again), and a network of ours nobody uses
+    /// follows it. Throws if it differs and cannot.
+    func mustRemake(_ plan: NetavarkOptions.Plan) throws -> Bool {
+        guard let existing = try? manager.network(named: plan.name) else { return false }
+        let differences = self.differences(existing, plan)
+        guard !differences.isEmpty else { return false }
+        guard existing.owner == NetavarkBackend.owner, try manager.endpoints(network: plan.name).isEmpty else {
+            throw NetavarkError.settingsDiffer(network: plan.name, differences: differences)
         }
+        return true
+    }
+
+    func attach(_ plan: NetavarkOptions.Plan, remakingNetwork remake: Bool) throws -> Endpoint {
+        if remake { _ = try manager.removeNetwork(named: plan.name) }
         let name = options.endpointName(plan.name)
         let aliases = ([options.containerName] + plan.per.aliases).reduce(into: [String]()) { list, alias in
             if alias != name && !list.contains(alias) { list.append(alias) }
@@ -221,19 +238,19 @@ struct Operation {
 
     /// Removes the container's endpoints on the call's networks; what is gone already is
     /// fine (a container set up by another backend, a teardown repeated). Goes on past
-    /// failures and returns them.
-    func teardown() -> [Error] {
-        var errors: [Error] = []
+    /// failures and returns them, and what went that the caller should hear of.
+    func teardown() -> (errors: [Error], warnings: [String]) {
+        var errors: [Error] = [], warnings: [String] = []
         let endpoints: [Endpoint]
         do {
             endpoints = try manager.endpoints().filter { $0.netns == netns }
         } catch {
-            return [error]
+            return ([error], [])
         }
         let leaving = options.networks.compactMap { name, per in
             endpoints.first { $0.network == name && $0.interface == per.interfaceName } ?? endpoints.first { $0.name == options.endpointName(name) }
         }
-        guard !leaving.isEmpty else { return [] }
+        guard !leaving.isEmpty else { return ([], []) }
         if leaving.count == endpoints.count {
             // The whole container: one detach, its ports with it.
             do { _ = try manager.detach(leaving.map(\.name)) } catch { errors.append(error) }
@@ -241,7 +258,9 @@ struct Operation {
             // `network disconnect`: its ports first go where its default route goes next.
             for endpoint in leaving {
                 do {
-                    _ = try manager.movePortsBeforeDetach(endpoint.name)
+                    if try !manager.movePortsBeforeDetach(endpoint.name) {
+                        warnings.append("netctl-netavark: the published ports of \(options.containerName) went with network \(endpoint.network): no other network of it can hold them; connect one that is not internal and recreate the container to publish them again\n")
+                    }
                     _ = try manager.detach([endpoint.name])
                 } catch {
                     errors.append(error)
@@ -252,7 +271,7 @@ struct Operation {
             }
         }
         for network in Set(leaving.map(\.network)) { removeIfUnused(network) }
-        return errors
+        return (errors, warnings)
     }
 }
 

@@ -59,10 +59,7 @@ public enum NetavarkError: Error, Equatable, CustomStringConvertible {
         switch field {
         case .ip: return "the static IP"
         case .ip6: return "the static IPv6"
-        case .gateway: return "the gateway"
-        case .gateway6: return "the IPv6 gateway"
-        case .subnet: return "the subnet"
-        case .subnet6: return "the IPv6 subnet"
+        default: return field.plainName
         }
     }
 

@@ -6,7 +6,7 @@ import Primitives
 /// the per-container options and the network's definition. Unknown keys are ignored, as
 /// netavark ignores them; a key netavark needs that is missing or of the wrong type is an
 /// error naming it.
-public struct NetavarkOptions: Equatable, Sendable {
+public struct NetavarkOptions: Sendable {
     public struct Port: Equatable, Sendable {
         public var hostIP: String
         public var containerPort: UInt16
@@ -47,12 +47,6 @@ public struct NetavarkOptions: Equatable, Sendable {
     public var networks: [(String, PerNetwork)]
     public var networkInfo: [String: Network]
     public var dnsServers: [String]
-
-    public static func == (a: NetavarkOptions, b: NetavarkOptions) -> Bool {
-        a.containerID == b.containerID && a.containerName == b.containerName && a.portMappings == b.portMappings
-            && a.networks.map(\.0) == b.networks.map(\.0) && a.networks.map(\.1) == b.networks.map(\.1)
-            && a.networkInfo == b.networkInfo && a.dnsServers == b.dnsServers
-    }
 
     public init(json: JSON) throws {
         guard case .object = json else { throw NetavarkError.invalidOptions("the network options are not a JSON object") }
@@ -134,11 +128,5 @@ public struct NetavarkOptions: Equatable, Sendable {
             throw NetavarkError.invalidOptions("field `\(key)` in \(at) is not a port number")
         }
         return UInt16(number)
-    }
-}
-
-extension String {
-    var trimmed: String {
-        String(drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed())
     }
 }

@@ -10,3 +10,10 @@ public func quoted<S: StringProtocol>(_ text: S, limit: Int = 80) -> String {
     JSON.quote(String(text.prefix(limit)), into: &out)
     return out.dropLast() + "…\" (\(text.utf8.count) bytes)"
 }
+
+extension String {
+    /// Without leading and trailing whitespace (a line read from a file, a field of a list).
+    public var trimmed: String {
+        String(drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed())
+    }
+}

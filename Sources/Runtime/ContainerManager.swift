@@ -168,7 +168,8 @@ public final class ContainerManager {
         }
         if !request.detach {
             // Attached: this process is the monitor, and the container writes to our output.
-            let started = try start(record.id, runc: runc, attached: true)
+            let started = try start(record.id, runc: runc, attached: true, phases: &phases)
+            logger.debug("run \(record.name): \(phases)")
             let code = supervise(started)
             return store.load(record.id) ?? { var r = started.record; r.state = .exited; r.exitCode = code; return r }()
         }
@@ -256,11 +257,6 @@ public final class ContainerManager {
 
     /// Takes ownership of the record, then `runc create` and `runc start`. On failure nothing
     /// of the container is left (its record included) and the error says why.
-    private func start(_ id: String, runc: Runc, attached: Bool) throws -> Started {
-        var phases = Phases()
-        return try start(id, runc: runc, attached: attached, phases: &phases)
-    }
-
     private func start(_ id: String, runc: Runc, attached: Bool, phases: inout Phases) throws -> Started {
         // The monitor owns the record from here: gc, stop and rm see a live owner, not the
         // `run` that started it (which may be gone).
@@ -500,10 +496,4 @@ public final class ContainerManager {
     }
 
     static func ownExecutable() -> String { Processes.ownExecutable() }
-}
-
-extension String {
-    var trimmed: String {
-        String(drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed())
-    }
 }

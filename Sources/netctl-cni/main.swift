@@ -19,14 +19,8 @@ while let pointer = entry.pointee {
     if let eq = pair.firstIndex(of: "=") { environment[String(pair[..<eq])] = String(pair[pair.index(after: eq)...]) }
     entry += 1
 }
-var input: [UInt8] = []
-var buffer = [UInt8](repeating: 0, count: 8192)  // a configuration is a few KB; more takes more reads
-while input.count <= BridgeConfig.maxInputBytes {  // past the limit, the plugin refuses it (unread)
-    let n = read(0, &buffer, buffer.count)
-    if n > 0 { input += buffer[0..<n]; continue }
-    if n < 0 && errno == EINTR { continue }
-    break
-}
+// Read no further than just past the limit: the plugin refuses that much (a configuration is a few KB).
+let input = readAll(0, limit: BridgeConfig.maxInputBytes)
 let output = CNIPlugin.run(environment: environment, stdin: input)
 if !output.stdout.isEmpty {
     writeAll(1, Array((output.stdout + "\n").utf8))

@@ -1,5 +1,6 @@
 import Glibc
 import Logging
+import NetCore
 import Netavark
 import Primitives
 
@@ -78,15 +79,15 @@ switch command {
 case .setup, .teardown:
     // The options: a few KB; a megabyte is more than Podman ever sends.
     if let file {
-        guard let bytes = readBytes(file, limit: 1 << 20) else { fail("cannot read \(file): \(String(cString: strerror(errno)))") }
+        guard let bytes = readBytes(file, limit: NetavarkBackend.maxInputBytes) else { fail("cannot read \(file): \(String(cString: strerror(errno)))") }
         input = bytes
     } else {
-        input = readAll(0, limit: 1 << 20)
+        input = readAll(0, limit: NetavarkBackend.maxInputBytes)
     }
 default:
     break
 }
-let stateDirectory = getenv("NETCTL_STATE_DIR").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 } ?? "/var/lib/netctl"
+let stateDirectory = getenv("NETCTL_STATE_DIR").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 } ?? NetworkManager.defaultStateDirectory
 let output = NetavarkBackend.run(command, stdin: input, stateDirectory: stateDirectory)
 if !output.stderr.isEmpty { writeStandardError(output.stderr) }
 _ = writeAll(1, Array(output.stdout.utf8))

@@ -48,6 +48,7 @@ func advice(_ error: NetctlError) -> String? {
     case .endpointNotFound: return "list endpoints with `netctl endpoints`"
     case .addressTaken: return "pick another --ip or omit it"
     case .addressPoolExhausted: return "detach endpoints or create a larger network"
+    case .hostNamespace: return "give the namespace of a container (--netns PATH, --pid PID), or --new NAME for a new one"
     case .namespaceExists(let path): return "attach to it with --netns \(path) or pick another --new name"
     case .interfaceExistsInNamespace: return "pass another --ifname"
     case .defaultRouteExists: return "pass --no-default-route to attach without one, or remove that route first"

@@ -42,6 +42,7 @@ struct FailureTests {
             (["network", "create", "-"], "invalid network name \"-\""),
             (["network", "create", "c", "--mtu", "-5"], "see --help"),
             (["network", "create", "a\nb"], #"invalid network name "a\nb""#),                            // escaped: one line, whatever the name holds
+            (["attach", "a", "--netns", "/proc/self/ns/net", "--name", "h"], "is this host's own, not a container's; give the namespace of a container"),
             (["port", "parse", "0.0.80.0:2:1"], "cannot be a host's own address"),
             (["port", "parse", "[]:1:1"], "empty host address"),
         ]
