@@ -3,8 +3,8 @@ import PackageDescription
 
 // Arrows point one way:
 //   C interop, Primitives (the leaf: shared value types and OS helpers)
-//   -> Netlink -> Firewall -> NetCore (networks, endpoints, IPAM, state, publishing);  Proxy;  Images
-//   -> ProxyService (NetCore + Proxy), NameService (NetCore) -> Agent (+ Firewall) -> Runtime (+ Images);
+//   -> Netlink -> Firewall -> NetCore (networks, endpoints, IPAM, state, publishing);  Proxy;  Images -> Registry
+//   -> ProxyService (NetCore + Proxy), NameService (NetCore) -> Agent (+ Firewall) -> Runtime (+ Images, Registry);
 //      CNI (NetCore); Netavark (NetCore + Agent)
 //   -> netctl, netctl-cni, netctl-agent, netctl-netavark.
 let package = Package(
@@ -19,6 +19,7 @@ let package = Package(
         .library(name: "NameService", targets: ["NameService"]),
         .library(name: "Agent", targets: ["Agent"]),
         .library(name: "Images", targets: ["Images"]),
+        .library(name: "Registry", targets: ["Registry"]),
         .library(name: "Runtime", targets: ["Runtime"]),
         .library(name: "CNI", targets: ["CNI"]),
         .library(name: "Netavark", targets: ["Netavark"]),
@@ -46,6 +47,7 @@ let package = Package(
                        providers: [.apt(["libnftnl-dev", "libmnl-dev"])]),
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
 
         // The leaf (over C interop only): addresses and prefixes, socket and MAC addresses,
         // process identity and spawning, the monotonic clock and timestamps, file helpers.
@@ -59,6 +61,8 @@ let package = Package(
         .target(name: "Proxy", dependencies: ["Primitives", "CSocket", "CProcess"]),
         // OCI images and `docker save` archives: verification, safe unpacking, the layer cache.
         .target(name: "Images", dependencies: ["Primitives", "CFilesystem", "CCrypto", "CZlib"]),
+        // Registries: references, registries.conf, credentials, and pulls over libcurl into the store.
+        .target(name: "Registry", dependencies: ["Primitives", "Images", "CCurl"]),
         // Networks, endpoints, IPAM, state, publishing and reconciliation: what runtimes embed.
         .target(name: "NetCore", dependencies: [
             "Primitives", "Netlink", "Firewall", "CSQLite", "CDetached",
@@ -81,7 +85,7 @@ let package = Package(
         ]),
         // Runs images with runc on netctl networking: bundles, the monitor, container state.
         .target(name: "Runtime", dependencies: [
-            "Primitives", "Images", "NetCore", "Proxy", "ProxyService", "NameService", "Agent", "CProcess", "CFilesystem",
+            "Primitives", "Images", "Registry", "NetCore", "Proxy", "ProxyService", "NameService", "Agent", "CProcess", "CFilesystem",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The CNI plugin: protocol, configuration and results.
@@ -89,7 +93,7 @@ let package = Package(
         // Podman's network backend protocol (netavark's): options, status blocks, errors.
         .target(name: "Netavark", dependencies: ["Primitives", "NetCore", "Agent"]),
         .executableTarget(name: "netctl", dependencies: [
-            "Primitives", "NetCore", "Netlink", "Proxy", "ProxyService", "Agent", "Runtime", "Images",
+            "Primitives", "NetCore", "Netlink", "Proxy", "ProxyService", "Agent", "Runtime", "Images", "Registry",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -112,6 +116,7 @@ let package = Package(
         .testTarget(name: "NameServiceTests", dependencies: ["NameService", "NetCore", "Primitives"]),
         .testTarget(name: "ProxyTests", dependencies: ["Proxy", "Primitives", "CSocket"]),
         .testTarget(name: "ImagesTests", dependencies: ["Images", "Primitives", "TestSupport"]),
+        .testTarget(name: "RegistryTests", dependencies: ["Registry", "Images", "Primitives"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "NetCore", "Primitives"]),
         .testTarget(name: "EndToEndTests", dependencies: ["NetCore", "Netlink", "Firewall", "Proxy", "Primitives", "CProcess",
                                                           "CSocket", "TestSupport", "Images"],

@@ -66,6 +66,9 @@ public final class FileRegion: ByteSource {
 
     deinit { close(fd) }
 
+    /// Bytes left to read.
+    public var length: Int64 { end - offset }
+
     public func skip(_ count: Int64) throws {
         guard offset + count <= end else { throw ImageError.invalid(what: what, reason: "truncated") }
         offset += count

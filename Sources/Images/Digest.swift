@@ -46,6 +46,9 @@ public final class SHA256 {
         if bytes.count > 0 { EVP_DigestUpdate(context, bytes.baseAddress, bytes.count) }
     }
 
+    /// Starts over, as if new.
+    public func reset() { EVP_DigestInit_ex(context, EVP_sha256(), nil) }
+
     public func update(_ bytes: [UInt8]) {
         bytes.withUnsafeBytes { update($0) }
     }

@@ -1,31 +1,34 @@
 /// The parts of the OCI image spec (and Docker's `docker save` format) that running an
 /// image needs. Field names follow the specs, hence the capitalised config keys.
 
-struct Descriptor: Codable, Sendable {
-    var mediaType: String?
-    var digest: Digest
-    var size: Int64
-    var platform: Platform?
+public struct Descriptor: Codable, Sendable {
+    public var mediaType: String?
+    public var digest: Digest
+    public var size: Int64
+    public var platform: Platform?
+    public var annotations: [String: String]?
 }
 
-struct Platform: Codable, Sendable {
-    var architecture: String
-    var os: String
-    var variant: String?
+public struct Platform: Codable, Sendable, Equatable, CustomStringConvertible {
+    public var architecture: String
+    public var os: String
+    public var variant: String?
+    public init(os: String, architecture: String, variant: String? = nil) { self.os = os; self.architecture = architecture; self.variant = variant }
+    public var description: String { os + "/" + architecture + (variant.map { "/" + $0 } ?? "") }
 }
 
 /// index.json, or a nested image index.
-struct ImageIndex: Codable, Sendable {
-    var schemaVersion: Int
-    var mediaType: String?
-    var manifests: [Descriptor]
+public struct ImageIndex: Codable, Sendable {
+    public var schemaVersion: Int
+    public var mediaType: String?
+    public var manifests: [Descriptor]
 }
 
-struct ImageManifest: Codable, Sendable {
-    var schemaVersion: Int
-    var mediaType: String?
-    var config: Descriptor
-    var layers: [Descriptor]
+public struct ImageManifest: Codable, Sendable {
+    public var schemaVersion: Int
+    public var mediaType: String?
+    public var config: Descriptor
+    public var layers: [Descriptor]
 }
 
 /// One entry of a `docker save` archive's manifest.json.
@@ -62,13 +65,16 @@ public struct ImageConfig: Codable, Sendable, Equatable {
 
     public var architecture: String?
     public var os: String?
+    public var variant: String?
+    /// When it was built (RFC 3339), as `docker images` shows it.
+    public var created: String?
     public var config: RunConfig?
     public var rootfs: RootFS
 }
 
-enum MediaType {
-    static let ociIndex = "application/vnd.oci.image.index.v1+json"
-    static let dockerList = "application/vnd.docker.distribution.manifest.list.v2+json"
-    static let ociManifest = "application/vnd.oci.image.manifest.v1+json"
-    static let dockerManifest = "application/vnd.docker.distribution.manifest.v2+json"
+public enum MediaType {
+    public static let ociIndex = "application/vnd.oci.image.index.v1+json"
+    public static let dockerList = "application/vnd.docker.distribution.manifest.list.v2+json"
+    public static let ociManifest = "application/vnd.oci.image.manifest.v1+json"
+    public static let dockerManifest = "application/vnd.docker.distribution.manifest.v2+json"
 }

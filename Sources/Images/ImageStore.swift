@@ -10,20 +10,23 @@ public struct Image: Sendable {
     public var config: ImageConfig
     /// Directories of unpacked layers in the shared cache, bottom layer first.
     public var layerDirectories: [String]
+    /// Names it came with: a `docker save` archive's RepoTags, an OCI layout's ref.name.
     public var tags: [String]
+    /// Bytes of its layers as stored in the archive or registry.
+    public var size: Int64 = 0
 }
 
 /// Loads images from OCI image layouts (directory or tar) and `docker save` archives,
 /// verifies every blob, and unpacks each layer once into a cache shared by all containers,
 /// keyed by the layer's uncompressed digest (its diff ID).
-public final class ImageStore {
+public final class ImageStore: Sendable {
     public let directory: String
     private var layersDirectory: String { directory + "/layers" }
     private var scratchDirectory: String { directory + "/tmp" }
 
     public init(directory: String) throws {
         self.directory = directory
-        for path in [directory, directory + "/layers", directory + "/tmp"] {
+        for path in [directory, directory + "/layers", directory + "/tmp", directory + "/blobs"] {
             if mkdir(path, 0o700) != 0 && errno != EEXIST { throw ImageError.io(what: "cannot create \(path)", errno: errno) }
         }
         sweepScratch()
@@ -75,7 +78,7 @@ public final class ImageStore {
             manifestDescriptor = try choose(nested.manifests, in: "image index \(manifestDescriptor.digest.short)")
         }
         let manifest: ImageManifest = try readBlob(archive, manifestDescriptor, what: "manifest")
-        let config: ImageConfig = try readBlob(archive, manifest.config, what: "image config")
+        let config: ImageConfig = try readBlob(archive, manifest.config, what: "image config", keep: true)
         try check(config, layers: manifest.layers.count, listedIn: "the manifest")
         var directories: [String] = []
         for (layer, diffID) in zip(manifest.layers, config.rootfs.diff_ids) {
@@ -86,7 +89,9 @@ public final class ImageStore {
             let member = blobPath(layer.digest)
             directories.append(try unpack(diffID: diffID, blob: layer, what: what) { try archive.open(member, what: what) })
         }
-        return Image(id: manifest.config.digest, source: archive.path, config: config, layerDirectories: directories, tags: [])
+        let name = manifestDescriptor.annotations?["org.opencontainers.image.ref.name"]
+        return Image(id: manifest.config.digest, source: archive.path, config: config, layerDirectories: directories,
+                     tags: name.map { [$0] } ?? [], size: manifest.layers.reduce(0) { $0 + $1.size })
     }
 
     /// The manifest for this machine's platform (or the only one).
@@ -113,26 +118,33 @@ public final class ImageStore {
         try check(configSource, expected: configDigest, size: nil, what: "image config")
         let config: ImageConfig = try decode(configBytes, "image config")
         try check(config, layers: entry.Layers.count, listedIn: "manifest.json")
+        try storeBlob(configBytes, digest: configDigest)
         // Layers carry no descriptor here: each is verified against its diff ID, which the
         // (verified) config names.
         var directories: [String] = []
+        var size: Int64 = 0
         for (member, diffID) in zip(entry.Layers, config.rootfs.diff_ids) {
             let what = "layer \(diffID.short)"
             directories.append(try unpack(diffID: diffID, what: what, verifyCached: true) { try archive.open(member, what: what) })
+            size += (try? archive.open(member, what: what).length) ?? 0
         }
-        return Image(id: configDigest, source: archive.path, config: config, layerDirectories: directories, tags: entry.RepoTags ?? [])
+        return Image(id: configDigest, source: archive.path, config: config, layerDirectories: directories,
+                     tags: entry.RepoTags ?? [], size: size)
     }
 
     // MARK: Blobs and layers
 
     private func blobPath(_ digest: Digest) -> String { "blobs/sha256/" + digest.hex }
 
-    private func readBlob<T: Decodable>(_ archive: ImageArchive, _ descriptor: Descriptor, what: String) throws -> T {
+    /// A small blob of the archive, verified; with `keep`, also stored in the store's blobs.
+    private func readBlob<T: Decodable>(_ archive: ImageArchive, _ descriptor: Descriptor, what: String, keep: Bool = false) throws -> T {
         guard descriptor.size <= 1 << 22 else { throw ImageError.invalid(what: what, reason: "larger than 4 MiB") }
         let source = DigestingSource(try archive.open(blobPath(descriptor.digest), what: what))
         let bytes = try source.readAll(limit: 1 << 22, what: what)
         try check(source, expected: descriptor.digest, size: descriptor.size, what: what)
-        return try decode(bytes, what)
+        let value: T = try decode(bytes, what)
+        if keep { try storeBlob(bytes, digest: descriptor.digest) }
+        return value
     }
 
     private func verify(_ blob: ByteSource, expected: Digest, size: Int64?, what: String) throws {
@@ -154,7 +166,7 @@ public final class ImageStore {
     /// verified, so a rejected layer leaves nothing behind and concurrent loads of one
     /// layer never see half of it. A cached layer is checked against `blob` (or, with
     /// `verifyCached`, its stream against `diffID`) before it is used.
-    private func unpack(diffID: Digest, blob: Descriptor? = nil, what: String, verifyCached: Bool = false,
+    func unpack(diffID: Digest, blob: Descriptor? = nil, what: String, verifyCached: Bool = false,
                         open: () throws -> ByteSource) throws -> String {
         let final = layerDirectory(diffID)
         var st = stat()
@@ -231,7 +243,7 @@ public final class ImageStore {
         }
     }
 
-    private func checkPlatform(_ config: ImageConfig) throws {
+    public func checkPlatform(_ config: ImageConfig) throws {
         if let os = config.os, os != "linux" { throw ImageError.unsupported(what: "image", reason: "it is built for \(os), not linux") }
         if let arch = config.architecture, arch != ImageStore.hostArchitecture {
             throw ImageError.unsupported(what: "image", reason: "it is built for \(arch); this host is \(ImageStore.hostArchitecture)")

@@ -9,6 +9,7 @@ import Logging
 import NetCore
 import Agent
 import ProxyService
+import Registry
 
 /// What `netctl run` asks for.
 public struct RunRequest: Sendable {
@@ -41,6 +42,9 @@ public struct RunRequest: Sendable {
     public var detach: Bool
     public var autoRemove: Bool
     public var portBackend: PortBackend
+    /// When to pull an image given by name (`--pull`), and which platform's (`--platform`).
+    public var pull: ImageLibrary.PullPolicy = .missing
+    public var platform: Platform?
 
     public init(image: String, name: String? = nil, command: [String] = [], environment: [String] = [], ports: [String] = [],
                 publishAll: Bool = false, networks: [String] = [], aliases: [String] = [], ip: String? = nil, ip6: String? = nil,
@@ -71,6 +75,33 @@ public final class ContainerManager {
     public var monitorExecutable: String
     /// netctl's agent (`netctl-agent`: names, the firewall watch), started with the first network.
     public var agent = Agent.defaultBinary()
+    /// Told each step of a pull that `run` makes.
+    public var pullProgress: @Sendable (PullEvent) -> Void = { _ in }
+    /// Where names are pulled from and with which credentials (`--authfile`).
+    public var credentials = CredentialStore.standard()
+
+    /// Images by name over this manager's store: registries.conf is read when first needed,
+    /// so a path-only run never depends on it.
+    public func imageLibrary() throws -> ImageLibrary {
+        ImageLibrary(store: images, configuration: try RegistryConfiguration.load(), credentials: credentials)
+    }
+
+    /// `rmi`: refused for an image a container uses (unless `force`, which untags it), and
+    /// never deletes a layer a container's root filesystem is built on.
+    public func removeImage(_ text: String, force: Bool) throws -> [ImageLibrary.Removal] {
+        let library = try imageLibrary()
+        let records = store.all()
+        let catalog = images.catalog()
+        var inUse = Set<Digest>()
+        for record in records {
+            if let layers = record.layers { inUse.formUnion(layers.compactMap { try? Digest(hex: $0) }) }
+            else if let stored = catalog.first(where: { $0.id.description == record.imageID }) { inUse.formUnion(stored.layers) }
+            else { inUse.formUnion(catalog.flatMap(\.layers)) }  // a container from before layers were recorded: keep all
+        }
+        return try library.remove(text, force: force, usedBy: { id in
+            records.filter { $0.imageID == id.description }.map(\.name)
+        }, layersInUse: inUse)
+    }
 
     public init(stateDirectory: String = NetworkManager.defaultStateDirectory, monitorExecutable: String? = nil,
                 logger: Logger = Logger(label: "netctl-runtime")) throws {
@@ -115,7 +146,8 @@ public final class ContainerManager {
         let files = try ContainerFiles(request)
 
         phases.mark("checks")
-        let image = try images.load(request.image)
+        let image = try imageLibrary().image(for: request.image, policy: request.pull, platform: request.platform,
+                                             progress: pullProgress)
         phases.mark("image")
         let config = image.config.config ?? .init()
         if request.publishAll {
@@ -132,6 +164,7 @@ public final class ContainerManager {
             autoRemove: request.autoRemove, detached: request.detach,
             stopSignal: config.StopSignal.map { $0.hasPrefix("SIG") ? String($0.dropFirst(3)) : $0 }, state: .created,
             monitorPID: getpid(), monitorStart: ProcessIdentity.current().startTime)
+        record.layers = image.config.rootfs.diff_ids.map(\.hex)
         let dir = directory(record)
         try store.locked {
             if let other = store.all().first(where: { $0.name == name }) { throw RuntimeError.nameInUse(name: name, id: other.id) }
@@ -470,6 +503,26 @@ public final class ContainerManager {
         let parent = open(store.directory, O_DIRECTORY | O_RDONLY | O_CLOEXEC)
         defer { close(parent) }
         try? removeTree(parent, record.id)
+    }
+
+    // MARK: exec
+
+    /// The runc command line that runs `command` in a running container, as `runc exec`
+    /// does it: the container's own environment, user and working directory unless given;
+    /// with `tty`, runc gives the process a terminal and relays the caller's to it. The
+    /// caller runs it in its own place (exec), so signals and the terminal are its own.
+    public func execCommand(_ reference: String, command: [String], tty: Bool, environment: [String] = [],
+                            user: String? = nil, workdir: String? = nil) throws -> [String] {
+        let record = try store.find(reference)
+        guard isRunning(record) else { throw RuntimeError.notRunning(record.name) }
+        guard !command.isEmpty else { throw RuntimeError.noCommand(image: record.image) }
+        let runc = try Runc.locate(root: runcRoot)
+        var arguments = [runc.executable, "--root", runc.root, "exec"]
+        if tty { arguments.append("--tty") }
+        for entry in environment { arguments += ["--env", entry] }
+        if let user { arguments += ["--user", user] }
+        if let workdir { arguments += ["--cwd", workdir] }
+        return arguments + [record.id] + command
     }
 
     // MARK: Queries

@@ -40,6 +40,8 @@ public struct ContainerRecord: Codable, Equatable, Sendable {
     public var finishedAt: Timestamp?
     public var exitCode: Int32?
     public var rootfsMode: String?
+    /// Diff IDs (hex) of the layers its root filesystem is built on: `rmi` keeps them.
+    public var layers: [String]?
 
     public var shortID: String { String(id.prefix(12)) }
     /// The monitor and the container's first process, as identities (nil until recorded).

@@ -5,6 +5,7 @@ import Logging
 import Agent
 import NetCore
 import Primitives
+import Registry
 import Runtime
 
 // The runtime wrapper: `docker run`-style commands over the Runtime library.
@@ -48,17 +49,29 @@ struct Run: ParsableCommand {
     @Flag(name: .customLong("rm"), help: "Remove the container when it exits.") var autoRemove = false
     @Option(help: "Port backend: nft, proxy or auto (the kernel where it can, the proxy where it can't).")
     var backend: PortBackend = .auto
-    @Argument(help: "The image: a path.") var image: String
+    @Option(help: "Pull the image: missing (when the store lacks it), always, or never.") var pull: ImageLibrary.PullPolicy = .missing
+    @OptionGroup var pullOptions: PullOptions
+    @Flag(name: .shortAndLong, help: "Pull without progress output.") var quiet = false
+    @Argument(help: "The image: a name (nginx, localhost:5000/app:1, NAME@sha256:...) or a path (OCI layout or `docker save` archive).")
+    var image: String
     @Argument(parsing: .captureForPassthrough, help: "Command and arguments (replace the image's Cmd).") var command: [String] = []
 
     func run() throws {
         var code: Int32 = 0
         // 125 for netctl's own failures, as `docker run`: a container's status passes through.
         try reportingErrors(exitCode: 125) {
-            let record = try global.containers().run(RunRequest(
+            let containers = try global.containers()
+            containers.credentials = CredentialStore.standard(authFile: pullOptions.authfile)
+            // As docker run: the pull's progress goes to stderr, stdout keeps the container's ID.
+            let printer = PullPrinter(quiet: quiet, output: STDERR_FILENO)
+            containers.pullProgress = { printer.handle($0) }
+            var request = RunRequest(
                 image: image, name: name, command: command, environment: env, ports: publish, publishAll: publishAll,
                 networks: network, aliases: networkAlias, ip: ip, ip6: ip6, mac: macAddress, hostname: hostname, extraHosts: addHost,
-                dns: dns, dnsSearch: dnsSearch, dnsOptions: dnsOption, detach: detach, autoRemove: autoRemove, portBackend: backend))
+                dns: dns, dnsSearch: dnsSearch, dnsOptions: dnsOption, detach: detach, autoRemove: autoRemove, portBackend: backend)
+            request.pull = pull
+            request.platform = try pullOptions.parsedPlatform()
+            let record = try containers.run(request)
             if detach { print(record.id) } else { code = record.exitCode ?? 0 }
         }
         if code != 0 { throw ExitCode(code) }
@@ -188,5 +201,38 @@ struct Monitor: ParsableCommand {
         }
         let code = try ContainerManager(stateDirectory: stateDir).runMonitor(id: id, readyFD: 3)
         throw ExitCode(code)
+    }
+}
+
+extension ImageLibrary.PullPolicy: ExpressibleByArgument {}
+
+struct Exec: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run a command in a running container (runc exec).")
+    @OptionGroup var global: GlobalOptions
+    @Flag(name: .shortAndLong, help: "Keep stdin open.") var interactive = false
+    @Flag(name: .shortAndLong, help: "Give the command a terminal.") var tty = false
+    @Option(name: [.short, .customLong("env")], help: "Set an environment variable, KEY=VALUE. Repeatable.") var env: [String] = []
+    @Option(name: .shortAndLong, help: "Run as this user: uid[:gid].") var user: String?
+    @Option(name: .shortAndLong, help: "Working directory inside the container.") var workdir: String?
+    @Argument(help: "The container: name or ID.") var container: String
+    @Argument(parsing: .captureForPassthrough, help: "The command and its arguments.") var command: [String] = []
+
+    func run() throws {
+        var arguments: [String] = []
+        try reportingErrors(exitCode: 126) {
+            guard !tty || isatty(STDIN_FILENO) == 1 else { throw UsageError("-t needs a terminal on stdin; drop -t, or run it from a terminal") }
+            arguments = try global.containers().execCommand(container, command: command, tty: tty, environment: env,
+                                                            user: user, workdir: workdir)
+        }
+        // Without -i the command reads nothing, as with docker exec.
+        if !interactive {
+            let null = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            if null >= 0 { dup2(null, STDIN_FILENO); close(null) }
+        }
+        // runc takes this process's place: its exit status, signals and terminal are the command's.
+        var argv = arguments.map { strdup($0) } + [nil]
+        execv(arguments[0], &argv)
+        writeStandardError("netctl: error: cannot run \(arguments[0]): \(errorMessage(errno))\n")
+        throw ExitCode(126)
     }
 }

@@ -6,6 +6,7 @@ import NetCore
 import Netlink
 import Primitives
 import Proxy
+import Registry
 import ProxyService
 import Runtime
 
@@ -104,12 +105,20 @@ func advice(_ error: RuntimeError) -> String? {
     }
 }
 
+/// Advice an image error's own message leaves out: how to free space.
+func imageAdvice(_ error: ImageError) -> String? {
+    if case .io(_, ENOSPC) = error { return "free space where the state directory is (`netctl rmi` removes images), then pull again" }
+    return nil
+}
+
 /// One line for any error that reaches the CLI.
 func errorLine(_ error: Error) -> String {
     let text: String
     switch error {
     case let e as NetctlError: text = join(e.message(naming: flag), advice(e))
     case let e as RuntimeError: text = join(e.description, advice(e))
+    case let e as RegistryError: text = join(e.description, advice(e))
+    case let e as ImageError: text = join(e.description, imageAdvice(e))
     case let e as NetlinkError: text = join(e.description, kernelAdvice(e.code))
     case let e as SystemError: text = join(e.description, kernelAdvice(e.code))
     case AgentError.binaryMissing: text = join("\(error)", "install netctl-agent there, beside netctl (tools/build-release builds it)")

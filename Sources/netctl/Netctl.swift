@@ -20,7 +20,8 @@ struct Netctl: ParsableCommand {
         commandName: "netctl",
         abstract: "Container networking over netlink and nftables (networks, endpoints, published ports, a proxy), and `run` for images under runc.",
         subcommands: [NetworkCommand.self, Attach.self, Detach.self, Endpoints.self, PortCommand.self, ProxyCommand.self,
-                      Reload.self, GC.self, Run.self, PS.self, Logs.self, Stop.self, Rm.self, Monitor.self])
+                      Reload.self, GC.self, Run.self, PS.self, Logs.self, Stop.self, Rm.self, Exec.self,
+                      Pull.self, ImagesCommand.self, Rmi.self, Load.self, Login.self, Logout.self, Monitor.self])
 
     /// As ArgumentParser's, but a command line it refuses is one line on stderr with exit
     /// status 1, like every other failure (help still prints in full, with status 0).
