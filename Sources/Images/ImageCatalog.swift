@@ -108,7 +108,14 @@ extension ImageStore {
         }
         do {
             if !fileExists(blobsDirectory) { try makeDirectories(blobsDirectory, mode: 0o700) }
-            try writeFile(blobPath(of: digest), bytes, mode: 0o600, atomically: true, synced: true)
+            // A name of its own: two pulls may store the same blob at once.
+            let temporary = blobPath(of: digest) + ".tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+            try writeFile(temporary, bytes, mode: 0o600, synced: true)
+            if rename(temporary, blobPath(of: digest)) != 0 {
+                let code = errno
+                unlink(temporary)
+                throw SystemError("cannot store blob \(digest.short)", code: code)
+            }
         } catch {
             throw ImageError.io(what: "cannot store blob \(digest.short)", errno: (error as? SystemError)?.code ?? EIO)
         }

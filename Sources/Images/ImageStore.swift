@@ -243,7 +243,7 @@ public final class ImageStore: Sendable {
         }
     }
 
-    public func checkPlatform(_ config: ImageConfig) throws {
+    func checkPlatform(_ config: ImageConfig) throws {
         if let os = config.os, os != "linux" { throw ImageError.unsupported(what: "image", reason: "it is built for \(os), not linux") }
         if let arch = config.architecture, arch != ImageStore.hostArchitecture {
             throw ImageError.unsupported(what: "image", reason: "it is built for \(arch); this host is \(ImageStore.hostArchitecture)")

@@ -97,7 +97,11 @@ public final class Puller: Sendable {
         let manifest: ImageManifest = try decode(manifestBytes, "manifest of \(reference)")
         let configBytes = try store.blob(manifest.config.digest) ?? fetchSmallBlob(manifest.config, what: "image config", connection)
         let config: ImageConfig = try decode(configBytes, "image config of \(reference)")
-        try store.checkPlatform(config)
+        // The platform asked for (this machine's by default), whatever the index said.
+        if config.os.map({ $0 != platform.os }) == true || config.architecture.map({ $0 != platform.architecture }) == true {
+            throw RegistryError.noMatchingPlatform(reference: reference.description, wanted: platform.description,
+                                                   offered: ["\(config.os ?? "?")/\(config.architecture ?? "?")"])
+        }
         guard config.rootfs.diff_ids.count == manifest.layers.count else {
             throw ImageError.invalid(what: "image config of \(reference)",
                                      reason: "it lists \(config.rootfs.diff_ids.count) layers, the manifest \(manifest.layers.count)")

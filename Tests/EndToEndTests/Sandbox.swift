@@ -110,9 +110,9 @@ final class Sandbox {
     }
 
     /// Starts netctl inside the sandbox without waiting (for concurrency tests); output discarded.
-    func startNetctl(_ arguments: [String]) throws -> Child {
+    func startNetctl(_ arguments: [String], environment: [String: String] = [:]) throws -> Child {
         try Child.spawn(["/usr/bin/nsenter", "--target", "\(holder.pid)", "--net", "--mount", "--", Sandbox.netctl] + arguments,
-                        environment: netctlEnvironment)
+                        environment: environment.merging(netctlEnvironment) { $1 })
     }
 
     /// Starts netctl inside the sandbox without waiting; its stderr goes to `log` (a path

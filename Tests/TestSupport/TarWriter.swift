@@ -107,6 +107,8 @@ public struct TestImage {
     public var layers: [[UInt8]]
     public var config: ImageConfig.RunConfig
     public var gzip: Bool
+    /// The architecture its config names (default: this machine's).
+    public var architecture = ImageStore.hostArchitecture
 
     public init(layers: [[UInt8]], config: ImageConfig.RunConfig = .init(Cmd: ["/bin/true"]), gzip: Bool = true) {
         self.layers = layers; self.config = config; self.gzip = gzip
@@ -123,7 +125,7 @@ public struct TestImage {
             var rootfs: Root
             struct Root: Encodable { var type = "layers"; var diff_ids: [String] }
         }
-        let value = Config(architecture: ImageStore.hostArchitecture, os: "linux", config: config,
+        let value = Config(architecture: architecture, os: "linux", config: config,
                            rootfs: .init(diff_ids: layers.map { SHA256.digest($0).description }))
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]  // the same bytes, hence the same digest, every time
