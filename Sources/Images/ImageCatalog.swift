@@ -101,8 +101,9 @@ extension ImageStore {
         return bytes
     }
 
-    /// Stores verified bytes under their digest.
+    /// Stores verified bytes under their digest (once: a blob already there stays).
     public func storeBlob(_ bytes: [UInt8], digest: Digest) throws {
+        if blob(digest) != nil { return }
         guard SHA256.digest(bytes) == digest else {
             throw ImageError.digestMismatch(what: "blob", expected: digest.description, actual: SHA256.digest(bytes).description)
         }

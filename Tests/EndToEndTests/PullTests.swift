@@ -17,11 +17,13 @@ final class TestRegistry {
     let log: String
     var environment: [String: String]
 
-    init(_ world: World, auth: Bool = true, trusted: Bool = true) throws {
+    /// `tokenPort`: Bearer tokens from tools/lib/token-service.py on that port instead of htpasswd.
+    init(_ world: World, tokenPort: Int? = nil) throws {
         self.world = world
         directory = world.sandbox.stateDirectory + "/registry"
         log = directory + "/registry.log"
-        let prepared = try world.sandbox.run(repositoryRoot + "/tools/lib/registry.sh", ["prepare", directory] + (auth ? [] : ["--no-auth"]))
+        let prepared = try world.sandbox.run(repositoryRoot + "/tools/lib/registry.sh",
+                                             ["prepare", directory] + (tokenPort.map { ["--token", "\($0)"] } ?? []))
         guard prepared.ok else { throw SandboxError("registry.sh prepare failed: \(prepared.stderr)") }
         try """
         [[registry]]
@@ -32,8 +34,14 @@ final class TestRegistry {
         location = "127.0.0.1:5000"
         """.write(toFile: directory + "/registries.conf", atomically: true, encoding: .utf8)
         environment = ["CONTAINERS_REGISTRIES_CONF": directory + "/registries.conf",
-                       "NETCTL_CERTS_D": trusted ? directory + "/certs.d" : directory + "/no-certs.d",
+                       "NETCTL_CERTS_D": directory + "/certs.d",
                        "REGISTRY_AUTH_FILE": directory + "/auth.json"]
+        if let tokenPort {
+            let tokenLog = directory + "/token.log"
+            try world.sandbox.startHelper(["/bin/bash", "-c", "exec python3 \"$0\" \"$1\" \"$2\" netctl registry-secret >>\"$3\" 2>&1",
+                                           repositoryRoot + "/tools/lib/token-service.py", directory, "\(tokenPort)", tokenLog])
+            guard eventually(10, { slurp(tokenLog).contains("serving") }) else { throw SandboxError("the token service did not start: \(slurp(tokenLog))") }
+        }
         // Its access log goes to stdout: both into the log, which the tests read.
         try world.sandbox.startHelper(["/bin/bash", "-c", "exec /usr/bin/docker-registry serve \"$0\" >>\"$1\" 2>&1",
                                        directory + "/config.yml", log])
@@ -44,7 +52,7 @@ final class TestRegistry {
 
     func push(_ layout: String, as name: String) throws {
         let pushed = try world.sandbox.run(repositoryRoot + "/tools/lib/registry.sh", ["push", directory, layout, name], timeout: 120)
-        guard pushed.ok else { throw SandboxError("skopeo push of \(name) failed: \(pushed.stderr)") }
+        guard pushed.ok else { throw SandboxError("skopeo push of \(name) failed: \(pushed.stderr) token service: \(slurp(directory + "/token.log"))") }
     }
 
     @discardableResult
@@ -296,6 +304,31 @@ struct PullTests {
         #expect(table.contains("saved/app") && table.contains("127.0.0.1:5000/multiarch"), "\(table)")
         let run = try registry.netctlOK("run", "--rm", "--pull", "never", "saved/app:2", "/bin/sh", "-c", "echo from-the-store")
         #expect(run.stdout.contains("from-the-store"))
+    }
+
+    @Test("Bearer tokens (Docker Hub's flow): the challenge's realm, service and scope, anonymous and with credentials")
+    func tokenFlow() throws {
+        let world = try World()
+        let registry = try TestRegistry(world, tokenPort: 5001)
+        try registry.push(exampleImage, as: "dockersamples/101-tutorial:latest")
+        let tokenLog = registry.directory + "/token.log"
+
+        // Anonymous: the token service grants nothing, so the registry still refuses.
+        let anonymous = try registry.netctl("pull", "127.0.0.1:5000/dockersamples/101-tutorial")
+        #expect(anonymous.status == 1 && anonymous.stderr.contains("127.0.0.1:5000 requires credentials"), "\(anonymous.stderr)")
+        #expect(slurp(tokenLog).contains("token scope=repository:dockersamples/101-tutorial:pull user=-"), "\(slurp(tokenLog))")
+
+        // Wrong credentials: the token service refuses them, and login says so.
+        let wrong = try registry.netctl("login", "-u", "netctl", "-p", "nope", "127.0.0.1:5000")
+        #expect(wrong.status == 1 && wrong.stderr.contains("refused"), "\(wrong.stderr)")
+
+        try registry.login()
+        try registry.netctlOK("pull", "dockersamples/101-tutorial")
+        #expect(slurp(tokenLog).contains("token scope=repository:dockersamples/101-tutorial:pull user=netctl"), "\(slurp(tokenLog))")
+        #expect(registry.layerCache.count == 1)
+        let id = try registry.netctlOK("run", "-d", "-p", "80:80", "--pull", "never", "dockersamples/101-tutorial").stdout
+        #expect(try world.page(from: world.sandbox.hostNamespace, "127.0.0.1", 80).contains("netctl 101 tutorial"))
+        try registry.netctlOK("rm", "-f", String(id.prefix(12)))
     }
 
     private func manifestDigest(_ layout: String) throws -> (String, Int) {
