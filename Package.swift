@@ -47,7 +47,7 @@ let package = Package(
                        providers: [.apt(["libnftnl-dev", "libmnl-dev"])]),
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
-        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        .target(name: "CCurl", linkerSettings: [.linkedLibrary("dl")]),  // libcurl, loaded when a pull needs it (libcurl4-openssl-dev)
 
         // The leaf (over C interop only): addresses and prefixes, socket and MAC addresses,
         // process identity and spawning, the monotonic clock and timestamps, file helpers.

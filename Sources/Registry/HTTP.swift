@@ -22,6 +22,8 @@ final class HTTPSession {
         /// The sink refused the data (its own error is kept by the caller).
         case aborted
         case other(String)
+        /// libcurl could not be loaded.
+        case unavailable(String)
     }
 
     private let handle: UnsafeMutableRawPointer
@@ -30,14 +32,16 @@ final class HTTPSession {
     private var trust: [UInt8] = []
     private var trustSource: [UInt8] = []
 
-    private static let initialized: Bool = { curl_global_init(Int(CURL_GLOBAL_DEFAULT)) == CURLE_OK }()
-
-    init() {
-        _ = HTTPSession.initialized
-        handle = curl_easy_init()!
+    /// Loads libcurl (once per process); throws when this host lacks it.
+    init() throws(Failure) {
+        var message = [CChar](repeating: 0, count: 256)
+        guard netctl_curl_load(&message, UInt(message.count)) == 0, let handle = netctl_curl_easy_init() else {
+            throw .unavailable(String(cBuffer: message))
+        }
+        self.handle = handle
     }
 
-    deinit { curl_easy_cleanup(handle) }
+    deinit { netctl_curl_easy_cleanup(handle) }
 
     /// Performs one request. Body bytes of a 2xx response go to `sink` (false aborts);
     /// redirects are followed (libcurl sends a custom Authorization header to the first
@@ -58,10 +62,10 @@ final class HTTPSession {
           try withoutActuallyEscaping(start) { (start) throws(Failure) -> Response in
             let context = Context(sink, start)
             let pointer = Unmanaged.passUnretained(context).toOpaque()
-            curl_easy_reset(handle)
+            netctl_curl_easy_reset(handle)
             var list: UnsafeMutablePointer<curl_slist>? = nil
-            for header in headers { list = curl_slist_append(list, header) }
-            defer { curl_slist_free_all(list) }
+            for header in headers { list = netctl_curl_slist_append(list, header) }
+            defer { netctl_curl_slist_free_all(list) }
             netctl_curl_set_ptr(handle, CURLOPT_URL, url)
             netctl_curl_set_ptr(handle, CURLOPT_HTTPHEADER, list)
             netctl_curl_set_ptr(handle, CURLOPT_ERRORBUFFER, &errorBuffer)
@@ -120,10 +124,10 @@ final class HTTPSession {
                 return size * count
             }
             errorBuffer[0] = 0
-            let code = curl_easy_perform(handle)
+            let code = netctl_curl_easy_perform(handle)
             if context.aborted { throw .aborted }
             guard code == CURLE_OK else {
-                let detail = errorBuffer[0] != 0 ? String(cBuffer: errorBuffer) : String(cString: curl_easy_strerror(code))
+                let detail = errorBuffer[0] != 0 ? String(cBuffer: errorBuffer) : String(cString: netctl_curl_easy_strerror(code))
                 switch code {
                 case CURLE_SSL_CONNECT_ERROR, CURLE_PEER_FAILED_VERIFICATION, CURLE_SSL_CACERT_BADFILE, CURLE_SSL_CERTPROBLEM:
                     throw .tls(detail)

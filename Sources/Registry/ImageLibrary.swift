@@ -124,12 +124,10 @@ public final class ImageLibrary: Sendable {
     /// Checks the credential against the registry's API root (a token is fetched if it
     /// asks for one), then stores it where Podman and skopeo read it.
     public func login(registry: String, credential: Credential) throws {
-        let reference = Reference(registry: registry, repository: "")
         var endpoint = try configuration.endpoints(for: Reference(registry: registry, repository: "x")).last!
         endpoint.repository = ""
-        let connection = RegistryConnection(endpoint: endpoint, reference: registry, authorizer: Authorizer(credential: credential),
+        let connection = try RegistryConnection(endpoint: endpoint, reference: registry, authorizer: Authorizer(credential: credential),
                                             trust: configuration.certificates(for: endpoint.host))
-        _ = reference
         _ = try connection.get("", what: "login") { _ in true }
         try credentials.store(credential, key: registry)
     }

@@ -72,7 +72,7 @@ public final class Puller: Sendable {
 
     private func pull(_ reference: Reference, from endpoint: RegistryConfiguration.Endpoint, authorizer: Authorizer) throws -> StoredImage {
         let trust = configuration.certificates(for: endpoint.host)
-        let connection = RegistryConnection(endpoint: endpoint, reference: reference.description, authorizer: authorizer, trust: trust)
+        let connection = try RegistryConnection(endpoint: endpoint, reference: reference.description, authorizer: authorizer, trust: trust)
         var (manifestBytes, mediaType) = try fetchManifest(reference.manifestReference, connection)
         var manifestDigest = SHA256.digest(manifestBytes)
         if let digest = reference.digest, digest != manifestDigest {
@@ -170,8 +170,14 @@ public final class Puller: Sendable {
             progress(PullEvent(layer: blob.digest.short, step: store.hasLayer(diffID) ? .alreadyExists : .waiting))
         }
         let work: @Sendable () -> Void = { [self] in
-            let connection = RegistryConnection(endpoint: endpoint, reference: reference.description, authorizer: authorizer,
-                                                trust: trust, scheme: scheme)
+            let connection: RegistryConnection
+            do {
+                connection = try RegistryConnection(endpoint: endpoint, reference: reference.description, authorizer: authorizer,
+                                                    trust: trust, scheme: scheme)
+            } catch {
+                failure.withLock { if $0 == nil { $0 = error } }
+                return
+            }
             while failure.withLock({ $0 == nil }) {
                 let index = next.withLock { value -> Int in defer { value += 1 }; return value }
                 guard index < layers.count else { return }

@@ -127,11 +127,13 @@ final class RegistryConnection {
     let reference: String
     let authorizer: Authorizer
     let trust: [UInt8]
-    private let session = HTTPSession()
+    private let session: HTTPSession
     /// http only for an endpoint marked insecure whose https failed.
     private(set) var scheme: String
 
-    init(endpoint: RegistryConfiguration.Endpoint, reference: String, authorizer: Authorizer, trust: [UInt8], scheme: String = "https") {
+    init(endpoint: RegistryConfiguration.Endpoint, reference: String, authorizer: Authorizer, trust: [UInt8],
+         scheme: String = "https") throws(RegistryError) {
+        do { session = try HTTPSession() } catch { throw RegistryConnection.transportError(error, host: endpoint.host) }
         self.endpoint = endpoint; self.reference = reference; self.authorizer = authorizer; self.trust = trust; self.scheme = scheme
     }
 
@@ -185,6 +187,7 @@ final class RegistryConnection {
         case .connect(let detail): return .unreachable(host: host, detail: detail)
         case .aborted: return .unreachable(host: host, detail: "the transfer was stopped")
         case .other(let detail): return .unreachable(host: host, detail: detail)
+        case .unavailable(let detail): return .clientUnavailable(detail)
         }
     }
 }

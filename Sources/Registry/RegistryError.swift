@@ -24,6 +24,8 @@ public enum RegistryError: Error, CustomStringConvertible, Equatable {
     case imageNotInStore(String)
     case imageInUse(image: String, containers: [String])
     case credentials(file: String, reason: String)
+    /// libcurl, which every registry request goes through, could not be loaded.
+    case clientUnavailable(String)
 
     public var description: String {
         switch self {
@@ -62,6 +64,8 @@ public enum RegistryError: Error, CustomStringConvertible, Equatable {
             return "image \(image) is used by container\(containers.count == 1 ? "" : "s") \(containers.joined(separator: ", "))"
         case .credentials(let file, let reason):
             return "cannot use credentials in \(file): \(reason)"
+        case .clientUnavailable(let detail):
+            return "cannot load libcurl, which registry requests need: \(detail)"
         }
     }
 }

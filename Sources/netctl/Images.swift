@@ -287,5 +287,6 @@ func advice(_ error: RegistryError) -> String? {
     case .imageNotInStore: return "pull it, or drop --pull never; `netctl images` lists the store"
     case .imageInUse(_, let containers): return "remove \(containers.count == 1 ? "it" : "them") first (`netctl rm`), or untag with rmi -f"
     case .credentials(let file, _): return "fix or remove \(file), or name another with --authfile"
+    case .clientUnavailable: return "install it (apt install libcurl4)"
     }
 }
