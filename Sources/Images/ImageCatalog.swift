@@ -141,10 +141,10 @@ extension ImageStore {
         return try body()
     }
 
-    /// Unpacks a layer blob into the cache as it streams from `source` (whose end the
-    /// caller vouches for: the blob's digest checked); its uncompressed stream must match `diffID`.
-    public func unpackLayer(diffID: Digest, source: ByteSource, what: String) throws -> String {
-        try unpack(diffID: diffID, what: what) { source }
+    /// Unpacks a downloaded layer blob (already checked against its digest) into the cache;
+    /// its uncompressed stream must match `diffID`.
+    public func unpackLayer(diffID: Digest, file: String, what: String) throws -> String {
+        try unpack(diffID: diffID, what: what) { try FileRegion(path: file, what: what) }
     }
 
     /// Removes cached layers (those no image or container uses any more; the caller knows).

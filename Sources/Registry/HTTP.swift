@@ -79,8 +79,6 @@ final class HTTPSession {
             netctl_curl_set_long(handle, CURLOPT_LOW_SPEED_LIMIT, 1)
             netctl_curl_set_long(handle, CURLOPT_LOW_SPEED_TIME, 60)
             netctl_curl_set_ptr(handle, CURLOPT_USERAGENT, "netctl")
-            // Fewer, larger callbacks: each one hashes and writes what it is given.
-            netctl_curl_set_long(handle, CURLOPT_BUFFERSIZE, 512 << 10)
             if method == "HEAD" { netctl_curl_set_long(handle, CURLOPT_NOBODY, 1) }
             if !verify {
                 netctl_curl_set_long(handle, CURLOPT_SSL_VERIFYPEER, 0)

@@ -198,10 +198,6 @@ public final class Puller: Sendable {
         if let error = failure.withLock({ $0 }) { throw error }
     }
 
-    /// Downloads a layer and unpacks it at the same time: the bytes go to the partial file
-    /// (what a resumed pull starts from) and, through a socket pair, to an unpacking thread.
-    /// The unpacker sees the end of its stream only once the whole blob has matched its
-    /// digest, so an unverified layer never enters the cache.
     private func fetchLayer(_ blob: Descriptor, diffID: Digest, _ connection: RegistryConnection, stop: () -> Bool) throws {
         let short = blob.digest.short
         if store.hasLayer(diffID) { return }
@@ -209,61 +205,24 @@ public final class Puller: Sendable {
             // Another pull may have stored it while this one waited for the lock.
             if store.hasLayer(diffID) { progress(PullEvent(layer: short, step: .alreadyExists)); return }
             let path = store.partialBlobPath(blob.digest)
-            let what = "layer \(short)"
-            var pair: [Int32] = [-1, -1]
-            guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
-                throw ImageError.io(what: "cannot make a socket pair for unpacking \(what)", errno: errno)
-            }
-            let (reader, writer) = (pair[0], pair[1])
-            defer { close(reader) }
-            var writerOpen = true
-            defer { if writerOpen { close(writer) } }
-            let stream = DownloadStream(fd: reader, what: what)
-            let outcome = Mutex<Error??>(nil)  // nil: still running; .some(nil): unpacked
-            var unpacker: pthread_t?
-            let startUnpacker: (Int64) throws -> Void = { [store] kept in
-                if kept > 0 { stream.prefix = try FileRegion(path: path, length: kept, what: what) }
-                unpacker = try startThread("unpacking \(what)") {
-                    let result: Error?
-                    do { _ = try store.unpackLayer(diffID: diffID, source: stream, what: what); result = nil } catch { result = error }
-                    outcome.withLock { $0 = .some(result) }
-                    shutdown(reader, Int32(SHUT_RDWR))  // a download still writing fails at once instead of waiting
-                }
-            }
-            var downloadError: Error?
+            try download(blob, to: path, connection, stop: stop)
+            progress(PullEvent(layer: short, step: .extracting))
             do {
-                let kept = try download(blob, to: path, connection, stop: stop, tee: writer, onStart: startUnpacker)
-                if unpacker == nil { try startUnpacker(kept) }  // all of it was already here
-                stream.verified.withLock { $0 = true }
+                _ = try store.unpackLayer(diffID: diffID, file: path, what: "layer \(short)")
             } catch {
-                downloadError = error
-            }
-            close(writer)
-            writerOpen = false
-            if downloadError == nil { progress(PullEvent(layer: short, step: .extracting)) }  // what is left of it
-            if let unpacker { pthread_join(unpacker, nil) }
-            let unpackError = outcome.withLock { $0 } ?? nil
-            if unpacker != nil, unpackError == nil, store.hasLayer(diffID) {
+                // A verified blob that does not unpack (hostile, or not the layer the config
+                // says): kept, it would only fail again.
                 unlink(path)
-                progress(PullEvent(layer: short, step: .complete))
-                return
+                throw error
             }
-            // The download's failure explains the unpacker's (its stream ended early), not the reverse.
-            if let downloadError { throw downloadError }
-            // A verified blob that does not unpack (hostile, or not the layer the config says):
-            // kept, it would only fail again.
             unlink(path)
-            throw unpackError ?? ImageError.invalid(what: what, reason: "it was not unpacked")
+            progress(PullEvent(layer: short, step: .complete))
         }
     }
 
     /// Downloads a blob to `path`, resuming what a killed pull left there (Range), hashing as
     /// it streams. A blob whose digest or size is wrong is deleted: it never counts as present.
-    /// Returns how many bytes of an earlier download were kept (the unpacker reads those
-    /// from the file first). `tee` gets every byte fetched; `onStart` is told, before the
-    /// first byte, how many bytes were kept.
-    private func download(_ blob: Descriptor, to path: String, _ connection: RegistryConnection, stop: () -> Bool,
-                          tee: Int32, onStart: (Int64) throws -> Void) throws -> Int64 {
+    private func download(_ blob: Descriptor, to path: String, _ connection: RegistryConnection, stop: () -> Bool) throws {
         let short = blob.digest.short
         let what = "layer \(short)"
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
@@ -287,11 +246,8 @@ public final class Puller: Sendable {
             progress(PullEvent(layer: short, step: .resuming(from: held)))
         }
         var count = held
-        var kept = held
         var writeError: Int32 = 0
         var oversize = false
-        var startError: Error?
-        var teeBroken = false
         var lastReport = count
         if held < blob.size {
             let headers = held > 0 ? ["Range: bytes=\(held)-"] : []
@@ -304,10 +260,8 @@ public final class Puller: Sendable {
                         hasher.reset()
                         count = 0
                     }
-                    kept = count
-                    do { try onStart(count) } catch { startError = error }
                 }) { bytes in
-                    guard !stop(), startError == nil else { return false }
+                    guard !stop() else { return false }
                     guard count + Int64(bytes.count) <= blob.size else { oversize = true; return false }
                     var offset = 0
                     while offset < bytes.count {
@@ -316,14 +270,6 @@ public final class Puller: Sendable {
                         offset += n
                     }
                     hasher.update(bytes)
-                    // An unpacker that stopped (it failed) gets nothing more, but the download goes on
-                    // to its digest check: damaged bytes are then named as such, and discarded.
-                    offset = 0
-                    while !teeBroken && offset < bytes.count {
-                        let n = send(tee, bytes.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL))
-                        if n < 0 { if errno == EINTR { continue }; teeBroken = true }
-                        offset += max(n, 0)
-                    }
                     count += Int64(bytes.count)
                     if count - lastReport >= 1 << 20 || count == blob.size {
                         lastReport = count
@@ -332,7 +278,6 @@ public final class Puller: Sendable {
                     return true
                 }
             } catch {
-                if let startError { throw startError }
                 if writeError != 0 {
                     unlink(path)  // no space (or a failing disk): keep nothing half-written
                     throw ImageError.io(what: "cannot write \(what) to \(path)", errno: writeError)
@@ -351,37 +296,6 @@ public final class Puller: Sendable {
             unlink(path)
             throw RegistryError.digestMismatch(what: what, host: connection.endpoint.host, expected: blob.digest.description,
                                                actual: count == blob.size ? actual.description : "that of \(count) bytes, not \(blob.size)")
-        }
-        return kept
-    }
-}
-
-/// The unpacker's side of a layer being downloaded: the bytes an earlier pull kept (from the
-/// partial file), then what arrives. Its end counts only once the download has matched the
-/// blob's digest; before that, an end of stream is an error, and nothing is stored.
-final class DownloadStream: ByteSource, @unchecked Sendable {
-    /// Set before the unpacker starts; read only by it.
-    var prefix: FileRegion?
-    let verified = Mutex(false)
-    private let fd: Int32
-    private let what: String
-
-    init(fd: Int32, what: String) { self.fd = fd; self.what = what }
-
-    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
-        if let prefix {
-            let n = try prefix.read(into: buffer)
-            if n > 0 { return n }
-            self.prefix = nil
-        }
-        while true {
-            let n = Glibc.read(fd, buffer.baseAddress, buffer.count)
-            if n > 0 { return n }
-            if n < 0 && errno == EINTR { continue }
-            guard n == 0, verified.withLock({ $0 }) else {
-                throw ImageError.invalid(what: what, reason: "its download did not complete")
-            }
-            return 0
         }
     }
 }
