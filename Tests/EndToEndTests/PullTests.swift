@@ -204,6 +204,20 @@ struct PullTests {
         try Data(original).write(to: URL(fileURLWithPath: path))
         try registry.netctlOK("pull", "dockersamples/101-tutorial")
         #expect(registry.layerCache.count == 1)
+
+        // A layer whose bytes are what the manifest says, but which climbs out of its root:
+        // refused, nothing of it kept (not even the verified blob), nothing written outside.
+        let outside = registry.directory + "/outside"
+        try makeDirectory(outside)
+        let layout = registry.directory + "/hostile"
+        try TestImage(layers: [HostileLayer.dotdot.layer(outside: outside)]).writeLayout(to: layout)
+        try registry.push(layout, as: "hostile:1")
+        for _ in 0..<2 {
+            let hostile = try registry.netctl("pull", "127.0.0.1:5000/hostile:1")
+            #expect(hostile.status == 1 && hostile.stderr.contains(HostileLayer.dotdot.message), "\(hostile.stderr)")
+            #expect(registry.scratch.isEmpty && registry.layerCache.count == 1, "\(registry.scratch)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: outside + "/pwned"))
     }
 
     @Test("an interrupted download resumes with a Range request; a damaged partial is discarded; two pulls at once download once")
