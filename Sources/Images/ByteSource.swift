@@ -124,6 +124,9 @@ public final class GzipSource: ByteSource {
             input.deallocate()
             throw ImageError.invalid(what: what, reason: "cannot start the gzip decoder")
         }
+        // No CRC-32 of the output: every stream decoded here is checked against its SHA-256
+        // (the layer's diff ID) as it is read, so the CRC would be paid for twice.
+        inflateValidate(&stream, 0)
     }
 
     deinit {
