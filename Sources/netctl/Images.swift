@@ -59,7 +59,8 @@ final class PullPrinter: Sendable {
         state.withLock { state in
             let text: String
             switch event.step {
-            case .resolved, .complete where event.layer.isEmpty: return
+            case .resolved: return
+            case .complete where event.layer.isEmpty: return
             case .waiting: text = "Pulling fs layer"
             case .alreadyExists: text = "Already exists"
             case .resuming(let from): text = "Resuming at \(bytes(from))"
