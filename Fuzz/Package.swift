@@ -17,12 +17,14 @@ let package = Package(
             dependencies: [.product(name: "NameService", package: "netctl")]
         ),
         // The other parsers of untrusted input: -p specs, CNI configurations, netlink
-        // messages, tar archives, netavark's options (the input's first byte picks one).
+        // messages, tar archives, netavark's options, image references, registries.conf and
+        // registry challenges (the input's first byte picks one).
         .executableTarget(
             name: "fuzz-inputs",
             dependencies: [
                 .product(name: "NetCore", package: "netctl"), .product(name: "CNI", package: "netctl"),
                 .product(name: "Netavark", package: "netctl"), .product(name: "Images", package: "netctl"),
+                .product(name: "Registry", package: "netctl"),
             ]
         ),
     ],

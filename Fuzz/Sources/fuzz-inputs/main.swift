@@ -6,6 +6,7 @@ import NetCore
 @_spi(Fuzzing) import Netlink
 import Netavark
 import Primitives
+@_spi(Fuzzing) import Registry
 
 // The parsers of untrusted input other than DNS: the first byte of an input picks one, the
 // rest is what it reads. Refusing is fine; crashing, hanging or reading out of bounds is not.
@@ -30,7 +31,7 @@ final class Bytes: ByteSource {
 let exercise: @convention(c) (UnsafePointer<UInt8>?, Int) -> Int32 = { data, size in
     guard let data, size > 0 else { return 0 }
     let input = Array(UnsafeBufferPointer(start: data + 1, count: size - 1))
-    switch data[0] % 5 {
+    switch data[0] % 8 {
     case 0:  // docker's -p
         if let mappings = try? PortMapping.parse(String(decoding: input, as: UTF8.self)) {
             for m in mappings where m.hostPortEnd != 0 && m.hostPortEnd < m.hostPort { abort() }
@@ -51,8 +52,10 @@ let exercise: @convention(c) (UnsafePointer<UInt8>?, Int) -> Int32 = { data, siz
             if entry.size < 0 { abort() }
             _ = try? buffer.withUnsafeMutableBytes { try reader.readData(into: $0) }
         }
-    default:  // netavark's options from Podman
+    case 4:  // netavark's options from Podman
         if let json = try? JSON.parse(input) { _ = try? NetavarkOptions(json: json) }
+    default:  // image references, registries.conf, WWW-Authenticate challenges
+        RegistryFuzzing.exercise(data[0] - 5, input)
     }
     return 0
 }
