@@ -87,8 +87,23 @@ final class HTTPSession {
             if !verify {
                 netctl_curl_set_long(handle, CURLOPT_SSL_VERIFYPEER, 0)
                 netctl_curl_set_long(handle, CURLOPT_SSL_VERIFYHOST, 0)
+            } else if fileExists(HTTPSession.systemDirectory) {
+                // The system's anchors by hash lookup in its directory, not the whole bundle
+                // parsed for every connection (most of a small pull's CPU time); the
+                // registry's own (certs.d) beside them, as Podman trusts them.
+                netctl_curl_set_ptr(handle, CURLOPT_CAPATH, HTTPSession.systemDirectory)
+                if extra.isEmpty {
+                    netctl_curl_set_ptr(handle, CURLOPT_CAINFO, nil)
+                } else {
+                    var copy = extra
+                    let accepted = copy.withUnsafeMutableBytes { raw -> Bool in
+                        var blob = curl_blob(data: raw.baseAddress, len: raw.count, flags: UInt32(CURL_BLOB_COPY))
+                        return netctl_curl_set_blob(handle, CURLOPT_CAINFO_BLOB, &blob) == CURLE_OK
+                    }
+                    guard accepted else { throw .other("libcurl refused the certificates") }
+                }
             } else if !extra.isEmpty {
-                // The system's anchors plus the registry's own (certs.d), as Podman trusts them.
+                // No hashed directory: the system's bundle (curl's default) plus the registry's own.
                 if trustSource != extra {
                     trustSource = extra
                     trust = (readBytes(HTTPSession.systemBundle, limit: 16 << 20) ?? []) + [10] + extra
@@ -148,5 +163,7 @@ final class HTTPSession {
     }
 
     static let systemBundle = "/etc/ssl/certs/ca-certificates.crt"
+    /// The system's anchors, one file per certificate with OpenSSL's hash links (Debian's ca-certificates).
+    static let systemDirectory = "/etc/ssl/certs"
 }
 

@@ -110,7 +110,7 @@ public final class Puller: Sendable {
             throw ImageError.unsupported(what: "layer \(layer.digest.short)", reason: "zstd-compressed layers are not; use gzip or uncompressed layers")
         }
         try fetchLayers(Array(zip(manifest.layers, config.rootfs.diff_ids)), endpoint: endpoint, reference: reference,
-                        authorizer: authorizer, trust: trust, scheme: connection.scheme)
+                        authorizer: authorizer, trust: trust, first: connection)
         try store.storeBlob(configBytes, digest: manifest.config.digest)
         try store.storeBlob(manifestBytes, digest: manifestDigest)
         let stored = StoredImage(id: manifest.config.digest, names: [], layers: config.rootfs.diff_ids,
@@ -163,8 +163,11 @@ public final class Puller: Sendable {
     /// Fetches and unpacks the layers the cache lacks, `parallel` at once, each on its own
     /// thread and connection. The first failure stops the others.
     private func fetchLayers(_ layers: [(Descriptor, Digest)], endpoint: RegistryConfiguration.Endpoint, reference: Reference,
-                             authorizer: Authorizer, trust: [UInt8], scheme: String) throws {
+                             authorizer: Authorizer, trust: [UInt8], first: RegistryConnection) throws {
         let next = Mutex(0)
+        // The manifest's connection (TLS done, authorized) goes to the first worker.
+        let spare = Mutex<RegistryConnection?>(first)
+        let scheme = first.scheme
         let failure = Mutex<Error?>(nil)
         for (blob, diffID) in layers {
             progress(PullEvent(layer: blob.digest.short, step: store.hasLayer(diffID) ? .alreadyExists : .waiting))

@@ -121,8 +121,9 @@ func percentEncoded(_ text: String) -> String {
 }
 
 /// One thread's way to one repository at one endpoint: the distribution API's manifest and
-/// blob requests, with authorization answered and failures named.
-final class RegistryConnection {
+/// blob requests, with authorization answered and failures named. Used by one thread at a
+/// time; handed from one to another only through a lock.
+final class RegistryConnection: @unchecked Sendable {
     let endpoint: RegistryConfiguration.Endpoint
     let reference: String
     let authorizer: Authorizer

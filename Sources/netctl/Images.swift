@@ -2,6 +2,7 @@ import ArgumentParser
 import FoundationEssentials
 import Glibc
 import Images
+import NetCore
 import Primitives
 import Registry
 import Runtime
@@ -27,10 +28,11 @@ struct PullOptions: ParsableArguments {
 }
 
 extension GlobalOptions {
-    func imageLibrary(authfile: String?) throws -> ImageLibrary {
-        let containers = try containers()
-        containers.credentials = CredentialStore.standard(authFile: authfile)
-        return try containers.imageLibrary()
+    /// The image store alone: pulls and listings open no network state.
+    func imageLibrary(authfile: String? = nil) throws -> ImageLibrary {
+        setUpLogging()
+        return try ContainerManager.imageLibrary(stateDirectory: stateDir ?? NetworkManager.defaultStateDirectory,
+                                                 credentials: CredentialStore.standard(authFile: authfile))
     }
 }
 
@@ -144,7 +146,7 @@ struct ImagesCommand: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let images = try global.containers().imageLibrary().store.catalog()
+            let images = try global.imageLibrary().store.catalog()
             if json { return try printJSON(images) }
             if quiet { return Set(images.map(\.id)).sorted { $0.hex < $1.hex }.forEach { print(noTrunc ? $0.description : $0.short) } }
             var rows: [[String]] = []
@@ -212,7 +214,7 @@ struct Load: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let names = try global.containers().imageLibrary().load(input)
+            let names = try global.imageLibrary().load(input)
             if quiet { return }
             for name in names { print(name.hasPrefix("sha256:") ? "Loaded image ID: \(name)" : "Loaded image: \(name)") }
         }
