@@ -77,3 +77,15 @@ public func hasEffectiveCapability(_ bit: Int) -> Bool {
           let mask = UInt64(String(line.dropFirst("CapEff:".count).filter { !$0.isWhitespace }), radix: 16) else { return true }
     return mask & (1 << UInt64(bit)) != 0
 }
+
+/// This process's environment, as a dictionary.
+public func currentEnvironment() -> [String: String] {
+    var result: [String: String] = [:]
+    var entry = environ
+    while let pointer = entry.pointee {
+        let text = String(cString: pointer)
+        if let eq = text.firstIndex(of: "=") { result[String(text[..<eq])] = String(text[text.index(after: eq)...]) }
+        entry += 1
+    }
+    return result
+}

@@ -165,15 +165,3 @@ public struct RegistryConfiguration: Sendable {
         return pem
     }
 }
-
-/// The process environment as a dictionary.
-public func currentEnvironment() -> [String: String] {
-    var result: [String: String] = [:]
-    var entry = environ
-    while let pointer = entry.pointee {
-        let text = String(cString: pointer)
-        if let eq = text.firstIndex(of: "=") { result[String(text[..<eq])] = String(text[text.index(after: eq)...]) }
-        entry += 1
-    }
-    return result
-}

@@ -12,13 +12,7 @@ LoggingSystem.bootstrap { label in
     return handler
 }
 
-var environment: [String: String] = [:]
-var entry = environ
-while let pointer = entry.pointee {
-    let pair = String(cString: pointer)
-    if let eq = pair.firstIndex(of: "=") { environment[String(pair[..<eq])] = String(pair[pair.index(after: eq)...]) }
-    entry += 1
-}
+let environment = currentEnvironment()
 // Read no further than just past the limit: the plugin refuses that much (a configuration is a few KB).
 let input = readAll(0, limit: BridgeConfig.maxInputBytes)
 let output = CNIPlugin.run(environment: environment, stdin: input)
