@@ -85,7 +85,7 @@ let package = Package(
         ]),
         // Runs images with runc on netctl networking: bundles, the monitor, container state.
         .target(name: "Runtime", dependencies: [
-            "Primitives", "Images", "Registry", "NetCore", "Proxy", "ProxyService", "NameService", "Agent", "CProcess", "CFilesystem",
+            "Primitives", "Images", "Registry", "NetCore", "Proxy", "ProxyService", "NameService", "Agent", "CProcess", "CFilesystem", "CSocket",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The CNI plugin: protocol, configuration and results.

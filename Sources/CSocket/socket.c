@@ -130,3 +130,21 @@ int csock_path_mtu(int fd, int ipv6) {
     int rc = ipv6 ? getsockopt(fd, IPPROTO_IPV6, IPV6_MTU, &mtu, &length) : getsockopt(fd, IPPROTO_IP, IP_MTU, &mtu, &length);
     return rc == 0 ? mtu : -errno;
 }
+
+int csock_recv_fd(int sock) {
+    char data[256];
+    struct iovec iov = { .iov_base = data, .iov_len = sizeof data };
+    union { struct cmsghdr header; char space[CMSG_SPACE(sizeof(int))]; } control;
+    struct msghdr message = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &control, .msg_controllen = sizeof control };
+    ssize_t n;
+    do { n = recvmsg(sock, &message, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
+    if (n < 0) return -errno;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&message); c; c = CMSG_NXTHDR(&message, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c), sizeof fd);
+            return fd;
+        }
+    }
+    return -EBADMSG;
+}

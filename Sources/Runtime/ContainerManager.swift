@@ -9,6 +9,7 @@ import Logging
 import NetCore
 import Agent
 import ProxyService
+import Synchronization
 import Registry
 
 /// What `netctl run` asks for.
@@ -42,6 +43,10 @@ public struct RunRequest: Sendable {
     public var detach: Bool
     public var autoRemove: Bool
     public var portBackend: PortBackend
+    /// `-t`: the container's process gets a terminal, relayed to ours (attached runs only).
+    public var tty = false
+    /// `-i`: our stdin goes to the container's process.
+    public var interactive = false
     /// When to pull an image given by name (`--pull`), and which platform's (`--platform`).
     public var pull: ImageLibrary.PullPolicy = .missing
     public var platform: Platform?
@@ -191,6 +196,7 @@ public final class ContainerManager {
             let hostname = request.hostname ?? record.shortID
             try files.write(for: record, hostname: hostname, endpoints: endpoints, manager: network, in: dir)
             var env = (config.Env ?? []).filter { !$0.hasPrefix("HOSTNAME=") }
+            if request.tty && !env.contains(where: { $0.hasPrefix("TERM=") }) { env.append("TERM=xterm") }  // as Docker sets it
             if !env.contains(where: { $0.hasPrefix("PATH=") }) { env.insert("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", at: 0) }
             env.append("HOSTNAME=" + hostname)
             for entry in environment {
@@ -200,7 +206,8 @@ public final class ContainerManager {
             }
             let cwd = config.WorkingDir.flatMap { $0.isEmpty ? nil : $0 } ?? "/"
             try RuntimeSpec(args: args, env: env, cwd: cwd, user: user, hostname: hostname, netns: record.namespacePath(stateDirectory), containerID: id,
-                            etcFiles: ["/etc/hostname": dir + "/hostname", "/etc/hosts": dir + "/hosts", "/etc/resolv.conf": dir + "/resolv.conf"])
+                            etcFiles: ["/etc/hostname": dir + "/hostname", "/etc/hosts": dir + "/hosts", "/etc/resolv.conf": dir + "/resolv.conf"],
+                            terminal: request.tty && !request.detach)
                 .write(to: dir + "/config.json")
             try store.save(record)
             phases.mark("bundle")
@@ -212,9 +219,16 @@ public final class ContainerManager {
         }
         if !request.detach {
             // Attached: this process is the monitor, and the container writes to our output.
-            let started = try start(record.id, runc: runc, attached: true, phases: &phases)
+            let started = try start(record.id, runc: runc, attached: true, input: request.interactive, terminal: request.tty,
+                                    phases: &phases)
             logger.debug("run \(record.name): \(phases)")
+            var relay: (TerminalRelay, pthread_t)?
+            if let console = started.console {
+                let terminal = TerminalRelay(master: console, forwardInput: request.interactive)
+                do { relay = (terminal, try terminal.start()) } catch { terminal.restore(); logger.warning("\(error)") }
+            }
             let code = supervise(started)
+            if let (terminal, thread) = relay { terminal.finish(thread) }
             return store.load(record.id) ?? { var r = started.record; r.state = .exited; r.exitCode = code; return r }()
         }
         let started = try startMonitor(record, phases: &phases)
@@ -297,11 +311,14 @@ public final class ContainerManager {
         var record: ContainerRecord
         var pid: pid_t
         var relays: ProxyService.Background?
+        /// The master end of the container's terminal (`run -t`).
+        var console: Int32? = nil
     }
 
     /// Takes ownership of the record, then `runc create` and `runc start`. On failure nothing
     /// of the container is left (its record included) and the error says why.
-    private func start(_ id: String, runc: Runc, attached: Bool, phases: inout Phases) throws -> Started {
+    private func start(_ id: String, runc: Runc, attached: Bool, input: Bool = false, terminal: Bool = false,
+                       phases: inout Phases) throws -> Started {
         // The monitor owns the record from here: gc, stop and rm see a live owner, not the
         // `run` that started it (which may be gone).
         guard var record = try store.update(id, {
@@ -320,8 +337,28 @@ public final class ContainerManager {
         var relays: ProxyService.Background?
         do {
             phases.mark("monitor up")
-            try runc.run(["create", "--bundle", dir, "--pid-file", dir + "/pid", id], container: record.name, logFile: runcLog,
-                         stdout: attached ? 1 : log, stderr: attached ? 2 : log)
+            var console: Int32?
+            if attached && terminal {
+                // runc makes the terminal and sends its master here while `create` runs.
+                let socket = try ConsoleSocket()
+                let master = Mutex<Result<Int32, Error>?>(nil)
+                let receiver = try startThread("receiving the container's terminal") {
+                    let result = Result { try socket.receiveMaster() }
+                    master.withLock { $0 = result }
+                }
+                var created: Error?
+                do {
+                    try runc.run(["create", "--bundle", dir, "--pid-file", dir + "/pid", "--console-socket", socket.path, id],
+                                 container: record.name, logFile: runcLog)
+                } catch { created = error }
+                if created != nil { shutdown(socket.listener, Int32(SHUT_RDWR)) }  // the receiver stops waiting
+                pthread_join(receiver, nil)
+                if let created { throw created }
+                console = try master.withLock { $0 }!.get()
+            } else {
+                try runc.run(["create", "--bundle", dir, "--pid-file", dir + "/pid", id], container: record.name, logFile: runcLog,
+                             stdin: attached && input ? 0 : -1, stdout: attached ? 1 : log, stderr: attached ? 2 : log)
+            }
             phases.mark("runc create")
             guard let text = readBytes(dir + "/pid"), let pid = pid_t(String(decoding: text, as: UTF8.self).trimmed) else {
                 throw RuntimeError.runcFailed(step: "create", container: record.name, message: "it wrote no pid file")
@@ -337,7 +374,7 @@ public final class ContainerManager {
                 throw RuntimeError.monitorFailed(container: record.name, message: "it was removed while starting")
             }
             record = running
-            return Started(record: record, pid: pid, relays: relays)
+            return Started(record: record, pid: pid, relays: relays, console: console)
         } catch {
             relays?.stop(drainSeconds: 0)
             discard(record)

@@ -20,9 +20,9 @@ struct Runc {
 
     /// Runs one runc command; its own errors go to `logFile` (JSON lines) so that the
     /// container's output and runc's never mix. Throws with runc's last error message.
-    func run(_ arguments: [String], container: String, logFile: String, stdout: Int32 = -1, stderr: Int32 = -1) throws {
+    func run(_ arguments: [String], container: String, logFile: String, stdin: Int32 = -1, stdout: Int32 = -1, stderr: Int32 = -1) throws {
         let pid = try Processes.spawn([executable, "--root", root, "--log", logFile, "--log-format", "json"] + arguments,
-                                      fds: [0: -1, 1: stdout, 2: stderr])
+                                      fds: [0: stdin, 1: stdout, 2: stderr])
         let code = Processes.wait(pid)
         guard code == 0 else {
             throw RuntimeError.runcFailed(step: arguments[0], container: container,

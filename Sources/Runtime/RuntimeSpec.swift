@@ -47,9 +47,9 @@ struct RuntimeSpec: Encodable {
     ]
 
     init(args: [String], env: [String], cwd: String, user: User, hostname: String, netns: String, containerID: String,
-         etcFiles: [String: String]) {
+         etcFiles: [String: String], terminal: Bool = false) {
         let caps = RuntimeSpec.defaultCapabilities
-        process = Process(user: user, args: args, env: env, cwd: cwd,
+        process = Process(terminal: terminal, user: user, args: args, env: env, cwd: cwd,
                           capabilities: Capabilities(bounding: caps, effective: caps, permitted: caps),
                           rlimits: [RuntimeSpec.openFilesLimit()])
         root = Root(path: "rootfs")

@@ -47,6 +47,9 @@ struct Run: ParsableCommand {
     @Option(name: [.short, .customLong("env")], help: "Set an environment variable: KEY=VALUE, or KEY to pass ours.")
     var env: [String] = []
     @Flag(name: .customLong("rm"), help: "Remove the container when it exits.") var autoRemove = false
+    @Flag(name: .shortAndLong, help: "Keep stdin open: it goes to the container's process.") var interactive = false
+    @Flag(name: .shortAndLong, help: "Give the container's process a terminal, relayed to ours (with -i, an interactive shell).")
+    var tty = false
     @Option(help: "Port backend: nft, proxy or auto (the kernel where it can, the proxy where it can't).")
     var backend: PortBackend = .auto
     @Option(help: "Pull the image: missing (when the store lacks it), always, or never.") var pull: ImageLibrary.PullPolicy = .missing
@@ -60,6 +63,8 @@ struct Run: ParsableCommand {
         var code: Int32 = 0
         // 125 for netctl's own failures, as `docker run`: a container's status passes through.
         try reportingErrors(exitCode: 125) {
+            if tty && detach { throw UsageError("-t with -d leaves the terminal with no one at it; run -d, then `netctl exec -it CONTAINER sh`") }
+            if tty && isatty(STDIN_FILENO) != 1 { throw UsageError("-t needs a terminal on stdin (the input device is not a TTY); drop -t") }
             let containers = try global.containers()
             containers.credentials = CredentialStore.standard(authFile: pullOptions.authfile)
             // As docker run: the pull's progress goes to stderr, stdout keeps the container's ID.
@@ -70,6 +75,8 @@ struct Run: ParsableCommand {
                 networks: network, aliases: networkAlias, ip: ip, ip6: ip6, mac: macAddress, hostname: hostname, extraHosts: addHost,
                 dns: dns, dnsSearch: dnsSearch, dnsOptions: dnsOption, detach: detach, autoRemove: autoRemove, portBackend: backend)
             request.pull = pull
+            request.tty = tty
+            request.interactive = interactive
             request.platform = try pullOptions.parsedPlatform()
             let record = try containers.run(request)
             if detach { print(record.id) } else { code = record.exitCode ?? 0 }

@@ -313,4 +313,37 @@ struct RunTests {
         #expect(try world.netctlOK("gc").stdout.contains("cleaned up containers") == false, "idempotent")
         try world.netctlOK("rm", "orphan")
     }
+
+    @Test("run -it: a real terminal (tty, window size, TERM), input typed at it, the exit status; -i without -t; exec -it")
+    func terminals() throws {
+        let world = try World()
+        let s = world.sandbox
+        // `script` gives netctl a terminal of its own (40 rows, 100 columns) and types our stdin at it.
+        func typed(_ input: String, _ command: String) throws -> Sandbox.Result {
+            try s.run("/bin/sh", ["-c", "printf '\(input)' | script -qec 'stty rows 40 cols 100; \(command)' /dev/null"], timeout: 60)
+        }
+        let shell = try typed("tty; stty size; echo TERM=$TERM; exit 3\\n", "\(Sandbox.netctl) run -it --rm \(exampleImage) sh")
+        #expect(shell.status == 3, "the container's exit status: \(shell.stdout) \(shell.stderr)")
+        #expect(shell.stdout.contains("/dev/pts/0") && shell.stdout.contains("40 100") && shell.stdout.contains("TERM=xterm"),
+                "\(shell.stdout)")
+        #expect(!shell.stdout.contains("not a tty"))
+
+        // -i alone: stdin is a pipe to the process, no terminal.
+        let piped = try s.run("/bin/sh", ["-c", "echo from-stdin | \(Sandbox.netctl) run -i --rm \(exampleImage) sh -c 'cat; tty'"])
+        #expect(piped.stdout.contains("from-stdin") && piped.stdout.contains("not a tty"), "\(piped.stdout) \(piped.stderr)")
+        let noInput = try s.run("/bin/sh", ["-c", "echo lost | \(Sandbox.netctl) run --rm \(exampleImage) sh -c 'cat; echo done'"])
+        #expect(noInput.stdout == "done\n", "without -i the process reads nothing: \(noInput.stdout)")
+
+        // Refusals: -t without a terminal, -t with -d.
+        let notTTY = try world.sandbox.run(Sandbox.netctl, ["run", "-t", "--rm", exampleImage, "true"])
+        #expect(notTTY.status == 125 && notTTY.stderr.contains("not a TTY"), "\(notTTY.stderr)")
+        let detached = try world.sandbox.run(Sandbox.netctl, ["run", "-dt", exampleImage])
+        #expect(detached.status == 125 && detached.stderr.contains("exec -it"), "\(detached.stderr)")
+
+        // exec -it into a running container.
+        try world.netctlOK("run", "-d", "--name", "web", exampleImage)
+        let exec = try typed("tty; echo in-$HOSTNAME; exit 4\\n", "\(Sandbox.netctl) exec -it web sh")
+        #expect(exec.status == 4 && exec.stdout.contains("/dev/pts/") && exec.stdout.contains("in-"), "\(exec.stdout) \(exec.stderr)")
+        try world.netctlOK("rm", "-f", "web")
+    }
 }

@@ -48,6 +48,10 @@ void csock_set_udp_segment(struct msghdr *message, void *control, uint16_t size)
 /// The path MTU of a connected socket (IP_MTU or IPV6_MTU), or -errno.
 int csock_path_mtu(int fd, int ipv6);
 
+// Receives one descriptor sent with SCM_RIGHTS (runc's --console-socket hands over the
+// terminal's master this way); the descriptor, or -errno.
+int csock_recv_fd(int sock);
+
 /// Attaches a classic BPF program to the SO_REUSEPORT group of a listening socket: the
 /// group's i-th socket (in the order they started listening) takes the connections whose
 /// SYN was processed on cpus[i]; any other goes by packet hash to one of the first `count`.
