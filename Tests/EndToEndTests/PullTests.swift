@@ -345,6 +345,64 @@ struct PullTests {
         try registry.netctlOK("rm", "-f", String(id.prefix(12)))
     }
 
+    @Test("a pull killed half-way resumes with a Range request; a damaged blob on the wire is refused; a plain-HTTP registry marked insecure")
+    func killedAndDamagedOnTheWire() throws {
+        let world = try World()
+        let registry = try TestRegistry(world)
+        var tar = TarWriter()
+        var generator = SystemRandomNumberGenerator()
+        tar.file("noise", (0..<(8 << 20)).map { _ in UInt8.random(in: 0...255, using: &generator) })
+        let layout = registry.directory + "/big"
+        let written = try TestImage(layers: [tar.finished()]).writeLayout(to: layout)
+        try registry.push(layout, as: "big:1")
+        let blob = written.layerDigests[0]
+
+        // Two plain-HTTP proxies in front of the registry (tools/lib/test-proxy.py): one slow
+        // (4 MB/s), one that flips a byte in the middle of every blob. registries.conf marks
+        // them insecure, so netctl falls back from https to http for them.
+        let proxyLog = registry.directory + "/proxy.log", damagingLog = registry.directory + "/damaging.log"
+        for (port, extra, log) in [(5002, ["--rate", "4000000"], proxyLog), (5003, ["--flip"], damagingLog)] {
+            try world.sandbox.startHelper(["/bin/bash", "-c", "exec python3 \"$0\" \"$@\" >>\"\(log)\" 2>&1",
+                                           repositoryRoot + "/tools/lib/test-proxy.py", "\(port)", "https://127.0.0.1:5000",
+                                           registry.directory + "/ca.crt"] + extra)
+            guard eventually(10, { slurp(log).contains("serving") }) else { throw SandboxError("proxy \(port): \(slurp(log))") }
+        }
+        let conf = registry.directory + "/registries.conf"
+        try (slurp(conf) + "\n[[registry]]\nlocation = \"127.0.0.1:5002\"\ninsecure = true\n\n[[registry]]\nlocation = \"127.0.0.1:5003\"\ninsecure = true\n")
+            .write(toFile: conf, atomically: true, encoding: .utf8)
+        try registry.netctlOK("login", "-u", "netctl", "-p", "registry-secret", "127.0.0.1:5002")
+        try registry.netctlOK("login", "-u", "netctl", "-p", "registry-secret", "127.0.0.1:5003")
+
+        // Killed (SIGKILL) once part of the layer is on disk.
+        let partial = world.sandbox.stateDirectory + "/images/tmp/blob-\(blob.hex).partial"
+        func partialSize() -> Int { ((try? FileManager.default.attributesOfItem(atPath: partial))?[.size] as? Int) ?? 0 }
+        let pull = try world.sandbox.startNetctl(["pull", "-q", "127.0.0.1:5002/big:1"], environment: registry.environment)
+        let caught = eventually(30) { partialSize() > 1 << 20 }
+        pull.kill(SIGKILL)
+        _ = try pull.wait(timeout: 10)
+        let kept = partialSize()
+        try #require(caught && kept < (8 << 20), "the pull was killed with \(kept) bytes on disk")
+        let listed = try registry.netctlOK("images", "-q").stdout
+        #expect(registry.layerCache.isEmpty && listed.isEmpty, "a killed pull stores no image")
+
+        let resumed = try registry.netctlOK("pull", "127.0.0.1:5002/big:1").stdout
+        #expect(resumed.contains("\(blob.short): Resuming at"), "\(resumed)")
+        let ranged = slurp(proxyLog).split(separator: "\n").filter { $0.contains("/blobs/\(blob)") && $0.contains("range=bytes=") }
+        #expect(ranged.contains { $0.hasSuffix("-> 206") }, "the rest was asked for with Range: \(slurp(proxyLog))")
+        #expect(registry.layerCache.count == 1 && registry.scratch.isEmpty)
+        #expect(slurp(proxyLog).contains("GET /v2/"), "fetched over plain HTTP through the insecure entry")
+
+        // Damaged on the wire: refused by its digest, nothing kept; the registry itself is fine.
+        try registry.netctlOK("rmi", "127.0.0.1:5002/big:1")
+        let damaged = try registry.netctl("pull", "127.0.0.1:5003/big:1")
+        #expect(damaged.status == 1 && damaged.stderr.contains("layer \(blob.short) from 127.0.0.1:5003 is corrupt")
+                && damaged.stderr.contains("discarded"), "\(damaged.stderr)")
+        #expect(registry.layerCache.isEmpty && registry.scratch.isEmpty, "\(registry.scratch)")
+        try registry.login()
+        try registry.netctlOK("pull", "127.0.0.1:5000/big:1")
+        #expect(registry.layerCache.count == 1)
+    }
+
     private func manifestDigest(_ layout: String) throws -> (String, Int) {
         let index = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: layout + "/index.json"))) as! [String: Any]
         let entry = (index["manifests"] as! [[String: Any]])[0]
