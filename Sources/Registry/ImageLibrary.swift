@@ -35,16 +35,16 @@ public final class ImageLibrary: Sendable {
     /// prefix of one, as `docker run` and `docker rmi` take them.
     public func find(_ text: String) -> StoredImage? {
         let images = store.catalog()
+        // A name first, as Docker does: `cafe` is the image named cafe:latest before an ID prefix.
+        if let reference = try? reference(text) {
+            let named = reference.digest.map { digest in images.first { $0.digests.contains(reference.name + "@" + digest.description) } }
+                ?? images.first { $0.names.contains(reference.description) }
+            if let named { return named }
+        }
         let hex = text.hasPrefix("sha256:") ? String(text.dropFirst(7)) : text
-        if hex.count >= 4, hex.count <= 64, hex.allSatisfy(\.isHexDigit) {
-            let matches = images.filter { $0.id.hex.hasPrefix(hex) }
-            if matches.count == 1 { return matches[0] }
-        }
-        guard let reference = try? reference(text) else { return nil }
-        if let digest = reference.digest {
-            return images.first { $0.digests.contains(reference.name + "@" + digest.description) }
-        }
-        return images.first { $0.names.contains(reference.description) }
+        guard hex.count >= 4, hex.count <= 64, hex.allSatisfy({ $0.isHexDigit && !$0.isUppercase }) else { return nil }
+        let matches = images.filter { $0.id.hex.hasPrefix(hex) }
+        return matches.count == 1 ? matches[0] : nil
     }
 
     /// The image to run for `text`: a path is loaded as before; a name is found in the store
