@@ -174,12 +174,16 @@ public final class Puller: Sendable {
         }
         let work: @Sendable () -> Void = { [self] in
             let connection: RegistryConnection
-            do {
-                connection = try RegistryConnection(endpoint: endpoint, reference: reference.description, authorizer: authorizer,
-                                                    trust: trust, scheme: scheme)
-            } catch {
-                failure.withLock { if $0 == nil { $0 = error } }
-                return
+            if let reused = spare.withLock({ value -> RegistryConnection? in defer { value = nil }; return value }) {
+                connection = reused
+            } else {
+                do {
+                    connection = try RegistryConnection(endpoint: endpoint, reference: reference.description, authorizer: authorizer,
+                                                        trust: trust, scheme: scheme)
+                } catch {
+                    failure.withLock { if $0 == nil { $0 = error } }
+                    return
+                }
             }
             while failure.withLock({ $0 == nil }) {
                 let index = next.withLock { value -> Int in defer { value += 1 }; return value }
