@@ -162,8 +162,9 @@ public final class ContainerManager {
         let files = try ContainerFiles(request)
 
         phases.mark("checks")
-        let image = try imageLibrary().image(for: request.image, policy: request.pull, platform: request.platform,
-                                             progress: pullProgress)
+        // A path needs no registry configuration: registries.conf is read for names only.
+        let image = ImageLibrary.isPath(request.image) ? try images.load(request.image)
+            : try imageLibrary().image(for: request.image, policy: request.pull, platform: request.platform, progress: pullProgress)
         phases.mark("image")
         let config = image.config.config ?? .init()
         if request.publishAll {
