@@ -57,12 +57,8 @@ public enum Agent {
     /// Starts the agent again if a network needs it and it does not answer (it was killed,
     /// say): what every command does, cheaply (one connect when it runs).
     public static func ensureRunning(_ manager: NetworkManager, binary: String = defaultBinary()) throws {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return }
-        defer { close(fd) }
-        if var address = try? unixAddress(socketPath(manager.stateDirectory)), withUnsafePointer(to: &address, {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }) == 0 {
+        if let fd = try? UnixSocket.connect(socketPath(manager.stateDirectory)) {
+            close(fd)
             return
         }
         try sync(manager, binary: binary)
@@ -83,14 +79,12 @@ public enum Agent {
 
     /// "sync" over the control socket; the server's one-line reply.
     private static func request(_ directory: String) throws -> String {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw SystemError("opening a unix socket") }
-        defer { close(fd) }
-        var address = try unixAddress(socketPath(directory))
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        try checkSocketPath(directory)
+        let fd: Int32
+        do { fd = try UnixSocket.connect(socketPath(directory)) } catch let error as SystemError {
+            throw SystemError("connecting to netctl's agent", code: error.code)
         }
-        guard connected == 0 else { throw SystemError("connecting to netctl's agent") }
+        defer { close(fd) }
         var timeout = timeval(tv_sec: 10, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         guard writeAll(fd, Array("sync\n".utf8)) else { throw SystemError("talking to netctl's agent") }
@@ -99,15 +93,12 @@ public enum Agent {
         return String(decoding: reply, as: UTF8.self)
     }
 
-    static func unixAddress(_ path: String) throws -> sockaddr_un {
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-            throw AgentError.notStarted(reason: "its socket's path \(path) is \(bytes.count) bytes, over the unix socket limit of \(MemoryLayout.size(ofValue: address.sun_path) - 1); use a shorter --state-dir", log: path)
+    /// A state directory whose socket path is too long for a unix socket: said in full.
+    static func checkSocketPath(_ directory: String) throws {
+        let path = socketPath(directory)
+        guard path.utf8.count <= UnixSocket.maximumPathLength else {
+            throw AgentError.notStarted(reason: "its socket's path \(path) is \(path.utf8.count) bytes, over the unix socket limit of \(UnixSocket.maximumPathLength); use a shorter --state-dir", log: path)
         }
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
-        return address
     }
 
     /// The agent (`netctl-agent`): serves until no network exists, or its state is gone. A
@@ -121,15 +112,8 @@ public enum Agent {
         _ = writeAll(lock, Array((ProcessIdentity.current().encoded + "\n").utf8))
         let manager = try NetworkManager(stateDirectory: stateDirectory, logger: logger)
         let path = socketPath(stateDirectory)
-        unlink(path)
-        let control = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        var address = try unixAddress(path)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(control, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard control >= 0, bound == 0, chmod(path, 0o600) == 0, listen(control, 64) == 0 else {
-            throw SystemError("listening on \(path)")
-        }
+        try checkSocketPath(stateDirectory)
+        let control = try UnixSocket.listen(path)
         defer { unlink(path); close(control) }
         let server = try NameServer(stateDirectory: stateDirectory, manager: manager, control: control, logger: logger,
                                     needed: Agent.needed)

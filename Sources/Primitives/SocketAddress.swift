@@ -59,3 +59,46 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         return withUnsafePointer(to: &s) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, length) } }
     }
 }
+
+/// Unix stream sockets by path: netctl's agent control socket and runc's console socket.
+public enum UnixSocket {
+    /// The longest path a unix socket address holds (without its terminating zero).
+    public static let maximumPathLength = MemoryLayout.size(ofValue: sockaddr_un().sun_path) - 1
+
+    /// A socket bound to `path` (replacing what is there) and listening; ENAMETOOLONG if the path does not fit.
+    public static func listen(_ path: String, mode: mode_t = 0o600, backlog: Int32 = 64) throws -> Int32 {
+        unlink(path)
+        let fd = try withAddress(path) { fd, address, length in Glibc.bind(fd, address, length) }
+        guard chmod(path, mode) == 0, Glibc.listen(fd, backlog) == 0 else {
+            let code = errno
+            close(fd)
+            unlink(path)
+            throw SystemError("listening on \(path)", code: code)
+        }
+        return fd
+    }
+
+    /// A socket connected to `path`.
+    public static func connect(_ path: String) throws -> Int32 {
+        try withAddress(path) { fd, address, length in Glibc.connect(fd, address, length) }
+    }
+
+    private static func withAddress(_ path: String, _ call: (Int32, UnsafePointer<sockaddr>, socklen_t) -> Int32) throws -> Int32 {
+        let bytes = Array(path.utf8)
+        guard bytes.count <= maximumPathLength else { throw SystemError("using the unix socket \(path)", code: ENAMETOOLONG) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw SystemError("opening a unix socket") }
+        let rc = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { call(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0 else {
+            let code = errno
+            close(fd)
+            throw SystemError("using the unix socket \(path)", code: code)
+        }
+        return fd
+    }
+}

@@ -28,9 +28,6 @@ final class HTTPSession {
 
     private let handle: UnsafeMutableRawPointer
     private var errorBuffer = [CChar](repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
-    /// The system's trust anchors plus the extra ones last asked for, built once per session.
-    private var trust: [UInt8] = []
-    private var trustSource: [UInt8] = []
 
     /// Loads libcurl (once per process); throws when this host lacks it.
     init() throws(Failure) {
@@ -92,27 +89,10 @@ final class HTTPSession {
                 // parsed for every connection (most of a small pull's CPU time); the
                 // registry's own (certs.d) beside them, as Podman trusts them.
                 netctl_curl_set_ptr(handle, CURLOPT_CAPATH, HTTPSession.systemDirectory)
-                if extra.isEmpty {
-                    netctl_curl_set_ptr(handle, CURLOPT_CAINFO, nil)
-                } else {
-                    var copy = extra
-                    let accepted = copy.withUnsafeMutableBytes { raw -> Bool in
-                        var blob = curl_blob(data: raw.baseAddress, len: raw.count, flags: UInt32(CURL_BLOB_COPY))
-                        return netctl_curl_set_blob(handle, CURLOPT_CAINFO_BLOB, &blob) == CURLE_OK
-                    }
-                    guard accepted else { throw .other("libcurl refused the certificates") }
-                }
+                if extra.isEmpty { netctl_curl_set_ptr(handle, CURLOPT_CAINFO, nil) } else { try setAnchors(extra) }
             } else if !extra.isEmpty {
                 // No hashed directory: the system's bundle (curl's default) plus the registry's own.
-                if trustSource != extra {
-                    trustSource = extra
-                    trust = (readBytes(HTTPSession.systemBundle, limit: 16 << 20) ?? []) + [10] + extra
-                }
-                let accepted = trust.withUnsafeMutableBytes { raw -> Bool in
-                    var blob = curl_blob(data: raw.baseAddress, len: raw.count, flags: UInt32(CURL_BLOB_COPY))
-                    return netctl_curl_set_blob(handle, CURLOPT_CAINFO_BLOB, &blob) == CURLE_OK
-                }
-                guard accepted else { throw .other("libcurl refused the certificates") }
+                try setAnchors((readBytes(HTTPSession.systemBundle, limit: 16 << 20) ?? []) + [10] + extra)
             }
             netctl_curl_set_ptr(handle, CURLOPT_HEADERDATA, pointer)
             netctl_curl_set_data_fn(handle, CURLOPT_HEADERFUNCTION) { data, size, count, user in
@@ -160,6 +140,16 @@ final class HTTPSession {
             return Response(status: context.status, headers: context.headers, errorBody: context.errorBody)
           }
         }
+    }
+
+    /// PEM trust anchors for this request (libcurl keeps its own copy).
+    private func setAnchors(_ pem: [UInt8]) throws(Failure) {
+        var copy = pem
+        let accepted = copy.withUnsafeMutableBytes { raw -> Bool in
+            var blob = curl_blob(data: raw.baseAddress, len: raw.count, flags: UInt32(CURL_BLOB_COPY))
+            return netctl_curl_set_blob(handle, CURLOPT_CAINFO_BLOB, &blob) == CURLE_OK
+        }
+        guard accepted else { throw .other("libcurl refused the certificates") }
     }
 
     static let systemBundle = "/etc/ssl/certs/ca-certificates.crt"

@@ -19,24 +19,11 @@ final class ConsoleSocket: Sendable {
             throw RuntimeError.io(what: "cannot make a directory for the console socket", errno: (error as? SystemError)?.code ?? EIO)
         }
         let path = directory + "/socket"
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { rmdir(directory); throw RuntimeError.io(what: "cannot make the console socket", errno: errno) }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            for (i, byte) in path.utf8.enumerated() { raw[i] = byte }
-        }
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard bound == 0, listen(fd, 1) == 0 else {
-            let code = errno
-            close(fd)
+        do { listener = try UnixSocket.listen(path, backlog: 1) } catch {
             rmdir(directory)
-            throw RuntimeError.io(what: "cannot listen on \(path)", errno: code)
+            throw RuntimeError.io(what: "cannot listen on \(path)", errno: (error as? SystemError)?.code ?? EIO)
         }
         self.path = path
-        listener = fd
     }
 
     deinit {

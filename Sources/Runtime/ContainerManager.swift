@@ -94,12 +94,13 @@ public final class ContainerManager {
     /// The image store of a state directory, without the containers and networks: what
     /// `pull`, `images`, `load` and `login` need (no network state is opened for them).
     public static func imageLibrary(stateDirectory: String = NetworkManager.defaultStateDirectory,
-                                    credentials: CredentialStore = .standard()) throws -> ImageLibrary {
+                                    credentials: CredentialStore = .standard(),
+                                    configuration: RegistryConfiguration? = nil) throws -> ImageLibrary {
         do { try makeDirectories(stateDirectory, mode: 0o700) } catch {
             throw RuntimeError.io(what: "cannot create \(stateDirectory)", errno: (error as? SystemError)?.code ?? EIO)
         }
-        return ImageLibrary(store: try ImageStore(directory: stateDirectory + "/images"), configuration: try RegistryConfiguration.load(),
-                            credentials: credentials)
+        return ImageLibrary(store: try ImageStore(directory: stateDirectory + "/images"),
+                            configuration: try configuration ?? RegistryConfiguration.load(), credentials: credentials)
     }
 
     /// `rmi`: refused for an image a container uses (unless `force`, which untags it), and

@@ -29,10 +29,10 @@ struct PullOptions: ParsableArguments {
 
 extension GlobalOptions {
     /// The image store alone: pulls and listings open no network state.
-    func imageLibrary(authfile: String? = nil) throws -> ImageLibrary {
+    func imageLibrary(authfile: String? = nil, configuration: RegistryConfiguration? = nil) throws -> ImageLibrary {
         setUpLogging()
         return try ContainerManager.imageLibrary(stateDirectory: stateDir ?? NetworkManager.defaultStateDirectory,
-                                                 credentials: CredentialStore.standard(authFile: authfile))
+                                                 credentials: CredentialStore.standard(authFile: authfile), configuration: configuration)
     }
 }
 
@@ -116,8 +116,11 @@ struct Pull: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let library = try global.imageLibrary(authfile: options.authfile)
-            let reference = try library.reference(name)
+            // Bad input is refused before the store is opened (or made).
+            let platform = try options.parsedPlatform()
+            let configuration = try RegistryConfiguration.load()
+            let reference = try Reference(parsing: name, aliases: configuration.aliases)
+            let library = try global.imageLibrary(authfile: options.authfile, configuration: configuration)
             let printer = PullPrinter(quiet: quiet)
             if !quiet {
                 if !name.contains(":") && !name.contains("@") { print("Using default tag: latest") }
@@ -125,7 +128,7 @@ struct Pull: ParsableCommand {
                 fflush(nil)  // before the layers' lines, which are written directly
             }
             let before = library.find(reference.description)?.id
-            let stored = try library.pull(reference, platform: try options.parsedPlatform()) { printer.handle($0) }
+            let stored = try library.pull(reference, platform: platform) { printer.handle($0) }
             if quiet { return print(reference.description) }
             if let digest = stored.digests.last(where: { $0.hasPrefix(reference.name + "@") }) {
                 print("Digest: " + digest.dropFirst(reference.name.count + 1))
@@ -191,7 +194,7 @@ struct Rmi: ParsableCommand {
                 do {
                     for removal in try containers.removeImage(image, force: force) {
                         switch removal {
-                        case .untagged(let name): print("Untagged: \((try? Reference(parsing: name).familiarName).map { _ in name } ?? name)")
+                        case .untagged(let name): print("Untagged: \(name)")
                         case .deleted(let id): print("Deleted: \(id)")
                         }
                     }
@@ -284,7 +287,7 @@ func advice(_ error: RegistryError) -> String? {
     case .unreachable: return "check the address and that it is up; a mirror in registries.conf can stand in"
     case .http: return "retry; if it persists, the registry is failing"
     case .digestMismatch: return "pull again; if it persists, the registry or a proxy on the way serves damaged data"
-    case .tooLarge: return nil
+    case .tooLarge: return "check the name: a registry serving that much for it is not serving an image"
     case .noMatchingPlatform: return "pick one of those with --platform"
     case .unsupportedManifest: return "pull an image, not another kind of artifact"
     case .imageNotInStore: return "pull it, or drop --pull never; `netctl images` lists the store"
